@@ -1,0 +1,330 @@
+"""The "Hardening" section of the Orthanc configuration, parsed into frozen dataclasses.
+
+``load_config`` is the only reader of the raw JSON section: every other module receives a
+``HardeningConfig``. An unknown key, a wrong type or a bad value raises ``ConfigError``
+naming the full key (``Hardening.Audit.Database``); nothing falls back to a default
+silently. Files named here are checked for readability; parsing keys and certificates is
+left to ``seal.keys`` and ``tls`` (which raise ``ConfigError`` too). No other I/O here.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from orthanc_hardening.errors import ConfigError
+
+SECTION = "Hardening"
+
+
+class Mode(enum.Enum):
+    """``enforce`` refuses what is insecure; ``monitor`` only reports it."""
+
+    ENFORCE = "enforce"
+    MONITOR = "monitor"
+
+
+class UnsealedPolicy(enum.Enum):
+    """What enforce mode does with an instance stored before the plugin sealed anything."""
+
+    SERVE_AND_FLAG = "serve-and-flag"
+    REFUSE = "refuse"
+
+
+@dataclass(frozen=True, slots=True)
+class SyslogConfig:
+    """Where audit messages are exported (RFC 5424 over TLS, RFC 5425)."""
+
+    host: str
+    port: int = 6514
+    tls: bool = True
+    ca_certificate: Path | None = None
+    certificate: Path | None = None
+    private_key: Path | None = None
+    app_name: str = "orthanc-hardening"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditConfig:
+    """The audit store and its export."""
+
+    database: str
+    syslog: SyslogConfig | None = None
+    checkpoint_every: int = 1000
+    checkpoint_seconds: float = 60.0
+    max_query_limit: int = 10000
+
+
+@dataclass(frozen=True, slots=True)
+class HardeningConfig:
+    """Everything the plugin was configured with, validated."""
+
+    mode: Mode = Mode.ENFORCE
+    data_directory: Path = Path("/var/lib/orthanc/hardening")
+    signing_key: Path = Path("/etc/orthanc/hardening/seal-key.pem")
+    signing_key_passphrase_env: str = "HARDENING_KEY_PASSPHRASE"
+    trusted_keys: tuple[Path, ...] = ()
+    auditors: tuple[str, ...] = ()
+    administrators: tuple[str, ...] = ()
+    unsealed_policy: UnsealedPolicy = UnsealedPolicy.SERVE_AND_FLAG
+    audit: AuditConfig = field(
+        default_factory=lambda: AuditConfig(
+            database="sqlite:///var/lib/orthanc/hardening/audit.db"
+        )
+    )
+
+    @property
+    def is_enforcing(self) -> bool:
+        return self.mode is Mode.ENFORCE
+
+    @property
+    def seal_database(self) -> Path:
+        """SQLite file holding seals and key registry."""
+        return self.data_directory / "seals.db"
+
+    @property
+    def key_directory(self) -> Path:
+        """Where rotated keys and the key registry live."""
+        return self.data_directory / "keys"
+
+
+_TOP_KEYS = {
+    "Mode",
+    "DataDirectory",
+    "SigningKey",
+    "SigningKeyPassphraseEnv",
+    "TrustedKeys",
+    "Auditors",
+    "Administrators",
+    "UnsealedPolicy",
+    "Audit",
+}
+_AUDIT_KEYS = {"Database", "Syslog", "CheckpointEvery", "CheckpointSeconds", "MaxQueryLimit"}
+_SYSLOG_KEYS = {"Host", "Port", "Tls", "CaCertificate", "Certificate", "PrivateKey", "AppName"}
+
+
+def load_config(orthanc_config: Mapping[str, Any]) -> HardeningConfig:
+    """Parse and validate the "Hardening" section of a full Orthanc configuration.
+
+    Args:
+        orthanc_config: the whole Orthanc configuration (as ``orthanc.GetConfiguration()``
+            returns it, parsed).
+
+    Returns:
+        The validated configuration; a missing section gives every default.
+
+    Raises:
+        ConfigError: a key is unknown, has the wrong type or a bad value, or names a file
+            that cannot be read. ``key`` is the full dotted name.
+    """
+    raw = orthanc_config.get(SECTION, {})
+    section = _mapping(raw, SECTION)
+    _reject_unknown(section, _TOP_KEYS, SECTION)
+
+    mode = _enum(section, "Mode", Mode, Mode.ENFORCE)
+    data_directory = Path(_string(section, "DataDirectory", "/var/lib/orthanc/hardening"))
+    if not data_directory.is_absolute():
+        raise ConfigError(f"{SECTION}.DataDirectory", "must be an absolute path")
+    signing_key = Path(_string(section, "SigningKey", "/etc/orthanc/hardening/seal-key.pem"))
+    passphrase_env = _string(section, "SigningKeyPassphraseEnv", "HARDENING_KEY_PASSPHRASE")
+    trusted = tuple(Path(p) for p in _string_list(section, "TrustedKeys"))
+    for index, path in enumerate(trusted):
+        _require_readable(path, f"{SECTION}.TrustedKeys[{index}]")
+    auditors = tuple(_string_list(section, "Auditors"))
+    administrators = tuple(_string_list(section, "Administrators"))
+    unsealed = _enum(section, "UnsealedPolicy", UnsealedPolicy, UnsealedPolicy.SERVE_AND_FLAG)
+    audit = _audit(section.get("Audit", {}), data_directory)
+
+    return HardeningConfig(
+        mode=mode,
+        data_directory=data_directory,
+        signing_key=signing_key,
+        signing_key_passphrase_env=passphrase_env,
+        trusted_keys=trusted,
+        auditors=auditors,
+        administrators=administrators,
+        unsealed_policy=unsealed,
+        audit=audit,
+    )
+
+
+def _audit(raw: Any, data_directory: Path) -> AuditConfig:
+    key = f"{SECTION}.Audit"
+    section = _mapping(raw, key)
+    _reject_unknown(section, _AUDIT_KEYS, key)
+    database = _string(section, "Database", f"sqlite://{data_directory / 'audit.db'}", key)
+    _check_database_url(database, f"{key}.Database")
+    syslog = None
+    if "Syslog" in section and section["Syslog"] is not None:
+        syslog = _syslog(section["Syslog"])
+    every = _integer(section, "CheckpointEvery", 1000, key, minimum=1)
+    seconds = _number(section, "CheckpointSeconds", 60.0, key, minimum=0.1)
+    max_limit = _integer(section, "MaxQueryLimit", 10000, key, minimum=1)
+    return AuditConfig(
+        database=database,
+        syslog=syslog,
+        checkpoint_every=every,
+        checkpoint_seconds=seconds,
+        max_query_limit=max_limit,
+    )
+
+
+def _syslog(raw: Any) -> SyslogConfig:
+    key = f"{SECTION}.Audit.Syslog"
+    section = _mapping(raw, key)
+    _reject_unknown(section, _SYSLOG_KEYS, key)
+    if "Host" not in section:
+        raise ConfigError(f"{key}.Host", "is required when Syslog is configured")
+    host = _string(section, "Host", "", key)
+    port = _integer(section, "Port", 6514, key, minimum=1, maximum=65535)
+    tls = _boolean(section, "Tls", True, key)
+    files: dict[str, Path | None] = {}
+    for name in ("CaCertificate", "Certificate", "PrivateKey"):
+        value = section.get(name)
+        if value is None:
+            files[name] = None
+            continue
+        path = Path(_string(section, name, "", key))
+        _require_readable(path, f"{key}.{name}")
+        files[name] = path
+    if tls and files["CaCertificate"] is None:
+        raise ConfigError(f"{key}.CaCertificate", "is required when Tls is true")
+    return SyslogConfig(
+        host=host,
+        port=port,
+        tls=tls,
+        ca_certificate=files["CaCertificate"],
+        certificate=files["Certificate"],
+        private_key=files["PrivateKey"],
+        app_name=_string(section, "AppName", "orthanc-hardening", key),
+    )
+
+
+def _check_database_url(url: str, key: str) -> None:
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        if not parsed.path or parsed.netloc:
+            raise ConfigError(key, "a SQLite URL is sqlite:///absolute/path/audit.db")
+    elif parsed.scheme in ("postgresql", "postgres"):
+        if not parsed.hostname and "host=" not in parsed.query:
+            raise ConfigError(key, "a PostgreSQL URL names a host: postgresql://user@host/db")
+    else:
+        raise ConfigError(key, f"unsupported database URL scheme {parsed.scheme!r}; use sqlite or postgresql")
+
+
+def sqlite_path(url: str) -> Path:
+    """Return the file path of a ``sqlite:///…`` URL.
+
+    Raises:
+        ValueError: ``url`` is not a SQLite URL (a caller bug: it was validated at load).
+    """
+    parsed = urlparse(url)
+    if parsed.scheme != "sqlite":
+        raise ValueError(f"not a sqlite URL: {url!r}")
+    return Path(parsed.path)
+
+
+def passphrase_from_env(config: HardeningConfig, env: Mapping[str, str]) -> bytes | None:
+    """Return the signing-key passphrase from the environment, or ``None`` when unset."""
+    value = env.get(config.signing_key_passphrase_env)
+    return None if value is None else value.encode("utf-8")
+
+
+def _full(parent: str, name: str) -> str:
+    return f"{parent}.{name}"
+
+
+def _mapping(value: Any, key: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(key, f"must be a JSON object, not {_json_type(value)}")
+    return value
+
+
+def _reject_unknown(section: Mapping[str, Any], known: set[str], parent: str) -> None:
+    for name in section:
+        if name not in known:
+            raise ConfigError(_full(parent, name), f"unknown key (known: {', '.join(sorted(known))})")
+
+
+def _string(section: Mapping[str, Any], name: str, default: str, parent: str = SECTION) -> str:
+    value = section.get(name, default)
+    if not isinstance(value, str) or value == "":
+        raise ConfigError(_full(parent, name), f"must be a non-empty string, not {_json_type(value)}")
+    return value
+
+
+def _string_list(section: Mapping[str, Any], name: str, parent: str = SECTION) -> list[str]:
+    value = section.get(name, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(_full(parent, name), "must be a list of non-empty strings")
+    return list(value)
+
+
+def _boolean(section: Mapping[str, Any], name: str, default: bool, parent: str) -> bool:
+    value = section.get(name, default)
+    if not isinstance(value, bool):
+        raise ConfigError(_full(parent, name), f"must be true or false, not {_json_type(value)}")
+    return value
+
+
+def _integer(
+    section: Mapping[str, Any],
+    name: str,
+    default: int,
+    parent: str,
+    minimum: int | None = None,
+    maximum: int | None = None,
+) -> int:
+    value = section.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(_full(parent, name), f"must be an integer, not {_json_type(value)}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ConfigError(_full(parent, name), f"{value} is out of range [{minimum}, {maximum}]")
+    return value
+
+
+def _number(
+    section: Mapping[str, Any], name: str, default: float, parent: str, minimum: float
+) -> float:
+    value = section.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(_full(parent, name), f"must be a number, not {_json_type(value)}")
+    if value < minimum:
+        raise ConfigError(_full(parent, name), f"must be at least {minimum}")
+    return float(value)
+
+
+def _enum(section: Mapping[str, Any], name: str, kind: type[enum.Enum], default: Any) -> Any:
+    value = section.get(name, default.value)
+    allowed = [m.value for m in kind]
+    if value not in allowed:
+        raise ConfigError(_full(SECTION, name), f"{value!r} is not one of {', '.join(map(repr, allowed))}")
+    return kind(value)
+
+
+def _require_readable(path: Path, key: str) -> None:
+    if not path.is_file():
+        raise ConfigError(key, f"file {path} does not exist")
+    if not os.access(path, os.R_OK):
+        raise ConfigError(key, f"file {path} is not readable by the Orthanc process")
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string" if value else "an empty string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "an object"
+    return type(value).__name__

@@ -1,0 +1,67 @@
+"""The imperative shell: the only code that talks to Orthanc.
+
+``install(orthanc)`` reads the configuration, opens the stores, and wires every feature into
+Orthanc's callbacks. An invalid configuration stops Orthanc from starting: one log line names
+the key and the problem, then the exception propagates and Orthanc exits without serving.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from orthanc_hardening.config import load_config
+from orthanc_hardening.errors import ConfigError
+from orthanc_hardening.shell.hooks import install_hooks
+from orthanc_hardening.shell.logsink import install_logging
+from orthanc_hardening.shell.metrics import Metrics
+from orthanc_hardening.shell.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+
+def install(orthanc: Any) -> Runtime:
+    """Wire orthanc-hardening into a running Orthanc.
+
+    Args:
+        orthanc: the ``orthanc`` module of the Python plugin (or a fake in tests).
+
+    Returns:
+        The runtime, for tests.
+
+    Raises:
+        ConfigError: the configuration is invalid; Orthanc must not start.
+    """
+    install_logging(orthanc)
+    orthanc_config = json.loads(orthanc.GetConfiguration())
+    try:
+        config = load_config(orthanc_config)
+        runtime = Runtime(orthanc=orthanc, config=config, orthanc_config=orthanc_config, metrics=Metrics(orthanc))
+        for feature in _features():
+            feature(runtime)
+    except ConfigError as exc:
+        orthanc.LogError(f"orthanc-hardening refuses to start: {exc.key}: {exc.problem}")
+        raise
+    install_hooks(runtime)
+    logger.warning("orthanc-hardening started in %s mode", config.mode.value)
+    return runtime
+
+
+def _features() -> list[Any]:
+    # Order matters: the storage area loads the signing keys (which the audit checkpoints
+    # use too) and must be registered during initialisation; then the audit store, which
+    # records the start event and hooks into reads and writes; then the TLS gatekeepers.
+    import importlib
+
+    features = []
+    for name in ("storage", "audit_hooks", "tls_gate"):
+        try:
+            module = importlib.import_module(f"orthanc_hardening.shell.{name}")
+        except ModuleNotFoundError as exc:  # DEVELOPMENT ONLY: removed before release
+            if exc.name != f"orthanc_hardening.shell.{name}":
+                raise
+            logger.error("feature %s is not installed", name)
+            continue
+        features.append(module.install)
+    return features

@@ -1,0 +1,140 @@
+"""Registration of the plugin's own REST routes under ``/hardening``, behind one guard.
+
+A handler receives a ``RestCall`` and returns a ``Reply``; raising a ``HardeningError`` gives
+the matching JSON error (DESIGN.md §5). Role checks happen here, before the handler runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from orthanc_hardening.errors import AccessDeniedError, BadRequestError
+from orthanc_hardening.identity import ADMINISTRATOR, AUDITOR, Requester, http_requester, transport_of_uri
+from orthanc_hardening.shell.guard import answer_json, gatekeeper
+from orthanc_hardening.shell.runtime import Runtime
+
+
+@dataclass(frozen=True, slots=True)
+class RestCall:
+    """One call of a plugin REST route."""
+
+    method: str
+    uri: str
+    groups: tuple[str, ...]
+    query: Mapping[str, str]
+    headers: Mapping[str, str]
+    body: bytes
+    requester: Requester
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What a handler answers: JSON (``payload``) or raw bytes with a content type."""
+
+    payload: Any = None
+    status: int = 200
+    raw: bytes | str | None = None
+    content_type: str = "application/json"
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+Handler = Callable[[RestCall], Reply]
+
+
+def require_role(requester: Requester, role: str | None) -> None:
+    """Refuse a requester that lacks ``role`` (``auditor``, ``administrator``).
+
+    Raises:
+        AccessDeniedError: the requester does not hold the role.
+    """
+    if role is None:
+        return
+    if role not in requester.roles:
+        who = requester.user or "anonymous"
+        raise AccessDeniedError(f"user {who!r} is not in Hardening.{_ROLE_KEYS[role]}")
+
+
+_ROLE_KEYS = {AUDITOR: "Auditors", ADMINISTRATOR: "Administrators"}
+
+
+def register(
+    runtime: Runtime,
+    pattern: str,
+    handlers: Mapping[str, Handler],
+    role: str | None = None,
+    name: str | None = None,
+) -> None:
+    """Register ``pattern`` (a full-match regex) with one handler per HTTP method.
+
+    Args:
+        runtime: the plugin runtime.
+        pattern: Orthanc route regex, e.g. ``/hardening/instances/([^/]+)/seal``.
+        handlers: ``{"GET": fn, "POST": fn}``; other methods get 405.
+        role: role required for every method, or ``None`` for any authenticated user.
+        name: route name used in audit events and logs (defaults to the pattern).
+    """
+    route = name or pattern
+
+    def callback(output: Any, uri: str, **request: Any) -> None:
+        headers = dict(request.get("headers") or {})
+        requester = http_requester(headers, _client_ip(runtime), runtime.config, transport_of_uri(uri))
+        with gatekeeper(runtime, output, route, requester):
+            method = str(request.get("method", "GET")).upper()
+            handler = handlers.get(method)
+            if handler is None:
+                output.SendMethodNotAllowed(",".join(sorted(handlers)))
+                return
+            require_role(requester, role)
+            call = RestCall(
+                method=method,
+                uri=uri,
+                groups=tuple(request.get("groups") or ()),
+                query=dict(request.get("get") or {}),
+                headers=headers,
+                body=request.get("body") or b"",
+                requester=requester,
+            )
+            send(output, handler(call))
+
+    runtime.orthanc.RegisterRestCallback(pattern, callback)
+
+
+def send(output: Any, reply: Reply) -> None:
+    """Write a ``Reply`` to an Orthanc REST output."""
+    for header, value in reply.headers.items():
+        output.SetHttpHeader(header, value)
+    if reply.raw is None:
+        answer_json(output, reply.status, reply.payload)
+        return
+    if reply.status != 200:
+        text = reply.raw.decode("utf-8") if isinstance(reply.raw, bytes) else reply.raw
+        output.SetHttpHeader("Content-Type", reply.content_type)
+        output.SendHttpStatus(reply.status, text, len(text.encode("utf-8")))
+        return
+    output.AnswerBuffer(reply.raw, reply.content_type)
+
+
+def _client_ip(runtime: Runtime) -> str:
+    # REST callbacks get no peer address; the HTTP filter saw it on this same thread.
+    request = runtime.current_request()
+    return request.requester.source_ip if request is not None else ""
+
+
+def int_param(query: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
+    """Read an integer query parameter.
+
+    Raises:
+        BadRequestError: not an integer, or below ``minimum``. Values above ``maximum`` are capped.
+    """
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise BadRequestError(name, f"must be an integer, not {raw[:40]!r}") from exc
+    if value < minimum:
+        raise BadRequestError(name, f"must be at least {minimum}")
+    return min(value, maximum) if maximum is not None else value
