@@ -27,7 +27,7 @@ from orthanc_hardening.commands.devsetup import DevFiles, ensure_credentials, en
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN_SCRIPT = REPO / "plugin" / "hardening.py"
-SHIM_DIR = REPO / "build" / "libssl-shim"
+SHIM_DIR = Path(os.environ.get("HARDENING_SHIM_DIR", str(REPO / "build" / "libssl-shim")))
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 PYTHON_PLUGIN = "/usr/share/orthanc/plugins/libOrthancPython.so"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
@@ -276,16 +276,17 @@ class OrthancServer:
         check: bool = False,
         calling_aet: str = CLIENT_AET,
         timeout: float = 60,
+        files: tuple[str, ...] | list[str] = (),
     ) -> subprocess.CompletedProcess[str]:
         """Run a DCMTK tool (``/usr/bin/<tool>``) against this server.
 
         Adds ``-aet``/``-aec``, ``+tls client.key client.pem +cf ca.pem`` (unless ``tls=False``),
-        then ``args``, then host and port.
+        then ``args``, then host and port, then ``files`` (``storescu``'s DICOM files).
         """
         command = [f"/usr/bin/{tool}", "-aet", calling_aet, "-aec", self.aet]
         if tls:
             command += ["+tls", str(self.pki.client_key), str(self.pki.client_cert), "+cf", str(self.pki.ca)]
-        command += [*args, "127.0.0.1", str(self.dicom_port)]
+        command += [*args, "127.0.0.1", str(self.dicom_port), *files]
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
         if check and result.returncode != 0:
             raise AssertionError(f"{tool} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")

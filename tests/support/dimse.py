@@ -1,0 +1,141 @@
+"""DIMSE clients over TLS with pynetdicom (DCMTK 3.6.7's ``getscu`` has no ``+tls``).
+
+Every function opens one association to the server as ``TESTSCU`` with the test client
+certificate and returns what the peer answered.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pynetdicom import AE, build_role, evt
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    MRImageStorage,
+    PatientRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+
+from tests.support.scp import client_tls_context
+from tests.support.server import CLIENT_AET, OrthancServer
+
+STORAGE = (CTImageStorage, MRImageStorage)
+
+
+class AssociationRefused(RuntimeError):
+    """The server did not accept the association (or TLS failed)."""
+
+
+@dataclass
+class RetrieveResult:
+    """What a C-GET or C-MOVE gave: final status, sub-operation counts, received bytes."""
+
+    status: int
+    responses: list[int] = field(default_factory=list)
+    received: dict[str, bytes] = field(default_factory=dict)
+    failed: int = 0
+    completed: int = 0
+
+
+def _associate(ae: AE, server: OrthancServer, tls: bool = True, **kwargs: Any) -> Any:
+    tls_args = (client_tls_context(server.pki), None) if tls else None
+    assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title=server.aet, tls_args=tls_args, **kwargs)
+    if not assoc.is_established:
+        raise AssociationRefused(f"association to {server.aet} refused or aborted")
+    return assoc
+
+
+def c_store(server: OrthancServer, files: list[bytes], tls: bool = True) -> list[int]:
+    """C-STORE each file; return the DIMSE status of each (``-1`` if no response)."""
+    ae = AE(ae_title=CLIENT_AET)
+    for sop_class in STORAGE:
+        ae.add_requested_context(sop_class)
+    assoc = _associate(ae, server, tls)
+    statuses = []
+    try:
+        for data in files:
+            status = assoc.send_c_store(dcmread(io.BytesIO(data)))
+            statuses.append(int(status.Status) if "Status" in status else -1)
+    finally:
+        assoc.release()
+    return statuses
+
+
+def c_find(server: OrthancServer, query: Dataset, tls: bool = True) -> tuple[int, list[Dataset]]:
+    """C-FIND (study root); return the final status and the matches."""
+    ae = AE(ae_title=CLIENT_AET)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = _associate(ae, server, tls)
+    matches: list[Dataset] = []
+    final = -1
+    try:
+        for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
+            if not status or "Status" not in status:
+                continue
+            final = int(status.Status)
+            if final in (0xFF00, 0xFF01) and identifier is not None:
+                matches.append(identifier)
+    finally:
+        assoc.release()
+    return final, matches
+
+
+def _study_query(study_uid: str) -> Dataset:
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = study_uid
+    return query
+
+
+def c_get(server: OrthancServer, study_uid: str, tls: bool = True) -> RetrieveResult:
+    """C-GET a whole study; the received instances are kept as encoded datasets."""
+    result = RetrieveResult(status=-1)
+
+    def on_store(event: Any) -> int:
+        result.received[str(event.request.AffectedSOPInstanceUID)] = event.encoded_dataset()
+        return 0x0000
+
+    ae = AE(ae_title=CLIENT_AET)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(PatientRootQueryRetrieveInformationModelGet)
+    roles = []
+    for sop_class in STORAGE:
+        ae.add_requested_context(sop_class)
+        roles.append(build_role(sop_class, scp_role=True))
+    assoc = _associate(ae, server, tls, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        for status, _identifier in assoc.send_c_get(_study_query(study_uid), StudyRootQueryRetrieveInformationModelGet):
+            if status and "Status" in status:
+                result.status = int(status.Status)
+                result.responses.append(result.status)
+                result.failed = int(getattr(status, "NumberOfFailedSuboperations", result.failed) or 0)
+                result.completed = int(getattr(status, "NumberOfCompletedSuboperations", result.completed) or 0)
+    finally:
+        assoc.release()
+    return result
+
+
+def c_move(server: OrthancServer, study_uid: str, destination: str = CLIENT_AET, tls: bool = True) -> RetrieveResult:
+    """C-MOVE a whole study to ``destination``; returns the final status and counts."""
+    result = RetrieveResult(status=-1)
+    ae = AE(ae_title=CLIENT_AET)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    assoc = _associate(ae, server, tls)
+    try:
+        for status, _identifier in assoc.send_c_move(
+            _study_query(study_uid), destination, StudyRootQueryRetrieveInformationModelMove
+        ):
+            if status and "Status" in status:
+                result.status = int(status.Status)
+                result.responses.append(result.status)
+                result.failed = int(getattr(status, "NumberOfFailedSuboperations", result.failed) or 0)
+                result.completed = int(getattr(status, "NumberOfCompletedSuboperations", result.completed) or 0)
+    finally:
+        assoc.release()
+    return result
