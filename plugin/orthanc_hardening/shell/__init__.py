@@ -13,6 +13,7 @@ from typing import Any
 
 from orthanc_hardening.config import load_config
 from orthanc_hardening.errors import ConfigError
+from orthanc_hardening.shell import tls_gate
 from orthanc_hardening.shell.hooks import install_hooks
 from orthanc_hardening.shell.logsink import install_logging
 from orthanc_hardening.shell.metrics import Metrics
@@ -38,6 +39,9 @@ def install(orthanc: Any) -> Runtime:
     try:
         config = load_config(orthanc_config)
         runtime = Runtime(orthanc=orthanc, config=config, orthanc_config=orthanc_config, metrics=Metrics(orthanc))
+        # Orthanc serves a URI with the first plugin route that matches it: the TLS routes
+        # (the lockdown catch-all above all) are registered before any other feature's.
+        tls_gate.install_early(runtime)
         for feature in _features():
             feature(runtime)
     except ConfigError as exc:

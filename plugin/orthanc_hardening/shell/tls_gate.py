@@ -1,0 +1,456 @@
+"""TLS enforcement and the posture report, wired into Orthanc.
+
+Two phases, because Orthanc serves a URI with the *first* plugin route whose pattern matches
+(verified with Orthanc 1.10.1):
+
+* ``install_early`` runs before every other feature registers a route. It evaluates the
+  posture (``tls/posture.py``), refuses to start when a configured certificate cannot be
+  read, sets ``runtime.lockdown`` (enforce mode, a critical check failed) and registers the
+  REST routes: in lockdown a catch-all ``(/.*)`` answering 403 JSON; otherwise the
+  enforcement overrides (insecure destinations, Lua, filesystem export, run-time creation
+  of modalities and peers) and ``GET /hardening/posture``.
+* ``install`` runs last, when the storage hooks and the audit store exist: in lockdown it
+  refuses every incoming C-STORE (C-STORE gate), C-FIND (find callback) and C-GET/C-MOVE
+  read (storage read hook), and records one Security Alert.
+
+Outgoing sends cannot be forwarded from a REST override (a job started from a callback
+deadlocks Orthanc, ORTHANC-NOTES.md), so in enforce mode the override routes answer 403 JSON
+only for the destinations that are insecure at start; creating an insecure destination at run
+time is refused; and an HTTP gate refuses (empty 403) any send to a destination not known to
+be secure, after re-reading Orthanc's list once. Sends that bypass HTTP (the C-MOVE callback
+uses ``orthanc.RestApiPost``) ask ``runtime.services["tls_outgoing"].check_modality(name)``
+(absent in lockdown, where C-MOVE is refused anyway). Monitor mode blocks nothing: each
+would-be refusal is a warning in the log and counts in ``hardening_tls_violations``.
+
+Services and metrics: ``runtime.services["posture"]`` (the last ``PostureReport``),
+``["tls_outgoing"]`` (``OutgoingPolicy``); gauges ``hardening_posture_failed_checks`` and
+``hardening_certificate_days_left`` (the soonest-expiring server certificate), counters
+``hardening_tls_violations`` and ``hardening_lockdown_refusals``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from orthanc_hardening.errors import AccessDeniedError
+from orthanc_hardening.identity import ADMINISTRATOR, HttpRequest, Requester, http_requester, transport_of_uri
+from orthanc_hardening.shell.guard import alert_for, answer_json, security_alert
+from orthanc_hardening.shell.hooks import DIMSE_NOT_AUTHORIZED
+from orthanc_hardening.shell.rest import Reply, register
+from orthanc_hardening.shell.runtime import Runtime
+from orthanc_hardening.tls import host
+from orthanc_hardening.tls.enforcement import (
+    MODALITY_DEFINITION,
+    PEER_DEFINITION,
+    Destination,
+    RouteKind,
+    Verdict,
+    destinations,
+    judge_definition,
+    judge_request,
+)
+from orthanc_hardening.tls.posture import (
+    PostureReport,
+    Status,
+    check_certificate_files,
+    files_to_inspect,
+    inspect_posture,
+)
+
+logger = logging.getLogger(__name__)
+
+POSTURE_ROUTE = "/hardening/posture"
+METRICS_ROUTE = "/tools/metrics-prometheus"
+LOCKDOWN_ROUTE = "(/.*)"
+# Top-level segments of Orthanc's own REST API and web pages (1.10) and of this plugin:
+# in lockdown, these reach the catch-all route and get the JSON answer. Anything else
+# (DICOMweb, WebDAV, other plugins, whose routes may precede ours) is refused by the HTTP
+# gate with an empty 403.
+CORE_SEGMENTS = frozenset(
+    {
+        "", "app", "changes", "exports", "instances", "jobs", "modalities", "patients", "peers",
+        "plugins", "queries", "series", "statistics", "storage-commitment", "studies", "system",
+        "tools", "hardening", "favicon.ico",
+    }
+)
+_MODALITY_ACTIONS = (
+    "echo|store|store-straight|move|get|query|find|find-patient|find-study|find-series|"
+    "find-instance|find-worklist|storage-commitment"
+)
+_OVERRIDE_ACTIONS = {
+    RouteKind.MODALITY: ("/modalities/", _MODALITY_ACTIONS),
+    RouteKind.PEER: ("/peers/", "store|store-straight|system"),
+    RouteKind.DICOMWEB_SERVER: ("/dicom-web/servers/", "stow|get|retrieve|qido|wado|delete"),
+}
+FORBIDDEN_ROUTES = (
+    ("/tools/execute-script", "POST /tools/execute-script runs Lua code on the server"),
+    ("/instances/([^/]+)/export", "POST /instances/{id}/export writes to the server's filesystem"),
+)
+# Orthanc error codes (OrthancException.args[0]) for answers forwarded from the core.
+_ORTHANC_STATUS = {17: 404, 11: 400, 8: 400, 4: 400, 3: 400, 2: 400}
+
+
+def evaluate_posture(runtime: Runtime, live: bool) -> PostureReport:
+    """Gather host facts and run the posture checks.
+
+    Args:
+        runtime: the plugin runtime.
+        live: read modalities and peers through the REST API (not possible during
+            Orthanc's initialisation; they come from the configuration then).
+
+    Raises:
+        ConfigError: a configured certificate file is missing, unreadable or not a
+            certificate (only raised when ``live`` is false, i.e. at start).
+    """
+    config = runtime.orthanc_config
+    base = host.orthanc_configuration_directory()
+    wanted = files_to_inspect(config, runtime.config, base)
+    libssl = host.probe_libssl(host.civetweb_in_process())
+    modalities = _rest_json(runtime, "/modalities?expand") if live else None
+    peers = _rest_json(runtime, "/peers?expand") if live else None
+    facts = host.gather_host_facts(wanted, base, libssl, modalities, peers)
+    if not live:
+        check_certificate_files(config, facts)
+    report = inspect_posture(config, runtime.config, facts, runtime.clock())
+    runtime.metrics.set("posture_failed_checks", len(report.failed))
+    if report.certificate_days_left is not None:
+        runtime.metrics.set("certificate_days_left", report.certificate_days_left)
+    return report
+
+
+def install_early(runtime: Runtime) -> None:
+    """Evaluate the posture, decide on lockdown and register every TLS route (see module doc).
+
+    Raises:
+        ConfigError: a configured certificate file cannot be used; Orthanc must not start.
+    """
+    report = evaluate_posture(runtime, live=False)
+    runtime.services["posture"] = report
+    for check in report.checks:
+        if check.status is Status.FAIL:
+            log = logger.error if check.is_critical_failure else logger.warning
+            log("posture check %s failed (%s): %s. Fix: %s", check.id, check.severity.value, check.evidence,
+                check.remedy)
+    _keep_certificate_metric_fresh(runtime)
+    critical = tuple(c.id for c in report.critical_failures)
+    if critical and runtime.config.is_enforcing:
+        runtime.lockdown = critical
+        logger.error(
+            "LOCKDOWN: critical checks failed (%s): every HTTP and DICOM request is refused until "
+            "the configuration is fixed; see GET /hardening/posture after the fix or "
+            "`python -m orthanc_hardening posture`",
+            ", ".join(critical),
+        )
+        _install_lockdown_routes(runtime, report)
+        return
+    if critical:
+        logger.warning("monitor mode: critical checks failed (%s); nothing is blocked", ", ".join(critical))
+    _install_enforcement(runtime)
+    register(runtime, POSTURE_ROUTE, {"GET": lambda call: _posture_reply(runtime)}, role=ADMINISTRATOR)
+
+
+def install(runtime: Runtime) -> None:
+    """Install the DIMSE side of the lockdown (runs after storage and audit are installed)."""
+    if not runtime.lockdown:
+        return
+    runtime.cstore_gates.insert(0, lambda instance: _refuse_cstore(runtime, instance))
+    read_hooks = runtime.services.get("read_hooks")
+    if isinstance(read_hooks, list):
+        read_hooks.insert(0, lambda event: _refuse_read(runtime))
+    else:
+        logger.error("no storage read hooks: C-GET cannot be refused in lockdown")
+
+    def refuse_find(answers: Any, query: Any, issuer_aet: str, called_aet: str) -> None:
+        raise AccessDeniedError(_lockdown_detail(runtime))
+
+    try:
+        runtime.orthanc.RegisterFindCallback(refuse_find)
+    except Exception:
+        logger.warning("C-FIND callback already registered: it refuses in lockdown itself")
+    try:
+        security_alert(
+            runtime,
+            Requester(transport=transport_of_uri("/")),
+            "startup",
+            _lockdown_detail(runtime),
+        )
+    except Exception:
+        logger.exception("could not audit the lockdown")
+
+
+def _keep_certificate_metric_fresh(runtime: Runtime) -> None:
+    # Prometheus reads the metrics over HTTP: recompute the days left at each scrape, so the
+    # gauge counts down between posture reports.
+    def refresh_metric(request: HttpRequest) -> None:
+        if request.uri != METRICS_ROUTE:
+            return
+        report = runtime.services.get("posture")
+        not_after = getattr(report, "certificate_not_after", None)
+        if not_after is not None:
+            runtime.metrics.set("certificate_days_left", (not_after - runtime.clock()) // dt.timedelta(days=1))
+
+    runtime.http_gates.append(refresh_metric)
+
+
+# -- lockdown -----------------------------------------------------------------------------
+
+
+def _lockdown_detail(runtime: Runtime) -> str:
+    return (
+        "orthanc-hardening is in lockdown because critical security checks failed: "
+        f"{', '.join(runtime.lockdown)}; the administrator must fix the configuration and restart Orthanc"
+    )
+
+
+def _lockdown_body(runtime: Runtime, report: PostureReport) -> dict[str, Any]:
+    return {
+        "error": "forbidden",
+        "detail": _lockdown_detail(runtime),
+        "failed_checks": list(runtime.lockdown),
+        "titles": {c.id: c.title for c in report.critical_failures},
+    }
+
+
+def _install_lockdown_routes(runtime: Runtime, report: PostureReport) -> None:
+    body = _lockdown_body(runtime, report)
+
+    def refuse_everything(output: Any, uri: str, **request: Any) -> None:
+        answer_json(output, 403, body)
+
+    runtime.orthanc.RegisterRestCallback(LOCKDOWN_ROUTE, refuse_everything)
+
+    def lockdown_gate(request: HttpRequest) -> None:
+        runtime.metrics.increment("lockdown_refusals")
+        if _first_segment(request.uri) not in CORE_SEGMENTS:
+            # Another plugin's route may precede the catch-all: refuse it here (empty 403).
+            raise AccessDeniedError(_lockdown_detail(runtime))
+
+    runtime.http_gates.insert(0, lockdown_gate)
+
+
+def _first_segment(uri: str) -> str:
+    return uri.lstrip("/").split("/", 1)[0]
+
+
+def _refuse_cstore(runtime: Runtime, instance: Any) -> int:
+    logger.warning("C-STORE refused (lockdown): %s", ", ".join(runtime.lockdown))
+    runtime.metrics.increment("lockdown_refusals")
+    return DIMSE_NOT_AUTHORIZED
+
+
+def _refuse_read(runtime: Runtime) -> None:
+    raise AccessDeniedError(_lockdown_detail(runtime))
+
+
+# -- enforcement --------------------------------------------------------------------------
+
+
+class OutgoingPolicy:
+    """Orthanc's modalities, peers and DICOMweb servers as last read, and the sending rules.
+
+    Published as ``runtime.services["tls_outgoing"]``: code that sends on Orthanc's behalf
+    without an HTTP request (the C-MOVE callback sends through ``orthanc.RestApiPost``, which
+    bypasses the HTTP filter and the REST overrides) calls ``check_modality`` first.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        config = runtime.orthanc_config
+        self.known = destinations(
+            _mapping(config.get("DicomModalities")),
+            _mapping(config.get("OrthancPeers")),
+            _mapping(_mapping(config.get("DicomWeb")).get("Servers")),
+        )
+
+    def refresh(self) -> None:
+        """Re-read the live lists (``GET /modalities?expand`` etc., no job involved)."""
+        modalities = _rest_json(self._runtime, "/modalities?expand")
+        peers = _rest_json(self._runtime, "/peers?expand")
+        servers = _rest_json(self._runtime, "/dicom-web/servers?expand")
+        fresh = destinations(modalities or {}, peers or {}, servers or {})
+        listed = {RouteKind.MODALITY: modalities, RouteKind.PEER: peers, RouteKind.DICOMWEB_SERVER: servers}
+        # A list that could be read replaces the old one (a deleted destination disappears);
+        # one that could not (no DICOMweb plugin) keeps what the configuration said.
+        known = {key: value for key, value in self.known.items() if listed[key[0]] is None}
+        known.update(fresh)
+        self.known = known
+
+    def add(self, destination: Destination) -> None:
+        """Record a destination created at run time (after its definition was judged)."""
+        self.known = {**self.known, (destination.kind, destination.name): destination}
+
+    def judge(self, method: str, uri: str) -> Verdict:
+        """Judge a request against the known destinations, re-reading them once if unknown."""
+        verdict = judge_request(method, uri, self.known)
+        if not verdict.allowed and verdict.is_unknown_target:
+            self.refresh()
+            verdict = judge_request(method, uri, self.known)
+        return verdict
+
+    def check_modality(self, name: str, requester: Requester | None = None) -> None:
+        """Check that DICOM may be sent to the modality ``name`` (C-MOVE targets).
+
+        Raises:
+            AccessDeniedError: enforce mode, and the modality does not use DICOM TLS or is
+                unknown. In monitor mode the violation is only logged and counted.
+        """
+        uri = f"/modalities/{quote(name, safe='')}/store"
+        verdict = self.judge("POST", uri)
+        if verdict.allowed:
+            return
+        _violation(self._runtime, verdict, requester or Requester(transport=transport_of_uri("/")), uri)
+        if self._runtime.config.is_enforcing:
+            raise AccessDeniedError(verdict.reason)
+
+
+def _install_enforcement(runtime: Runtime) -> None:
+    policy = OutgoingPolicy(runtime)
+    runtime.services["tls_outgoing"] = policy
+    enforcing = runtime.config.is_enforcing
+    # Routes whose refusal a REST override answers with JSON; the gate lets exactly these
+    # through (matched on the raw URI, as Orthanc matches the override) and refuses the rest.
+    answered_in_json: list[re.Pattern[str]] = []
+    if enforcing:
+        for (kind, _name), destination in sorted(policy.known.items(), key=lambda item: (item[0][0].value, item[0][1])):
+            # DICOMweb routes belong to another plugin whose routes may precede ours: the
+            # gate refuses those itself.
+            if not destination.is_secure and kind is not RouteKind.DICOMWEB_SERVER:
+                answered_in_json.append(_register_insecure_destination(runtime, destination))
+        for pattern, reason in FORBIDDEN_ROUTES:
+            _register_forbidden(runtime, pattern, reason)
+            answered_in_json.append(re.compile(pattern))
+    _register_definition_override(runtime, policy, MODALITY_DEFINITION.pattern, RouteKind.MODALITY)
+    _register_definition_override(runtime, policy, PEER_DEFINITION.pattern, RouteKind.PEER)
+
+    def outgoing_gate(request: HttpRequest) -> None:
+        verdict = policy.judge(request.method, request.uri)
+        if verdict.allowed:
+            return
+        _violation(runtime, verdict, request.requester, request.uri)
+        if not enforcing:
+            return
+        if any(pattern.fullmatch(request.uri) for pattern in answered_in_json):
+            return  # the override route answers 403 JSON
+        raise AccessDeniedError(verdict.reason)
+
+    runtime.http_gates.insert(0, outgoing_gate)
+
+
+def _violation(runtime: Runtime, verdict: Verdict, requester: Requester, uri: str) -> None:
+    runtime.metrics.increment("tls_violations")
+    if runtime.config.is_enforcing:
+        logger.warning("refused %s: %s", uri, verdict.reason)
+    else:
+        logger.warning("monitor mode, would refuse %s: %s", uri, verdict.reason)
+
+
+def _register_insecure_destination(runtime: Runtime, destination: Destination) -> re.Pattern[str]:
+    prefix, actions = _OVERRIDE_ACTIONS[destination.kind]
+    pattern = f"{prefix}{re.escape(destination.name)}/({actions})/?"
+    only = {(destination.kind, destination.name): destination}
+    verdict = judge_request("POST", f"{prefix}{destination.name}/store", only)
+
+    def refuse(output: Any, uri: str, **request: Any) -> None:
+        requester = _requester(runtime, request)
+        alert_for(runtime, AccessDeniedError(verdict.reason), requester, uri)
+        answer_json(output, 403, verdict.body)
+
+    runtime.orthanc.RegisterRestCallback(pattern, refuse)
+    return re.compile(pattern)
+
+
+def _register_forbidden(runtime: Runtime, pattern: str, reason: str) -> None:
+    def refuse(output: Any, uri: str, **request: Any) -> None:
+        method = str(request.get("method", "GET")).upper()
+        if method != "POST":
+            output.SendMethodNotAllowed("POST")
+            return
+        detail = f"{reason} and is refused in enforce mode"
+        alert_for(runtime, AccessDeniedError(detail), _requester(runtime, request), uri)
+        answer_json(output, 403, {"error": "forbidden", "detail": detail})
+
+    runtime.orthanc.RegisterRestCallback(pattern, refuse)
+
+
+def _register_definition_override(runtime: Runtime, state: OutgoingPolicy, pattern: str, kind: RouteKind) -> None:
+    """Override ``/modalities/{name}`` (or ``/peers/{name}``): judge PUT bodies, forward the rest.
+
+    GET, PUT and DELETE of a definition start no job, so forwarding them to Orthanc's core
+    with ``orthanc.RestApi*`` from this callback is safe.
+    """
+    orthanc = runtime.orthanc
+
+    def callback(output: Any, uri: str, **request: Any) -> None:
+        method = str(request.get("method", "GET")).upper()
+        requester = _requester(runtime, request)
+        try:
+            if method == "PUT":
+                name = (request.get("groups") or ("",))[0]
+                body = request.get("body") or b""
+                verdict, destination = judge_definition(kind, name, body)
+                if not verdict.allowed:
+                    _violation(runtime, verdict, requester, uri)
+                    if runtime.config.is_enforcing:
+                        alert_for(runtime, AccessDeniedError(verdict.reason), requester, uri)
+                        answer_json(output, 403, verdict.body)
+                        return
+                answer = orthanc.RestApiPut(uri, body)
+                if destination is not None:
+                    state.add(destination)
+            elif method == "GET":
+                query = dict(request.get("get") or {})
+                answer = orthanc.RestApiGet(uri + ("?" + urlencode(query) if query else ""))
+            elif method == "DELETE":
+                answer = orthanc.RestApiDelete(uri)
+                answer = answer if answer is not None else b"{}"
+            else:
+                output.SendMethodNotAllowed("GET,PUT,DELETE")
+                return
+        except Exception as exc:
+            _answer_core_error(output, exc)
+            return
+        output.AnswerBuffer(answer if answer is not None else b"{}", "application/json")
+
+    orthanc.RegisterRestCallback(pattern, callback)
+
+
+def _answer_core_error(output: Any, exc: Exception) -> None:
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+    status = _ORTHANC_STATUS.get(code, 500) if code is not None else 500
+    detail = str(exc.args[1]) if len(exc.args) > 1 else "Orthanc refused the request"
+    answer_json(output, status, {"error": "bad request" if status == 400 else "error", "detail": detail})
+
+
+def _posture_reply(runtime: Runtime) -> Reply:
+    report = evaluate_posture(runtime, live=True)
+    runtime.services["posture"] = report
+    return Reply(report.to_json(runtime.config.mode.value, runtime.lockdown))
+
+
+def _requester(runtime: Runtime, request: Mapping[str, Any]) -> Requester:
+    current = runtime.current_request()
+    ip = current.requester.source_ip if current is not None else ""
+    return http_requester(dict(request.get("headers") or {}), ip, runtime.config)
+
+
+def _rest_json(runtime: Runtime, uri: str) -> dict[str, Any] | None:
+    try:
+        answer = runtime.orthanc.RestApiGet(uri)
+    except Exception:
+        return None
+    try:
+        value = json.loads(answer)
+    except (TypeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
