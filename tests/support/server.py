@@ -123,7 +123,9 @@ class OrthancServer:
 
     @property
     def data_dir(self) -> Path:
-        return Path(self.config.get("Hardening", {}).get("DataDirectory", self.home / "hardening"))
+        section = self.config.get("Hardening")
+        configured = section.get("DataDirectory") if isinstance(section, dict) else None
+        return Path(configured or self.home / "hardening")
 
     @property
     def config_path(self) -> Path:
@@ -412,7 +414,7 @@ def make_server(
     if config:
         merged = deep_merge(merged, config)
     Path(merged["StorageDirectory"]).mkdir(parents=True, exist_ok=True)
-    if "Hardening" in merged:
+    if isinstance(merged.get("Hardening"), dict):
         Path(merged["Hardening"].get("DataDirectory", home / "hardening")).mkdir(parents=True, exist_ok=True)
     server = OrthancServer(
         home=home,

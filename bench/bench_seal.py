@@ -1,0 +1,146 @@
+"""Seal component benchmark: the sealed storage area against a plain one, in one run, same data.
+
+    .venv/bin/python bench/bench_seal.py [--quick]
+
+"plain" does what Orthanc's own filesystem storage does per attachment (write + fsync on
+create; read on read). "hardened" is ``shell/storage.SealedStorage`` driven directly (FakeOrthanc,
+no HTTP): on create it parses the identity, signs the seal, commits the seal row and writes the
+file durably; on read it hashes, checks the seal and its (cached) signature. Both create the
+DICOM file and its "until pixel data" header, as Orthanc 1.10 does with a plugin storage area.
+The end-to-end figures (REST, C-STORE, C-GET through real servers) come from ``bench/run.py``,
+which also runs this module. Nothing is asserted: compare within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid as uuidlib
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "plugin")]
+
+from orthanc_hardening.audit.sink import MemoryAuditSink  # noqa: E402
+from orthanc_hardening.config import HardeningConfig  # noqa: E402
+from orthanc_hardening.seal import keys as keymod  # noqa: E402
+from orthanc_hardening.shell import storage as storage_module  # noqa: E402
+from orthanc_hardening.shell.metrics import Metrics  # noqa: E402
+from orthanc_hardening.shell.runtime import Runtime  # noqa: E402
+
+from tests.support.dicom import make_instance, new_uid  # noqa: E402
+from tests.unit.fakes import FakeOrthanc  # noqa: E402
+
+PASS = "bench passphrase"
+
+
+def header_length(data: bytes) -> int:
+    """Offset of the Pixel Data element (7FE0,0010), as Orthanc's "until pixel data" attachment."""
+    return data.rfind(b"\xe0\x7f\x10\x00")
+
+
+class PlainStorage:
+    """What Orthanc's FilesystemStorage does (SyncStorageArea: fsync on write)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, uuid: str) -> Path:
+        return self.root / uuid[:2] / uuid[2:4] / uuid
+
+    def create(self, uuid: str, _content_type: int, data: bytes) -> None:
+        path = self._path(uuid)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def read(self, uuid: str, _content_type: int) -> bytes:
+        return self._path(uuid).read_bytes()
+
+
+def hardened_storage(work: Path) -> Any:
+    os.environ["HARDENING_KEY_PASSPHRASE"] = PASS
+    keymod.generate_key(work / "key.pem", PASS.encode())
+    orthanc = FakeOrthanc()
+    config = HardeningConfig(data_directory=work / "data", signing_key=work / "key.pem")
+    runtime = Runtime(orthanc=orthanc, config=config, orthanc_config={"StorageDirectory": str(work / "storage")},
+                      metrics=Metrics(orthanc), audit=MemoryAuditSink(),
+                      clock=lambda: dt.datetime.now(dt.UTC))
+    storage_module.install(runtime)
+    return runtime.services["sealed_storage"]
+
+
+def _time_create(storage: Any, files: list[bytes]) -> tuple[float, list[tuple[str, str]]]:
+    written = []
+    start = time.perf_counter()
+    for data in files:
+        uuid, header_uuid = str(uuidlib.uuid4()), str(uuidlib.uuid4())
+        storage.create(uuid, 1, data)
+        storage.create(header_uuid, 3, data[: header_length(data)])
+        written.append((uuid, header_uuid))
+    return time.perf_counter() - start, written
+
+
+def _time_read(storage: Any, written: list[tuple[str, str]]) -> float:
+    start = time.perf_counter()
+    for uuid, _header in written:
+        storage.read(uuid, 1)
+    return time.perf_counter() - start
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    """Return one row per operation: plain and hardened seconds per instance, and the ratio."""
+    count = 20 if quick else 200
+    size = 128 if quick else 512
+    study, series = new_uid(), new_uid()
+    files = [make_instance(study_uid=study, series_uid=series, rows=size, cols=size, instance_number=i + 1, seed=i)
+             for i in range(count)]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-seal-") as tmp:
+        work = Path(tmp)
+        plain = PlainStorage(work / "plain")
+        hardened = hardened_storage(work)
+        repeats = 1 if quick else 3
+        results: dict[str, dict[str, list[float]]] = {"create": {"plain": [], "hardened": []},
+                                                      "read": {"plain": [], "hardened": []}}
+        for _ in range(repeats):
+            for label, storage in (("plain", plain), ("hardened", hardened)):
+                seconds, written = _time_create(storage, files)
+                results["create"][label].append(seconds)
+                # Two passes: the second is the steady state (signature cache warm, page cache hot).
+                _time_read(storage, written)
+                results["read"][label].append(_time_read(storage, written))
+        for operation, by_label in results.items():
+            plain_s = statistics.median(by_label["plain"]) / count
+            hardened_s = statistics.median(by_label["hardened"]) / count
+            rows.append({
+                "name": f"seal storage {operation} ({size}x{size} CT, per instance)",
+                "count": count,
+                "plain": {"wall_s": plain_s},
+                "hardened": {"wall_s": hardened_s},
+                "ratio_wall": hardened_s / plain_s if plain_s else None,
+                "extra_ms_per_instance": (hardened_s - plain_s) * 1000,
+            })
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    for row in run(quick=args.quick):
+        print(f"{row['name']:<48} plain {row['plain']['wall_s'] * 1000:7.3f} ms  "
+              f"hardened {row['hardened']['wall_s'] * 1000:7.3f} ms  ratio {row['ratio_wall']:.2f}  "
+              f"(+{row['extra_ms_per_instance']:.3f} ms)")
+
+
+if __name__ == "__main__":
+    main()

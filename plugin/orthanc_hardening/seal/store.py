@@ -1,0 +1,260 @@
+"""Where seals live: the ``SealStore`` port and its SQLite implementation (WAL, synchronous FULL).
+
+A seal row is written and committed *before* the attachment's file is renamed into place
+(``shell/storage.py``), so an acknowledged instance always has its seal; a crash in between
+leaves a row whose file is missing or that Orthanc never indexed. ``suspect_rows`` lists the
+rows written since the last clean stop (``mark_clean``), which start-up reconciliation checks
+and ``abandon``s. Removals and read failures are recorded too (evidence for an incident).
+
+Errors of the database become ``StoreUnavailableError``; a row that does not parse raises
+``SealInvalidError`` from ``Seal.from_bytes``. The PostgreSQL store can follow the same protocol.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+from orthanc_hardening.errors import StoreUnavailableError
+from orthanc_hardening.seal.record import Seal, format_time
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS seals (
+    uuid TEXT NOT NULL,
+    content_type INTEGER NOT NULL,
+    record BLOB NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'stored',
+    changed_at TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (uuid, content_type)
+);
+CREATE INDEX IF NOT EXISTS seals_sop ON seals (sop_instance_uid);
+CREATE TABLE IF NOT EXISTS failures (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time TEXT NOT NULL,
+    uuid TEXT NOT NULL,
+    content_type INTEGER NOT NULL,
+    problem TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+STORED = "stored"
+REMOVED = "removed"
+ABANDONED = "abandoned"
+
+
+@dataclass(frozen=True, slots=True)
+class SealRow:
+    """A seal with its row id and state (``stored``, ``removed``, ``abandoned``)."""
+
+    rowid: int
+    seal: Seal
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """One failed verification, recorded for the incident report and for archive jobs."""
+
+    id: int
+    time: str
+    uuid: str
+    content_type: int
+    problem: str
+
+
+class SealStore(Protocol):
+    """The seal store port."""
+
+    def put(self, seal: Seal) -> None: ...
+    def get(self, uuid: str, content_type: int) -> Seal | None: ...
+    def delete(self, uuid: str, content_type: int) -> None: ...
+    def mark_removed(self, uuid: str, content_type: int, now: datetime) -> None: ...
+    def record_failure(self, uuid: str, content_type: int, problem: str, now: datetime) -> int: ...
+    def failures_since(self, failure_id: int) -> list[Failure]: ...
+    def last_failure_id(self) -> int: ...
+
+
+class SQLiteSealStore:
+    """Seals in one SQLite file (WAL, synchronous FULL: durable on commit, also on power loss)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreUnavailableError(f"seal store {self.path} cannot be opened: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _cursor(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                yield self._db
+            except sqlite3.Error as exc:
+                raise StoreUnavailableError(f"seal store error: {exc}") from exc
+
+    def put(self, seal: Seal) -> None:
+        """Insert (or replace) the seal of an attachment; durable when this returns.
+
+        Raises:
+            StoreUnavailableError: the row could not be committed.
+        """
+        with self._cursor() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO seals (uuid, content_type, record, sop_instance_uid, study_uid, key_id, state)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'stored')",
+                (seal.uuid, seal.content_type, seal.to_bytes(), seal.sop_instance_uid, seal.study_uid, seal.key_id),
+            )
+
+    def get(self, uuid: str, content_type: int) -> Seal | None:
+        """The seal of an attachment (whatever its state), or ``None``.
+
+        Raises:
+            StoreUnavailableError: the store cannot be read.
+            SealInvalidError: the stored record is malformed.
+        """
+        row = self.get_row(uuid, content_type)
+        return None if row is None else row.seal
+
+    def get_row(self, uuid: str, content_type: int) -> SealRow | None:
+        """Like ``get`` with the row id and state."""
+        with self._cursor() as db:
+            found = db.execute(
+                "SELECT rowid, record, state FROM seals WHERE uuid = ? AND content_type = ?", (uuid, content_type)
+            ).fetchone()
+        if found is None:
+            return None
+        return SealRow(int(found[0]), Seal.from_bytes(found[1]), str(found[2]))
+
+    def seals_of_instance(self, sop_instance_uid: str) -> list[Seal]:
+        """Every stored seal bound to a SOP Instance UID."""
+        with self._cursor() as db:
+            rows = db.execute(
+                "SELECT record FROM seals WHERE sop_instance_uid = ? AND state = 'stored'", (sop_instance_uid,)
+            ).fetchall()
+        return [Seal.from_bytes(r[0]) for r in rows]
+
+    def delete(self, uuid: str, content_type: int) -> None:
+        """Drop a seal row (only when its file was never written)."""
+        with self._cursor() as db:
+            db.execute("DELETE FROM seals WHERE uuid = ? AND content_type = ?", (uuid, content_type))
+
+    def _set_state(self, uuid: str, content_type: int, state: str, now: datetime) -> None:
+        with self._cursor() as db:
+            db.execute(
+                "UPDATE seals SET state = ?, changed_at = ? WHERE uuid = ? AND content_type = ?",
+                (state, format_time(now), uuid, content_type),
+            )
+
+    def mark_removed(self, uuid: str, content_type: int, now: datetime) -> None:
+        """Record that Orthanc removed the attachment (the row stays as evidence)."""
+        self._set_state(uuid, content_type, REMOVED, now)
+
+    def abandon(self, uuid: str, content_type: int, now: datetime) -> None:
+        """Record that the row belongs to a write that never completed (start-up reconciliation)."""
+        self._set_state(uuid, content_type, ABANDONED, now)
+
+    def record_failure(self, uuid: str, content_type: int, problem: str, now: datetime) -> int:
+        """Record a failed verification; return its id (a counter that only grows)."""
+        with self._cursor() as db:
+            cursor = db.execute(
+                "INSERT INTO failures (time, uuid, content_type, problem) VALUES (?, ?, ?, ?)",
+                (format_time(now), uuid, content_type, problem[:1000]),
+            )
+            return int(cursor.lastrowid or 0)
+
+    def last_failure_id(self) -> int:
+        with self._cursor() as db:
+            found = db.execute("SELECT COALESCE(MAX(id), 0) FROM failures").fetchone()
+        return int(found[0])
+
+    def failures_since(self, failure_id: int) -> list[Failure]:
+        """Failures recorded after ``failure_id``, oldest first."""
+        with self._cursor() as db:
+            rows = db.execute(
+                "SELECT id, time, uuid, content_type, problem FROM failures WHERE id > ? ORDER BY id", (failure_id,)
+            ).fetchall()
+        return [Failure(int(r[0]), str(r[1]), str(r[2]), int(r[3]), str(r[4])) for r in rows]
+
+    def count(self, state: str = STORED) -> int:
+        with self._cursor() as db:
+            return int(db.execute("SELECT COUNT(*) FROM seals WHERE state = ?", (state,)).fetchone()[0])
+
+    # -- meta and reconciliation -----------------------------------------------------------
+
+    def get_meta(self, name: str) -> str | None:
+        with self._cursor() as db:
+            found = db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if found is None else str(found[0])
+
+    def set_meta(self, name: str, value: str) -> None:
+        with self._cursor() as db:
+            db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, value))
+
+    def max_rowid(self) -> int:
+        with self._cursor() as db:
+            return int(db.execute("SELECT COALESCE(MAX(rowid), 0) FROM seals").fetchone()[0])
+
+    def mark_clean(self) -> None:
+        """Record that every row written so far belongs to a completed write (clean stop)."""
+        self.set_meta("clean_through_rowid", str(self.max_rowid()))
+
+    def suspect_rows(self) -> list[SealRow]:
+        """Stored rows written after the last clean stop (possibly half-written state)."""
+        clean = int(self.get_meta("clean_through_rowid") or "0")
+        with self._cursor() as db:
+            rows = db.execute(
+                "SELECT rowid, record, state FROM seals WHERE rowid > ? AND state = 'stored' ORDER BY rowid", (clean,)
+            ).fetchall()
+        return [SealRow(int(r[0]), Seal.from_bytes(r[1]), str(r[2])) for r in rows]
+
+
+class MemorySealStore:
+    """An in-memory ``SealStore`` for unit tests."""
+
+    def __init__(self) -> None:
+        self.seals: dict[tuple[str, int], Seal] = {}
+        self.states: dict[tuple[str, int], str] = {}
+        self.failures: list[Failure] = []
+
+    def put(self, seal: Seal) -> None:
+        self.seals[(seal.uuid, seal.content_type)] = seal
+        self.states[(seal.uuid, seal.content_type)] = STORED
+
+    def get(self, uuid: str, content_type: int) -> Seal | None:
+        return self.seals.get((uuid, content_type))
+
+    def delete(self, uuid: str, content_type: int) -> None:
+        self.seals.pop((uuid, content_type), None)
+
+    def mark_removed(self, uuid: str, content_type: int, now: datetime) -> None:
+        self.states[(uuid, content_type)] = REMOVED
+
+    def record_failure(self, uuid: str, content_type: int, problem: str, now: datetime) -> int:
+        failure = Failure(len(self.failures) + 1, format_time(now), uuid, content_type, problem)
+        self.failures.append(failure)
+        return failure.id
+
+    def failures_since(self, failure_id: int) -> list[Failure]:
+        return [f for f in self.failures if f.id > failure_id]
+
+    def last_failure_id(self) -> int:
+        return len(self.failures)

@@ -1,0 +1,89 @@
+"""Verification on read: hash + seal + signature, the signature cache, the unsealed policy."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from orthanc_hardening.config import UnsealedPolicy
+from orthanc_hardening.errors import SealInvalidError, SealMismatchError, SealMissingError, UnknownKeyError
+from orthanc_hardening.integrity.read import SignatureCache, check_read, check_unsealed, received_before
+from orthanc_hardening.seal.identity import InstanceIdentity
+from orthanc_hardening.seal.keys import KeyRing
+from orthanc_hardening.seal.record import seal_attachment
+
+from tests.unit.seal.conftest import NOW, fixed_signer
+
+UUID = "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9"
+DATA = b"DICOM bytes" * 100
+
+
+class CountingRing:
+    def __init__(self, ring):
+        self.ring, self.calls = ring, 0
+
+    def verify(self, kid, data, signature):
+        self.calls += 1
+        self.ring.verify(kid, data, signature)
+
+
+@pytest.fixture
+def sealed():
+    signer = fixed_signer()
+    return signer, seal_attachment(UUID, 1, DATA, InstanceIdentity(sop_instance_uid="1.2"), signer, NOW)
+
+
+def test_verified_read_returns_seal_and_digest_and_caches_signature(sealed):
+    signer, seal = sealed
+    ring, cache = CountingRing(KeyRing(signer)), SignatureCache()
+    first = check_read(UUID, 1, DATA, seal, ring, cache)
+    check_read(UUID, 1, DATA, seal, ring, cache)
+    assert first.seal == seal and first.is_sealed and first.sha256 == seal.sha256
+    assert ring.calls == 1
+    cache.clear()
+    check_read(UUID, 1, DATA, seal, ring, cache)
+    assert ring.calls == 2
+
+
+@pytest.mark.attack
+def test_cache_never_covers_changed_bytes_or_record(sealed):
+    signer, seal = sealed
+    ring, cache = KeyRing(signer), SignatureCache()
+    check_read(UUID, 1, DATA, seal, ring, cache)
+    with pytest.raises(SealMismatchError):
+        check_read(UUID, 1, DATA + b"x", seal, ring, cache)
+    with pytest.raises(SealInvalidError):
+        check_read(UUID, 1, DATA, dataclasses.replace(seal, patient_id="X"), ring, cache)
+    other = fixed_signer("rotated-out")
+    with pytest.raises(UnknownKeyError):
+        check_read(UUID, 1, DATA, seal, KeyRing(other), SignatureCache())
+
+
+def test_unsealed_read_reports_no_seal():
+    result = check_read(UUID, 1, DATA, None, KeyRing(fixed_signer()))
+    assert result.seal is None and not result.is_sealed
+
+
+@pytest.mark.parametrize(
+    ("policy", "legacy", "refused"),
+    [
+        (UnsealedPolicy.SERVE_AND_FLAG, True, False),
+        (UnsealedPolicy.SERVE_AND_FLAG, False, True),
+        (UnsealedPolicy.REFUSE, True, True),
+        (UnsealedPolicy.REFUSE, False, True),
+    ],
+)
+def test_unsealed_policy(policy, legacy, refused):
+    if refused:
+        with pytest.raises(SealMissingError):
+            check_unsealed(UUID, 1, policy, legacy)
+    else:
+        check_unsealed(UUID, 1, policy, legacy)
+
+
+@pytest.mark.attack
+def test_deleted_seal_of_recent_instance_is_not_legacy():
+    assert received_before("20250101T000000", "20260101T000000")
+    assert not received_before("20260101T000001", "20260101T000000")
+    assert not received_before(None, "20260101T000000")
+    assert not received_before("20250101T000000", "")

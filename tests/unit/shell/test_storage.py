@@ -1,0 +1,180 @@
+"""The sealed storage area driven through ``FakeOrthanc``: create, read, remove, failures, archives."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+
+import pytest
+from orthanc_hardening.audit.event import EventCode
+from orthanc_hardening.audit.sink import MemoryAuditSink
+from orthanc_hardening.config import HardeningConfig, Mode
+from orthanc_hardening.errors import AccessDeniedError, SealMismatchError, SealMissingError
+from orthanc_hardening.seal import keys as keymod
+from orthanc_hardening.shell import storage as storage_module
+from orthanc_hardening.shell.metrics import Metrics
+from orthanc_hardening.shell.runtime import Runtime
+from orthanc_hardening.shell.storage import ArchiveJob, ArchiveRefusedError, archive_of_job
+
+from tests.support.dicom import make_instance
+from tests.unit.fakes import FakeOrthanc
+
+NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+UUID = "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9"
+PASS = "unit passphrase"
+
+
+@pytest.fixture
+def runtime(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARDENING_KEY_PASSPHRASE", PASS)
+    keymod.generate_key(tmp_path / "key.pem", PASS.encode())
+    orthanc = FakeOrthanc()
+    config = HardeningConfig(data_directory=tmp_path / "data", signing_key=tmp_path / "key.pem",
+                             administrators=("admin",))
+    return Runtime(orthanc=orthanc, config=config, orthanc_config={"StorageDirectory": str(tmp_path / "storage")},
+                   metrics=Metrics(orthanc), audit=MemoryAuditSink(), clock=lambda: NOW)
+
+
+def installed(runtime):
+    storage_module.install(runtime)
+    return runtime.services["sealed_storage"]
+
+
+def test_create_then_read_round_trips_and_runs_hooks(runtime, tmp_path):
+    storage = installed(runtime)
+    create, read, remove = runtime.orthanc.storage_area
+    events = []
+    runtime.services["write_hooks"].append(events.append)
+    runtime.services["read_hooks"].append(events.append)
+    data = make_instance(patient_id="U-1")
+    create(UUID, 1, data)
+    path = tmp_path / "storage" / UUID[:2] / UUID[2:4] / UUID
+    assert path.read_bytes() == data
+    assert read(UUID, 1) == data
+    assert [e.operation for e in events] == ["write", "read"]
+    assert events[1].is_verified and events[1].seal.patient_id == "U-1"
+    seal = storage.store.get(UUID, 1)
+    assert seal.sop_instance_uid and seal.key_id == storage.keyring.signer.key_id
+    remove(UUID, 1)
+    assert not path.exists() and storage.store.get_row(UUID, 1).state == "removed"
+
+
+def test_header_attachment_reuses_the_identity_of_the_file(runtime):
+    storage = installed(runtime)
+    create, _read, _remove = runtime.orthanc.storage_area
+    data = make_instance(patient_id="U-2")
+    create(UUID, 1, data)
+    other = UUID[:-1] + "0"
+    create(other, 3, data[:400])
+    assert storage.store.get(other, 3).patient_id == "U-2"
+
+
+@pytest.mark.attack
+def test_tampered_read_raises_counts_alerts_and_tells_hooks(runtime, tmp_path):
+    storage = installed(runtime)
+    create, read, _remove = runtime.orthanc.storage_area
+    events = []
+    runtime.services["read_hooks"].append(events.append)
+    data = make_instance()
+    create(UUID, 1, data)
+    path = tmp_path / "storage" / UUID[:2] / UUID[2:4] / UUID
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(SealMismatchError):
+        read(UUID, 1)
+    assert runtime.metrics.value("integrity_failures_total") == 1
+    assert runtime.audit.last().event is EventCode.SECURITY_ALERT
+    assert events[-1].problem.startswith("SealMismatchError") and not events[-1].is_verified
+    assert storage.store.last_failure_id() == 1
+
+
+@pytest.mark.attack
+def test_monitor_mode_serves_but_counts(runtime, tmp_path):
+    runtime.config = dataclasses.replace(runtime.config, mode=Mode.MONITOR)
+    installed(runtime)
+    create, read, _remove = runtime.orthanc.storage_area
+    data = make_instance()
+    create(UUID, 1, data)
+    tampered = data[:-1] + bytes([data[-1] ^ 1])
+    (tmp_path / "storage" / UUID[:2] / UUID[2:4] / UUID).write_bytes(tampered)
+    assert read(UUID, 1) == tampered
+    assert runtime.metrics.value("integrity_failures_total") == 1
+
+
+@pytest.mark.attack
+def test_deleted_seal_row_of_recent_instance_is_refused(runtime):
+    storage = installed(runtime)
+    create, read, _remove = runtime.orthanc.storage_area
+    data = make_instance()
+    create(UUID, 1, data)
+    storage.store.delete(UUID, 1)
+    runtime.orthanc.rest[("POST", "/tools/lookup")] = [{"Type": "Instance", "ID": "abc"}]
+    runtime.orthanc.rest[("GET", "/instances/abc/metadata/ReceptionDate")] = b"20260102T030405"
+    with pytest.raises(SealMissingError, match="after sealing began"):
+        read(UUID, 1)
+
+
+def test_read_hook_refusal_fails_the_read(runtime):
+    installed(runtime)
+    create, read, _remove = runtime.orthanc.storage_area
+    create(UUID, 1, make_instance())
+
+    def locked(event):
+        raise AccessDeniedError("locked down")
+
+    runtime.services["read_hooks"].append(locked)
+    with pytest.raises(AccessDeniedError):
+        read(UUID, 1)
+
+
+def test_failed_write_hook_undoes_file_and_seal(runtime, tmp_path):
+    storage = installed(runtime)
+    create, _read, _remove = runtime.orthanc.storage_area
+
+    def audit_down(event):
+        raise RuntimeError("audit store down")
+
+    runtime.services["write_hooks"].append(audit_down)
+    with pytest.raises(RuntimeError):
+        create(UUID, 1, make_instance())
+    assert not (tmp_path / "storage" / UUID[:2] / UUID[2:4] / UUID).exists()
+    assert storage.store.get(UUID, 1) is None
+
+
+@pytest.mark.attack
+def test_archive_is_refused_when_a_read_failed_while_the_job_ran(runtime):
+    storage = installed(runtime)
+    mark = storage.store.last_failure_id()
+    storage.jobs["job-1"] = ArchiveJob(frozenset({UUID}), 1, mark)
+    storage.store.record_failure(UUID, 1, "SealMismatchError: changed during the job", NOW)
+    with pytest.raises(ArchiveRefusedError, match="1 instance"):
+        archive_of_job(storage, "job-1")
+
+
+@pytest.mark.attack
+def test_archive_missing_an_instance_is_refused(runtime):
+    import io
+    import zipfile
+
+    storage = installed(runtime)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("A/1.dcm", b"x")
+    storage.jobs["job-2"] = ArchiveJob(frozenset({UUID}), 2, storage.store.last_failure_id())
+    runtime.orthanc.rest[("GET", "/jobs/job-2/archive")] = buffer.getvalue()
+    with pytest.raises(ArchiveRefusedError, match="1 of 2 instances"):
+        archive_of_job(storage, "job-2")
+
+
+def test_keys_route_requires_administrator_and_lists_current(runtime):
+    from tests.unit.fakes import FakeOutput
+    from tests.unit.shell.test_guard_and_rest import basic
+
+    storage = installed(runtime)
+    route = runtime.orthanc.routes["/hardening/keys"]
+    out = FakeOutput()
+    route(out, "/hardening/keys", method="GET", groups=(), headers=basic("user"))
+    assert out.status == 403
+    out = FakeOutput()
+    route(out, "/hardening/keys", method="GET", groups=(), headers=basic("admin"))
+    assert out.status == 200 and json.loads(out.body)["current"] == storage.keyring.signer.key_id
