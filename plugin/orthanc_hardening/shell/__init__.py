@@ -59,7 +59,7 @@ def _features() -> list[Any]:
     import importlib
 
     features = []
-    for name in ("storage", "audit_hooks", "tls_gate"):
+    for name in ("storage", "query", "scrub", "audit_hooks", "tls_gate"):
         try:
             module = importlib.import_module(f"orthanc_hardening.shell.{name}")
         except ModuleNotFoundError as exc:  # DEVELOPMENT ONLY: removed before release

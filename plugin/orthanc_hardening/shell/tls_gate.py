@@ -166,13 +166,8 @@ def install(runtime: Runtime) -> None:
     else:
         logger.error("no storage read hooks: C-GET cannot be refused in lockdown")
 
-    def refuse_find(answers: Any, query: Any, issuer_aet: str, called_aet: str) -> None:
-        raise AccessDeniedError(_lockdown_detail(runtime))
-
-    try:
-        runtime.orthanc.RegisterFindCallback(refuse_find)
-    except Exception:
-        logger.warning("C-FIND callback already registered: it refuses in lockdown itself")
+    # C-FIND: the verified-query feature (shell/query.py) owns the one find callback the
+    # Python plugin allows, and refuses in lockdown itself.
     try:
         security_alert(
             runtime,

@@ -114,9 +114,6 @@ def test_plaintext_association_store_is_refused_in_lockdown(secure: dict[str, An
     assert orthanc.cstore_filter is not None and orthanc.cstore_filter(object()) == DIMSE_NOT_AUTHORIZED
     with pytest.raises(AccessDeniedError, match="lockdown"):
         runtime.services["read_hooks"][0](object())
-    assert orthanc.find_callback is not None
-    with pytest.raises(AccessDeniedError):
-        orthanc.find_callback(None, None, "SCU", "HARDENED")
     assert runtime.audit.last().event is EventCode.SECURITY_ALERT  # type: ignore[attr-defined]
 
 

@@ -1,0 +1,281 @@
+"""Signed study manifests and the archive scrub against a real Orthanc, attacked on disk.
+
+Each attack stops Orthanc, changes its index database or its storage directory as someone with
+access to the disk would, and starts it again; then the manifest verification and the scrub
+must name what changed. The tests run in order on one server (module scope).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid as uuidlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.dicom import make_instance
+from tests.support.server import OrthancServer
+
+pytestmark = pytest.mark.integration
+STUDY_A, STUDY_B, STUDY_C = ("1.2.826.0.1.3680043.8.498.71", "1.2.826.0.1.3680043.8.498.72",
+                             "1.2.826.0.1.3680043.8.498.73")
+
+
+def edit_index(server: OrthancServer, *statements: tuple[str, tuple]) -> None:
+    server.stop()
+    db = sqlite3.connect(server.index_db)
+    for name in ("SignalFileDeleted", "SignalResourceDeleted", "SignalRemainingAncestor"):
+        db.create_function(name, -1, lambda *args: None)
+    try:
+        db.execute("PRAGMA foreign_keys = ON")
+        for sql, args in statements:
+            db.execute(sql, args)
+        db.commit()
+    finally:
+        db.close()
+    server.start()
+
+
+def file_of(server: OrthancServer, uuid: str) -> Path:
+    return server.storage_dir / uuid[0:2] / uuid[2:4] / uuid
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def manifest(server: OrthancServer, study_id: str) -> dict[str, Any]:
+    response = server.get(f"/hardening/studies/{study_id}/manifest", user="user")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def problems(server: OrthancServer, study_id: str) -> set[tuple[str, str]]:
+    return {(p["kind"], p["sop_instance_uid"]) for p in manifest(server, study_id)["verification"]["problems"]}
+
+
+def run_scrub(server: OrthancServer, **options: Any) -> dict[str, Any]:
+    started = server.post("/hardening/scrub", json=options)
+    assert started.status_code == 200, started.text
+    run_id = started.json()["run_id"]
+
+    def finished() -> dict[str, Any] | None:
+        body = server.get("/hardening/scrub").json()
+        return body if body["run_id"] == run_id and body["state"] == "finished" else None
+
+    return wait_for(finished, what="the scrub")["report"]
+
+
+def findings(report: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    return [f for f in report["findings"] if f["kind"] == kind]
+
+
+class Archive:
+    """The server and what was uploaded: Orthanc ids and attachment uuids per SOP Instance UID."""
+
+    def __init__(self, server: OrthancServer) -> None:
+        self.server = server
+        self.studies: dict[str, str] = {}
+        self.instances: dict[str, str] = {}
+
+    def upload(self, study: str, n: int, patient: str) -> None:
+        answer = self.server.upload(make_instance(patient_id=patient, study_uid=study, series_uid=study + ".1",
+                                                  sop_uid=f"{study}.1.{n}", instance_number=n))
+        self.studies[study] = answer["ParentStudy"]
+        self.instances[f"{study}.1.{n}"] = answer["ID"]
+
+    def uuid(self, sop: str, name: str = "dicom") -> str:
+        info = self.server.get(f"/instances/{self.instances[sop]}/attachments/{name}/info")
+        return str(info.json()["Uuid"])
+
+
+
+@pytest.fixture(scope="module")
+def archive(start_orthanc_module) -> Archive:
+    server = start_orthanc_module(config={"StableAge": 1})
+    archive = Archive(server)
+    for n in range(3):
+        archive.upload(STUDY_A, n, "PAT-A")
+    for n in range(3):
+        archive.upload(STUDY_B, n, "PAT-B")
+    for n in range(2):
+        archive.upload(STUDY_C, n, "PAT-C")
+    for study_id in archive.studies.values():
+        wait_for(lambda s=study_id: server.get(f"/hardening/studies/{s}/manifest").status_code == 200,
+                 what=f"manifest of {study_id}")
+    return archive
+
+
+def test_stable_studies_get_verified_manifests(archive: Archive) -> None:
+    body = manifest(archive.server, archive.studies[STUDY_A])
+    assert body["manifest"]["instance_count"] == 3 and body["manifest"]["study_uid"] == STUDY_A
+    assert body["verification"]["ok"] is True
+    assert body["verification"]["series"] == {STUDY_A + ".1": "ok"}
+    assert archive.server.get("/hardening/studies/nope/manifest").status_code == 404
+
+
+def test_clean_archive_scrubs_without_findings(archive: Archive) -> None:
+    report = run_scrub(archive.server)
+    assert report["findings"] == []
+    assert report["progress"]["done"] == report["progress"]["total"] == 16  # 8 instances x 2 attachments
+    assert report["manifests_checked"] == 3
+
+
+def test_scrub_is_for_administrators(archive: Archive) -> None:
+    assert archive.server.post("/hardening/scrub", json={}, user="user").status_code == 403
+    assert archive.server.get("/hardening/scrub", user="auditor").status_code == 403
+
+
+def test_manifest_is_resigned_after_a_deletion_through_orthanc(archive: Archive) -> None:
+    server = archive.server
+    assert server.delete(f"/instances/{archive.instances[STUDY_C + '.1.1']}").status_code == 200
+    body = wait_for(lambda: (m := manifest(server, archive.studies[STUDY_C]))["manifest"]["instance_count"] == 1
+                    and m, what="re-signed manifest")
+    assert body["verification"]["ok"] is True
+
+
+@pytest.mark.attack
+def test_instance_row_deleted_from_index_is_named(archive: Archive) -> None:
+    server, sop = archive.server, STUDY_A + ".1.0"
+    uuids = {archive.uuid(sop), archive.uuid(sop, "dicom-until-pixel-data")}
+    edit_index(server, ("DELETE FROM Resources WHERE publicId = ?", (archive.instances[sop],)))
+    assert ("missing-from-index", sop) in problems(server, archive.studies[STUDY_A])
+    report = run_scrub(server)
+    assert {f["uuid"] for f in findings(report, "orphan-file")} >= uuids
+    assert {f["uuid"] for f in findings(report, "orphan-seal")} >= uuids
+    assert any(sop in f["detail"] for f in findings(report, "manifest-mismatch"))
+
+
+@pytest.mark.attack
+def test_foreign_instance_added_to_index_is_named(archive: Archive) -> None:
+    server, sop = archive.server, STUDY_A + ".1.99"
+    data = make_instance(patient_id="PAT-A", study_uid=STUDY_A, series_uid=STUDY_A + ".1", sop_uid=sop)
+    uuid = str(uuidlib.uuid4())
+    path = file_of(server, uuid)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    md5 = hashlib.md5(data).hexdigest()
+    series_row = "(SELECT parentId FROM Resources WHERE publicId = ?)"
+    new_row = "(SELECT MAX(internalId) FROM Resources)"
+    server.stop()
+    path.write_bytes(data)
+    edit_index(
+        server,
+        (f"INSERT INTO Resources (resourceType, publicId, parentId) VALUES (4, 'foreign-0001', {series_row})",
+         (archive.instances[STUDY_A + ".1.1"],)),
+        (f"INSERT INTO MainDicomTags VALUES ({new_row}, 8, 24, ?)", (sop,)),
+        (f"INSERT INTO DicomIdentifiers VALUES ({new_row}, 8, 24, ?)", (sop,)),
+        (f"INSERT INTO AttachedFiles VALUES ({new_row}, 1, ?, ?, ?, 1, ?, ?)", (uuid, len(data), len(data), md5, md5)),
+    )
+    assert {("not-in-manifest", sop), ("unsealed", sop)} <= problems(server, archive.studies[STUDY_A])
+    report = run_scrub(server)
+    assert uuid in {f["uuid"] for f in findings(report, "unsealed")}
+
+
+@pytest.mark.attack
+def test_instances_swapped_between_studies_are_named(archive: Archive) -> None:
+    server = archive.server
+    a, b = STUDY_A + ".1.1", STUDY_B + ".1.0"
+    ia, ib = archive.instances[a], archive.instances[b]
+    parent = "(SELECT parentId FROM Resources WHERE publicId = ?)"
+    edit_index(
+        server,
+        ("UPDATE Resources SET publicId = 'swap-tmp' WHERE publicId = ?", (ia,)),
+        (f"UPDATE Resources SET parentId = (SELECT p FROM (SELECT {parent} AS p)) WHERE publicId = 'swap-tmp'",
+         (ib,)),
+        ("UPDATE Resources SET parentId = (SELECT parentId FROM Resources r2 WHERE r2.publicId = ?) "
+         "WHERE publicId = ?", (archive.instances[STUDY_A + ".1.2"], ib)),
+        ("UPDATE Resources SET publicId = ? WHERE publicId = 'swap-tmp'", (ia,)),
+    )
+    in_a = problems(server, archive.studies[STUDY_A])
+    assert ("swapped", b) in in_a and ("not-in-manifest", b) in in_a and ("missing-from-index", a) in in_a
+    in_b = problems(server, archive.studies[STUDY_B])
+    assert ("swapped", a) in in_b and ("missing-from-index", b) in in_b
+    report = run_scrub(server)
+    mismatched = {f["study_id"] for f in findings(report, "manifest-mismatch")}
+    assert {archive.studies[STUDY_A], archive.studies[STUDY_B]} <= mismatched
+
+
+@pytest.mark.attack
+def test_flipped_byte_is_found_tampered(archive: Archive) -> None:
+    server, sop = archive.server, STUDY_A + ".1.2"
+    uuid = archive.uuid(sop)
+    path = file_of(server, uuid)
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    report = run_scrub(server)
+    assert uuid in {f["uuid"] for f in findings(report, "tampered")}
+
+
+@pytest.mark.attack
+def test_deleted_file_is_found_missing(archive: Archive) -> None:
+    server = archive.server
+    uuid = archive.uuid(STUDY_B + ".1.2", "dicom-until-pixel-data")
+    file_of(server, uuid).unlink()
+    report = run_scrub(server)
+    assert uuid in {f["uuid"] for f in findings(report, "missing-file")}
+
+
+@pytest.mark.attack
+def test_stray_file_is_found_orphan(archive: Archive) -> None:
+    server = archive.server
+    uuid = str(uuidlib.uuid4())
+    path = file_of(server, uuid)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"not from orthanc")
+    report = run_scrub(server)
+    assert uuid in {f["uuid"] for f in findings(report, "orphan-file")}
+    assert all(report["counts"][kind] > 0 for kind in (
+        "tampered", "missing-file", "unsealed", "orphan-file", "orphan-seal", "manifest-mismatch"))
+
+
+def test_scrub_resumes_after_restart_without_rereading(archive: Archive) -> None:
+    server = archive.server
+    started = server.post("/hardening/scrub", json={"PauseMilliseconds": 250}).json()
+    run_id = started["run_id"]
+    wait_for(lambda: (server.get("/hardening/scrub").json().get("progress") or {}).get("done", 0) >= 4,
+             what="scrub progress")
+    server.stop()
+    db = sqlite3.connect(Path(server.data_dir) / "scrub.db")
+    done_before = db.execute("SELECT COUNT(*) FROM done WHERE run_id = ?", (run_id,)).fetchone()[0]
+    total = db.execute("SELECT total FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
+    db.close()
+    assert 0 < done_before < total
+    server.start()
+
+    def finished() -> dict[str, Any] | None:
+        body = server.get("/hardening/scrub").json()
+        return body if body["run_id"] == run_id and body["state"] == "finished" else None
+
+    body = wait_for(finished, timeout=60, what="the resumed scrub")
+    assert body["files_read_since_start"] == total - done_before
+    assert body["report"]["progress"]["done"] == total
+
+
+def test_offline_cli_scrub_names_every_kind(archive: Archive, tmp_path: Path) -> None:
+    server = archive.server
+    command = [sys.executable, "-m", "orthanc_hardening", "scrub", str(server.config_path)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "plugin")}
+    server.stop()
+    try:
+        done = subprocess.run([*command, "--report", str(tmp_path / "r.json")], capture_output=True, text=True,
+                              env=env, timeout=120)
+    finally:
+        server.start()
+    assert done.returncode == 1, done.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert all(report["counts"][kind] > 0 for kind in (
+        "tampered", "missing-file", "unsealed", "orphan-file", "orphan-seal", "manifest-mismatch"))
