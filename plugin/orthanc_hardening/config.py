@@ -29,6 +29,18 @@ class Mode(enum.Enum):
     MONITOR = "monitor"
 
 
+class Durability(enum.Enum):
+    """How far a commit of the plugin's stores (seals, audit) survives.
+
+    ``process``: a committed row survives a crash or ``kill -9`` of Orthanc (SQLite WAL with
+    ``synchronous=NORMAL``, the level Orthanc's own SQLite index runs at). ``power``: it also
+    survives a power loss or kernel crash (``synchronous=FULL``: one fsync per commit).
+    """
+
+    PROCESS = "process"
+    POWER = "power"
+
+
 class UnsealedPolicy(enum.Enum):
     """What enforce mode does with an instance stored before the plugin sealed anything."""
 
@@ -58,6 +70,9 @@ class AuditConfig:
     checkpoint_every: int = 1000
     checkpoint_seconds: float = 60.0
     max_query_limit: int = 10000
+    # Enforce mode refuses a read whose requester the plugin cannot know (a C-GET: the Python
+    # plugin 4.0 has no C-GET hook). Off by default: C-GET is then recorded with the gap flagged.
+    refuse_unattributed_reads: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +87,7 @@ class HardeningConfig:
     auditors: tuple[str, ...] = ()
     administrators: tuple[str, ...] = ()
     unsealed_policy: UnsealedPolicy = UnsealedPolicy.SERVE_AND_FLAG
+    durability: Durability = Durability.PROCESS
     audit: AuditConfig = field(
         default_factory=lambda: AuditConfig(
             database="sqlite:///var/lib/orthanc/hardening/audit.db"
@@ -81,6 +97,11 @@ class HardeningConfig:
     @property
     def is_enforcing(self) -> bool:
         return self.mode is Mode.ENFORCE
+
+    @property
+    def sqlite_synchronous(self) -> str:
+        """The SQLite ``synchronous`` pragma value for the plugin's WAL databases."""
+        return "FULL" if self.durability is Durability.POWER else "NORMAL"
 
     @property
     def seal_database(self) -> Path:
@@ -102,9 +123,12 @@ _TOP_KEYS = {
     "Auditors",
     "Administrators",
     "UnsealedPolicy",
+    "Durability",
     "Audit",
 }
-_AUDIT_KEYS = {"Database", "Syslog", "CheckpointEvery", "CheckpointSeconds", "MaxQueryLimit"}
+_AUDIT_KEYS = {
+    "Database", "Syslog", "CheckpointEvery", "CheckpointSeconds", "MaxQueryLimit", "RefuseUnattributedReads",
+}
 _SYSLOG_KEYS = {"Host", "Port", "Tls", "CaCertificate", "Certificate", "PrivateKey", "AppName"}
 
 
@@ -138,6 +162,7 @@ def load_config(orthanc_config: Mapping[str, Any]) -> HardeningConfig:
     auditors = tuple(_string_list(section, "Auditors"))
     administrators = tuple(_string_list(section, "Administrators"))
     unsealed = _enum(section, "UnsealedPolicy", UnsealedPolicy, UnsealedPolicy.SERVE_AND_FLAG)
+    durability = _enum(section, "Durability", Durability, Durability.PROCESS)
     audit = _audit(section.get("Audit", {}), data_directory)
 
     return HardeningConfig(
@@ -149,6 +174,7 @@ def load_config(orthanc_config: Mapping[str, Any]) -> HardeningConfig:
         auditors=auditors,
         administrators=administrators,
         unsealed_policy=unsealed,
+        durability=durability,
         audit=audit,
     )
 
@@ -165,12 +191,14 @@ def _audit(raw: Any, data_directory: Path) -> AuditConfig:
     every = _integer(section, "CheckpointEvery", 1000, key, minimum=1)
     seconds = _number(section, "CheckpointSeconds", 60.0, key, minimum=0.1)
     max_limit = _integer(section, "MaxQueryLimit", 10000, key, minimum=1)
+    refuse_unattributed = _boolean(section, "RefuseUnattributedReads", False, key)
     return AuditConfig(
         database=database,
         syslog=syslog,
         checkpoint_every=every,
         checkpoint_seconds=seconds,
         max_query_limit=max_limit,
+        refuse_unattributed_reads=refuse_unattributed,
     )
 
 

@@ -19,6 +19,8 @@ def test_missing_section_gives_safe_defaults() -> None:
     assert config.unsealed_policy is UnsealedPolicy.SERVE_AND_FLAG
     assert config.audit.database == "sqlite:///var/lib/orthanc/hardening/audit.db"
     assert config.audit.syslog is None
+    assert config.sqlite_synchronous == "NORMAL"
+    assert load_config({"Hardening": {"Durability": "power"}}).sqlite_synchronous == "FULL"
 
 
 def test_full_section_is_parsed(tmp_path: Path) -> None:
@@ -66,6 +68,7 @@ def test_full_section_is_parsed(tmp_path: Path) -> None:
         ({"Auditors": [""]}, "Hardening.Auditors"),
         ({"TrustedKeys": ["/nonexistent/key.pem"]}, "Hardening.TrustedKeys[0]"),
         ({"UnsealedPolicy": "ignore"}, "Hardening.UnsealedPolicy"),
+        ({"Durability": "disk"}, "Hardening.Durability"),
         ({"Audit": []}, "Hardening.Audit"),
         ({"Audit": {"Databse": "x"}}, "Hardening.Audit.Databse"),
         ({"Audit": {"Database": "mysql://db/x"}}, "Hardening.Audit.Database"),

@@ -463,6 +463,16 @@ class QueryVerifier:
 
     # -- C-FIND -----------------------------------------------------------------------------
 
+    def _audit_cfind(self, requester: Requester, level: str, constraints: dict[str, str], returned: int) -> None:
+        """Record the C-FIND as a Query (110112) before its answers leave (raises if the store fails)."""
+        recorder = self.runtime.services.get("audit_recorder")
+        if recorder is None:
+            return
+        detail = json.dumps({"level": level, "query": constraints, "returned": returned}, sort_keys=True)
+        recorder.record_query(requester, "C-FIND", detail, patient_id=constraints.get("PatientID", ""),
+                              study_uid=constraints.get("StudyInstanceUID", ""),
+                              series_uid=constraints.get("SeriesInstanceUID", ""))
+
     def on_cfind(self, answers: Any, query: Any, issuer_aet: str, called_aet: str) -> None:
         """Answer C-FIND from Orthanc's ``/tools/find``, filtered; raise to refuse (0xC000)."""
         requester = Requester(transport=Transport.DIMSE, calling_aet=issuer_aet, called_aet=called_aet)
@@ -487,6 +497,7 @@ class QueryVerifier:
             withheld_parents: list[ItemCheck] = []
             if level in ("Series", INSTANCE):
                 withheld_parents, kept = self.judge_parent_studies(kept, level, requester, "C-FIND")
+            self._audit_cfind(requester, level, constraints, len(kept))
             parents: dict[str, Any] = {}
             for item in kept:
                 fields = self._cfind_fields(item, level, requested, parents)

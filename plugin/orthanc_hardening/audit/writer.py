@@ -1,0 +1,245 @@
+"""The single audit writer: group commit from one thread, checkpoints, recovery.
+
+``AuditWriter.record(event)`` queues the event and blocks until the writer thread has committed
+the batch holding it (one transaction, one fsync for every request waiting at that moment), so
+an event is durable before the caller answers the request it records. The writer thread alone
+extends the hash chain, so rows are linked in commit order.
+
+Checkpoints (``audit/chain.py``) are signed every ``checkpoint_every`` events or
+``checkpoint_seconds`` (whichever comes first), at the first commit after opening and at ``flush``, with the signer the
+caller provides (the key ring's current key).
+
+When the store cannot write (disk full, read-only file, lock held), the batch is rolled back and
+every caller in it gets ``StoreUnavailableError``: enforce mode refuses the request, monitor mode
+logs. Rows already committed are never touched. With ``keep_failed`` (monitor mode) the failed
+events are kept (up to ``backlog_limit``) and written first once the store works again; each
+batch tries the store again, so writing resumes by itself. This module starts a thread; the
+clock and the signer are injected.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from orthanc_hardening.audit.chain import Signer, StoredEvent, link, make_checkpoint
+from orthanc_hardening.audit.event import AuditEvent
+from orthanc_hardening.audit.store import AuditStore
+from orthanc_hardening.errors import StoreUnavailableError
+
+logger = logging.getLogger(__name__)
+
+GATHER_SECONDS = 0.0004
+RECORD_TIMEOUT_SECONDS = 30.0
+
+
+@dataclass(eq=False)
+class _Batch:
+    """The callers whose events go into one commit: they share its fate and its wake-up."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+
+class AuditWriter:
+    """Group-committing writer over an ``AuditStore``; satisfies ``AuditSink``."""
+
+    def __init__(
+        self,
+        store: AuditStore,
+        signer: Callable[[], Signer],
+        clock: Callable[[], datetime],
+        checkpoint_every: int = 1000,
+        checkpoint_seconds: float = 60.0,
+        keep_failed: bool = False,
+        backlog_limit: int = 100_000,
+    ) -> None:
+        """Open the writer on ``store`` and start its thread.
+
+        Raises:
+            StoreUnavailableError: the store's head cannot be read.
+        """
+        self.store = store
+        self._signer = signer
+        self._clock = clock
+        self._every = checkpoint_every
+        self._seconds = checkpoint_seconds
+        self._keep_failed = keep_failed
+        self._backlog_limit = backlog_limit
+        self._head = store.head()
+        last = store.last_checkpoint()
+        self._signed_seq = last.seq if last else 0
+        self._signed_at = time.monotonic()
+        # The first commit after opening signs the head, so that a chain left unsigned by a crash
+        # (kill -9 between checkpoints) gets its checkpoint as soon as the writer runs again.
+        self._sign_next = True
+        self._queue: list[AuditEvent] = []
+        self._open = _Batch()
+        self._flush_wanted = False
+        self._backlog: list[AuditEvent] = []
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._last_batch = 1
+        self.failures = 0
+        self.batches = 0
+        self.is_healthy = True
+        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._thread.start()
+
+    # -- callers -------------------------------------------------------------------------
+
+    def record(self, event: AuditEvent) -> None:
+        """Append ``event`` durably; return once its batch is committed.
+
+        Raises:
+            StoreUnavailableError: the store could not commit the batch (or the writer stopped).
+        """
+        self.record_many([event])
+
+    def record_many(self, events: list[AuditEvent]) -> None:
+        """Append several events durably, in one commit; return once they are committed.
+
+        Raises:
+            StoreUnavailableError: they could not be committed (none of them was).
+        """
+        if not events:
+            return
+        with self._cond:
+            if self._stopping:
+                raise StoreUnavailableError("the audit writer is stopped")
+            self._queue.extend(events)
+            batch = self._open
+            self._cond.notify_all()
+        self._wait(batch, "audit event not recorded")
+
+    def flush(self) -> None:
+        """Write a checkpoint over everything committed so far (blocks until done).
+
+        Raises:
+            StoreUnavailableError: the checkpoint could not be written.
+        """
+        with self._cond:
+            if self._stopping:
+                return
+            self._flush_wanted = True
+            batch = self._open
+            self._cond.notify_all()
+        self._wait(batch, "audit checkpoint not written")
+
+    @staticmethod
+    def _wait(batch: _Batch, message: str) -> None:
+        if not batch.done.wait(RECORD_TIMEOUT_SECONDS):
+            raise StoreUnavailableError("the audit store did not commit within the time limit")
+        if batch.error is not None:
+            raise StoreUnavailableError(f"{message}: {batch.error}") from batch.error
+
+    def close(self) -> None:
+        """Flush, stop the thread and close the store (later ``record`` calls raise)."""
+        try:
+            self.flush()
+        except StoreUnavailableError:
+            logger.error("final audit checkpoint could not be written")
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(RECORD_TIMEOUT_SECONDS)
+        self.store.close()
+
+    @property
+    def head(self) -> tuple[int, str] | None:
+        """``(seq, hash)`` of the newest committed row."""
+        return self._head
+
+    @property
+    def backlog(self) -> int:
+        """Events kept in memory after a failed write (monitor mode)."""
+        return len(self._backlog)
+
+    # -- the writer thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._queue and not self._flush_wanted and not self._stopping:
+                    self._cond.wait(timeout=self._wait_seconds())
+                if self._stopping and not self._queue and not self._flush_wanted:
+                    return
+                self._gather()
+                events, self._queue = self._queue, []
+                batch, self._open = self._open, _Batch()
+                flush, self._flush_wanted = self._flush_wanted, False
+            self._last_batch = max(1, len(events))
+            try:
+                batch.error = self._commit(events, flush)
+            except Exception as exc:
+                logger.exception("audit writer failed unexpectedly")
+                batch.error = StoreUnavailableError(f"audit writer failure: {type(exc).__name__}")
+            batch.done.set()
+
+    def _gather(self) -> None:
+        # Group commit: the callers released by the previous commit are re-entering record()
+        # right now; wait a fraction of an fsync for as many as were in the last batch, so that
+        # they share this commit instead of each paying for one. Called with the lock held.
+        if not self._queue or len(self._queue) >= self._last_batch:
+            return
+        deadline = time.monotonic() + GATHER_SECONDS
+        while len(self._queue) < self._last_batch and not self._stopping:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._cond.wait(remaining)
+
+    def _wait_seconds(self) -> float:
+        if self._backlog:
+            return 1.0
+        if self._head is not None and self._head[0] > self._signed_seq:
+            return max(0.05, self._seconds - (time.monotonic() - self._signed_at))
+        return self._seconds
+
+    def _commit(self, events: list[AuditEvent], flush: bool) -> StoreUnavailableError | None:
+        """Commit the backlog and ``events`` (and a checkpoint when due); return the error, if any."""
+        retried = list(self._backlog)
+        rows: list[StoredEvent] = []
+        previous: StoredEvent | None = None
+        for event in (*retried, *events):
+            previous = link(previous, event, self._head if previous is None else None)
+            rows.append(previous)
+        head = (rows[-1].seq, rows[-1].hash) if rows else self._head
+        checkpoint = None
+        if head is not None and head[0] > self._signed_seq and (
+            flush
+            or self._sign_next
+            or head[0] - self._signed_seq >= self._every
+            or time.monotonic() - self._signed_at >= self._seconds
+        ):
+            checkpoint = make_checkpoint(head, self._signer(), self._clock())
+        if not rows and checkpoint is None:
+            return None
+        try:
+            self.store.append(rows, checkpoint)
+        except StoreUnavailableError as exc:
+            self._failed(exc, events)
+            return exc
+        if retried:
+            logger.warning("audit store writable again: %d kept events written", len(retried))
+            self._backlog.clear()
+        self._head = head
+        self.batches += 1
+        self.is_healthy = True
+        if checkpoint is not None:
+            self._signed_seq = checkpoint.seq
+            self._signed_at = time.monotonic()
+            self._sign_next = False
+        return None
+
+    def _failed(self, exc: StoreUnavailableError, events: list[AuditEvent]) -> None:
+        self.failures += 1
+        self.is_healthy = False
+        logger.error("audit store cannot write (%d events refused): %s", len(events), exc)
+        if self._keep_failed:
+            room = max(0, self._backlog_limit - len(self._backlog))
+            self._backlog.extend(events[:room])

@@ -1,0 +1,590 @@
+"""The audit trail wired into Orthanc: who viewed or changed each series, on every path.
+
+``install(runtime)`` opens the audit store (``Hardening.Audit.Database``), starts the group-commit
+writer (``runtime.audit``), records Application Activity (start; stop at shutdown) and hooks in:
+
+* an HTTP gate (``runtime.http_gates``) that classifies each request (``audit/routes.py``),
+  resolves the resource to patient / study / series through Orthanc's index
+  (``orthanc.RestApiGet``: index only, safe in the filter) and records one event per series,
+  durable before Orthanc serves the request. Enforce mode refuses the request when the event
+  cannot be written (the HTTP filter can only answer 403); monitor mode logs and serves.
+* a storage read hook: on an HTTP thread, any read the gate did not already cover (WebDAV, a
+  route it does not know) gets its own per-series event before the bytes are returned; on a
+  DICOM thread with no HTTP request and no C-MOVE in progress the read is a C-GET (the Python
+  plugin 4.0 has no C-GET hook): the series is taken from the seal, the unknown requester is
+  flagged in ``detail``, and ``Audit.RefuseUnattributedReads`` makes enforce mode refuse it.
+  Reads on jobs-engine threads (archives, sends, modify) are covered by the event of the request
+  that started the job.
+* a C-STORE gate that stashes the calling AET per thread, and a storage write hook that records
+  the Import (C) of each received instance — REST, STOW-RS or C-STORE — before Orthanc
+  acknowledges it.
+* the C-MOVE handler (``RegisterMoveCallback``): refuses in lockdown, verifies every instance
+  (``runtime.services["integrity"]``), records Begin Transferring, sends asynchronously, polls,
+  records Transferred with the outcome, and fails the C-MOVE when the send fails.
+* ``GET /hardening/audit`` and ``GET /hardening/audit/verify`` (auditors only); reading the trail
+  records Audit Log Used (110101).
+
+Services: ``runtime.services["audit_store"]`` (the reader store, with ``read_after`` and cursors
+for exporters), ``["audit_writer"]`` and ``["audit_recorder"]`` (``record_query`` for the C-FIND
+handler, which another module registers).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from orthanc_hardening.audit.chain import inspect_chain
+from orthanc_hardening.audit.event import Action, AuditEvent, EventCode, Outcome, Transport
+from orthanc_hardening.audit.query import parse_query, render
+from orthanc_hardening.audit.routes import Access, classify
+from orthanc_hardening.audit.store import AuditStore, open_store
+from orthanc_hardening.audit.writer import AuditWriter
+from orthanc_hardening.errors import (
+    AccessDeniedError,
+    HardeningError,
+    IntegrityError,
+    StoreUnavailableError,
+)
+from orthanc_hardening.identity import AUDITOR, HttpRequest, Requester
+from orthanc_hardening.shell.guard import security_alert
+from orthanc_hardening.shell.rest import Reply, RestCall, register
+from orthanc_hardening.shell.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+DICOM = 1
+MOVE_POLL_SECONDS = 0.05
+MOVE_TIMEOUT_SECONDS = 3600.0
+CGET_WINDOW_SECONDS = 30.0
+CACHE_SIZE = 20000
+AUDIT_ROUTE = "/hardening/audit"
+VERIFY_ROUTE = "/hardening/audit/verify"
+CGET_GAP = ("C-GET: the Python plugin 4.0 exposes no C-GET hook, so the requester's calling AET and IP are "
+            "unknown; series from the verified seal")
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesRef:
+    """Identifiers of one series as the audit event names them."""
+
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    instance_count: int = 0
+
+
+class LenientSink:
+    """Monitor mode: an audit write that fails is logged (and kept for retry), never raised."""
+
+    def __init__(self, writer: AuditWriter) -> None:
+        self.writer = writer
+
+    def record(self, event: AuditEvent) -> None:
+        try:
+            self.writer.record(event)
+        except StoreUnavailableError as exc:
+            logger.error("monitor mode: audit event %s kept for retry: %s", event.event.code, exc)
+
+    def record_many(self, events: list[AuditEvent]) -> None:
+        try:
+            self.writer.record_many(events)
+        except StoreUnavailableError as exc:
+            logger.error("monitor mode: %d audit events kept for retry: %s", len(events), exc)
+
+
+class _LRU:
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._data: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Any:
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def put(self, key: str, value: Any) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self._size:
+                self._data.popitem(last=False)
+
+
+class IndexResolver:
+    """Orthanc ids and DICOM UIDs -> series identifiers, through Orthanc's index (cached).
+
+    Orthanc ids are hashes of the DICOM UIDs, so an id always names the same UIDs: the cache never
+    goes stale; instance counts are read fresh.
+    """
+
+    def __init__(self, orthanc: Any) -> None:
+        self._orthanc = orthanc
+        self._instances = _LRU(CACHE_SIZE)  # instance id -> series id
+        self._series = _LRU(CACHE_SIZE)  # series id -> (study id, series uid)
+        self._studies = _LRU(CACHE_SIZE)  # study id -> (patient id, study uid)
+
+    def _get(self, uri: str) -> Any:
+        answer = self._orthanc.RestApiGet(uri)
+        return json.loads(answer)
+
+    def study(self, study_id: str) -> tuple[str, str]:
+        cached = self._studies.get(study_id)
+        if cached is None:
+            study = self._get(f"/studies/{study_id}")
+            cached = (str(study.get("PatientMainDicomTags", {}).get("PatientID", "")),
+                      str(study.get("MainDicomTags", {}).get("StudyInstanceUID", "")))
+            self._studies.put(study_id, cached)
+        return cached
+
+    def series(self, series_id: str, count: bool = True) -> SeriesRef:
+        cached = self._series.get(series_id)
+        instances = 0
+        if cached is None or count:
+            series = self._get(f"/series/{series_id}")
+            tags = series.get("MainDicomTags", {})
+            cached = (str(series.get("ParentStudy", "")), str(tags.get("SeriesInstanceUID", "")))
+            instances = len(series.get("Instances", []))
+            self._series.put(series_id, cached)
+        patient_id, study_uid = self.study(cached[0])
+        return SeriesRef(patient_id, study_uid, cached[1], instances)
+
+    def instance(self, instance_id: str) -> SeriesRef:
+        series_id = self._instances.get(instance_id)
+        if series_id is None:
+            series_id = str(self._get(f"/instances/{instance_id}").get("ParentSeries", ""))
+            self._instances.put(instance_id, series_id)
+        ref = self.series(series_id, count=False)
+        return SeriesRef(ref.patient_id, ref.study_uid, ref.series_uid, 1)
+
+    def series_of(self, level: str, resource_id: str) -> list[SeriesRef]:
+        """Every series of a resource (an instance gives its one series, count 1)."""
+        if level == "instances":
+            return [self.instance(resource_id)]
+        if level == "series":
+            return [self.series(resource_id)]
+        if level == "studies":
+            return [self.series(s) for s in self._get(f"/studies/{resource_id}").get("Series", [])]
+        if level == "patients":
+            refs: list[SeriesRef] = []
+            for study_id in self._get(f"/patients/{resource_id}").get("Studies", []):
+                refs.extend(self.series_of("studies", study_id))
+            return refs
+        raise ValueError(f"unknown level {level!r}")
+
+    def lookup(self, uid: str, kind: str) -> str | None:
+        """Orthanc id of the resource of type ``kind`` (Study/Series/Instance) with this UID."""
+        found = json.loads(self._orthanc.RestApiPost("/tools/lookup", uid))
+        for item in found:
+            if item.get("Type") == kind:
+                return str(item["ID"])
+        return None
+
+    def by_uids(self, study_uid: str, series_uid: str, sop_uid: str) -> tuple[str, str]:
+        """``(level, id)`` of the most specific resource named by DICOMweb UIDs, or ``("", "")``."""
+        for uid, kind, level in ((sop_uid, "Instance", "instances"), (series_uid, "Series", "series"),
+                                 (study_uid, "Study", "studies")):
+            if uid:
+                found = self.lookup(uid, kind)
+                return (level, found) if found else ("", "")
+        return ("", "")
+
+
+@dataclass
+class _HttpState:
+    request: HttpRequest
+    covered: set[str] = field(default_factory=set)
+    suppress: bool = False
+
+
+class AuditHooks:
+    """The audit trail's callbacks and routes (see the module docstring)."""
+
+    def __init__(self, runtime: Runtime, writer: AuditWriter, reader: AuditStore) -> None:
+        self.runtime = runtime
+        self.writer = writer
+        self.reader = reader
+        self.resolver = IndexResolver(runtime.orthanc)
+        self.our_aet = str(runtime.orthanc_config.get("DicomAet", "ORTHANC"))
+        self._lock = threading.Lock()
+        self._http: dict[int, _HttpState] = {}
+        self._cstore: dict[int, str] = {}
+        self._cget_seen: dict[tuple[int, str], float] = {}
+        self.moves_in_progress = 0
+
+    # -- recording ----------------------------------------------------------------------
+
+    def _record(self, events: list[AuditEvent]) -> None:
+        sink = self.runtime.audit
+        many = getattr(sink, "record_many", None)
+        if many is not None:
+            many(events)
+        else:
+            for event in events:
+                sink.record(event)
+
+    def _event(self, requester: Requester, code: EventCode, action: Action, route: str, ref: SeriesRef | None,
+               detail: str, outcome: Outcome = Outcome.SUCCESS) -> AuditEvent:
+        return AuditEvent(
+            time=self.runtime.clock(), event=code, action=action, outcome=outcome, transport=requester.transport,
+            user=requester.user, roles=requester.roles, source_ip=requester.source_ip,
+            calling_aet=requester.calling_aet, called_aet=requester.called_aet, route=route,
+            patient_id=ref.patient_id if ref else "", study_uid=ref.study_uid if ref else "",
+            series_uid=ref.series_uid if ref else "", instance_count=ref.instance_count if ref else 0,
+            detail=detail[:2000],
+        )
+
+    def record_query(self, requester: Requester, route: str, detail: str, outcome: Outcome = Outcome.SUCCESS,
+                     patient_id: str = "", study_uid: str = "", series_uid: str = "") -> None:
+        """Record a Query (110112), e.g. from the C-FIND handler. Raises ``StoreUnavailableError``."""
+        ref = SeriesRef(patient_id, study_uid, series_uid)
+        self._record([self._event(requester, EventCode.QUERY, Action.EXECUTE, route, ref, detail, outcome)])
+
+    # -- HTTP gate ----------------------------------------------------------------------
+
+    def http_gate(self, request: HttpRequest) -> None:
+        """Record what the request does to DICOM data before Orthanc serves it."""
+        thread = threading.get_ident()
+        state = _HttpState(request)
+        with self._lock:
+            self._http[thread] = state
+            self._cstore.pop(thread, None)
+        if request.uri.startswith("/hardening/"):
+            state.suppress = True  # plugin routes record their own events
+            return
+        access = classify(request.method, request.uri, request.query)
+        if access is None:
+            return
+        if access.kind in ("upload", "query"):
+            state.suppress = access.kind == "query"
+        if access.kind == "upload":
+            return  # the storage write hook records each received instance with its series
+        events = self._events_for(request, access)
+        state.covered.update(e.series_uid for e in events if e.series_uid)
+        if access.kind in ("archive", "modify", "send", "delete", "change"):
+            state.suppress = state.suppress or not access.has_resource
+        self._record(events)
+
+    def _events_for(self, request: HttpRequest, access: Access) -> list[AuditEvent]:
+        requester = request.requester
+        route = f"{request.method} {request.uri}"
+        level, resource = access.level, access.resource
+        try:
+            if not resource and any(access.uids):
+                level, resource = self.resolver.by_uids(*access.uids)
+                if not resource:
+                    study, series, sop = access.uids
+                    ref = SeriesRef("", study, series)
+                    return [self._event(requester, access.event, access.action, route, ref,
+                                        f"{access.detail}; unknown UID {sop or series or study}",
+                                        Outcome.MINOR_FAILURE)]
+            if not resource:
+                return [self._event(requester, access.event, access.action, route, None, access.detail)]
+            refs = self.resolver.series_of(level, resource)
+        except Exception:
+            return [self._event(requester, access.event, access.action, route, None,
+                                f"{access.detail}; unknown {level} {resource}", Outcome.MINOR_FAILURE)]
+        if not refs:
+            return [self._event(requester, access.event, access.action, route, None, access.detail)]
+        if access.per_series:
+            return [self._event(requester, access.event, access.action, route, ref, access.detail) for ref in refs]
+        first = refs[0]
+        same_study = all(r.study_uid == first.study_uid for r in refs)
+        ref = SeriesRef(first.patient_id, first.study_uid if same_study else "",
+                        first.series_uid if len(refs) == 1 else "", sum(r.instance_count for r in refs))
+        return [self._event(requester, access.event, access.action, route, ref, access.detail)]
+
+    # -- storage hooks ------------------------------------------------------------------
+
+    def read_hook(self, event: Any) -> None:
+        """Cover reads the HTTP gate did not (WebDAV, unknown routes) and C-GET."""
+        if event.problem or event.seal is None or int(event.content_type) not in (1, 3):
+            return
+        seal = event.seal
+        ref = SeriesRef(seal.patient_id, seal.study_uid, seal.series_uid, 1)
+        thread = threading.get_ident()
+        request = self.runtime.current_request()
+        if request is not None:
+            with self._lock:
+                state = self._http.get(thread)
+                if state is None or state.request is not request:
+                    state = _HttpState(request)
+                    self._http[thread] = state
+                if state.suppress or seal.series_uid in state.covered:
+                    return
+                state.covered.add(seal.series_uid)
+            self._record([self._event(request.requester, EventCode.INSTANCES_ACCESSED, Action.READ,
+                                      f"{request.method} {request.uri}", ref,
+                                      "read of stored instance bytes on this request")])
+            return
+        if int(event.content_type) != DICOM or self.moves_in_progress > 0:
+            return
+        self._presumed_cget(thread, ref)
+
+    def _presumed_cget(self, thread: int, ref: SeriesRef) -> None:
+        now = time.monotonic()
+        key = (thread, ref.series_uid)
+        with self._lock:
+            seen = self._cget_seen.get(key)
+            if seen is not None and now - seen < CGET_WINDOW_SECONDS:
+                self._cget_seen[key] = now
+                return
+        if self._job_running():
+            return  # a jobs-engine read (archive, send, modify): the request that started it is recorded
+        requester = Requester(transport=Transport.DIMSE, called_aet=self.our_aet)
+        config = self.runtime.config
+        if config.is_enforcing and config.audit.refuse_unattributed_reads:
+            detail = "C-GET refused: Hardening.Audit.RefuseUnattributedReads (requester unknown)"
+            self._alert(requester, "C-GET", detail, ref)
+            raise AccessDeniedError(detail)
+        self._record([self._event(requester, EventCode.INSTANCES_TRANSFERRED, Action.READ, "C-GET", ref, CGET_GAP)])
+        with self._lock:
+            if len(self._cget_seen) > 10000:
+                self._cget_seen.clear()
+            self._cget_seen[key] = now
+
+    def _job_running(self) -> bool:
+        try:
+            jobs = json.loads(self.runtime.orthanc.RestApiGet("/jobs?expand"))
+        except Exception:
+            return False
+        return any(job.get("State") == "Running" for job in jobs)
+
+    def cstore_gate(self, instance: Any) -> int:
+        """Remember the calling AET of the C-STORE about to be stored on this thread."""
+        try:
+            aet = str(instance.GetInstanceRemoteAet())
+        except Exception:
+            aet = ""
+        with self._lock:
+            self._cstore[threading.get_ident()] = aet
+        return 0
+
+    def write_hook(self, event: Any) -> None:
+        """Record the Import (C) of a received instance before Orthanc acknowledges it."""
+        if int(event.content_type) != DICOM or event.seal is None:
+            return
+        seal = event.seal
+        ref = SeriesRef(seal.patient_id, seal.study_uid, seal.series_uid, 1)
+        thread = threading.get_ident()
+        with self._lock:
+            aet = self._cstore.pop(thread, None)
+        sop = f"SOP instance {seal.sop_instance_uid}"
+        if aet is not None:
+            requester = Requester(transport=Transport.DIMSE, calling_aet=aet, called_aet=self.our_aet)
+            self._record([self._event(requester, EventCode.IMPORT, Action.CREATE, "C-STORE", ref,
+                                      f"C-STORE received; {sop}; peer IP not exposed by the plugin API")])
+            return
+        request = self.runtime.current_request()
+        if request is not None:
+            self._record([self._event(request.requester, EventCode.IMPORT, Action.CREATE,
+                                      f"{request.method} {request.uri}", ref, f"upload; {sop}")])
+            return
+        requester = Requester(transport=Transport.INTERNAL)
+        self._record([self._event(requester, EventCode.IMPORT, Action.CREATE, "job", ref,
+                                  f"created by an Orthanc job (modify, anonymize, retrieve…); {sop}; the "
+                                  "requester is in the event of the request that started the job")])
+
+    # -- C-MOVE -------------------------------------------------------------------------
+
+    def on_move(self, **request: Any) -> None:
+        """The C-MOVE handler: verify, record, send asynchronously, poll, record the outcome.
+
+        Raises:
+            AccessDeniedError: lockdown, or an unknown or insecure destination.
+            IntegrityError: an instance does not verify.
+            RuntimeError: the send failed (the SCU gets a failure status).
+        """
+        # Orthanc passes the SCU that asked as OriginatorAET and itself (the sender) as SourceAET.
+        originator = str(request.get("OriginatorAET", "") or "")
+        target = str(request.get("TargetAET", "") or "")
+        called = str(request.get("SourceAET", "") or "") or self.our_aet
+        requester = Requester(transport=Transport.DIMSE, calling_aet=originator, called_aet=called)
+        route = "C-MOVE"
+        if self.runtime.lockdown:
+            detail = f"C-MOVE refused: locked down ({', '.join(self.runtime.lockdown)})"
+            self._alert(requester, route, detail)
+            raise AccessDeniedError(detail)
+        instances = self._move_instances(request)
+        groups = self._group_by_series(instances)
+        try:
+            modality = self._modality_of(target)
+            outgoing = self.runtime.services.get("tls_outgoing")
+            if outgoing is not None:
+                outgoing.check_modality(modality, requester)
+            integrity = self.runtime.services.get("integrity")
+            if integrity is not None:
+                for instance_id in instances:
+                    integrity.check_instance(instance_id)
+        except (AccessDeniedError, IntegrityError) as exc:
+            self._alert(requester, route, f"C-MOVE to {target} refused: {exc}")
+            raise
+        detail = f"C-MOVE to {target} (modality {modality}), level {request.get('Level', '')}"
+        self._record([self._event(requester, EventCode.BEGIN_TRANSFERRING, Action.EXECUTE, route, ref, detail)
+                      for ref in groups])
+        with self._lock:
+            self.moves_in_progress += 1
+        try:
+            state = self._send(modality, instances, request)
+        finally:
+            with self._lock:
+                self.moves_in_progress -= 1
+        outcome = Outcome.SUCCESS if state == "Success" else Outcome.SERIOUS_FAILURE
+        self._record([self._event(requester, EventCode.INSTANCES_TRANSFERRED, Action.READ, route, ref,
+                                  f"{detail}; job {state}", outcome) for ref in groups])
+        if state != "Success":
+            raise RuntimeError(f"C-MOVE to {target} failed: job {state}")
+
+    def _move_instances(self, request: dict[str, Any]) -> list[str]:
+        query = {}
+        for key in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "AccessionNumber"):
+            value = str(request.get(key, "") or "").strip("\\")
+            if value:
+                query[key] = value
+        if not query:
+            raise AccessDeniedError("C-MOVE without any identifier is refused")
+        body = json.dumps({"Level": "Instance", "Query": query, "Expand": False})
+        return [str(i) for i in json.loads(self.runtime.orthanc.RestApiPost("/tools/find", body))]
+
+    def _group_by_series(self, instances: Iterable[str]) -> list[SeriesRef]:
+        counts: dict[SeriesRef, int] = {}
+        for instance_id in instances:
+            ref = self.resolver.instance(instance_id)
+            key = SeriesRef(ref.patient_id, ref.study_uid, ref.series_uid)
+            counts[key] = counts.get(key, 0) + 1
+        return [SeriesRef(k.patient_id, k.study_uid, k.series_uid, n) for k, n in counts.items()]
+
+    def _modality_of(self, target: str) -> str:
+        modalities = json.loads(self.runtime.orthanc.RestApiGet("/modalities?expand"))
+        for name, definition in modalities.items():
+            if str(definition.get("AET", "")) == target:
+                return str(name)
+        raise AccessDeniedError(f"C-MOVE destination {target!r} is not a configured modality")
+
+    def _send(self, modality: str, instances: list[str], request: dict[str, Any]) -> str:
+        body = {"Resources": instances, "Asynchronous": True, "Synchronous": False}
+        originator = str(request.get("OriginatorAET", "") or "")
+        if originator:
+            body["MoveOriginatorAet"] = originator
+        if request.get("OriginatorID"):
+            body["MoveOriginatorID"] = int(request["OriginatorID"])
+        answer = json.loads(self.runtime.orthanc.RestApiPost(f"/modalities/{modality}/store", json.dumps(body)))
+        job_id = str(answer["ID"])
+        deadline = time.monotonic() + MOVE_TIMEOUT_SECONDS
+        while True:
+            # time.sleep releases the GIL, so the job thread can run its storage reads.
+            time.sleep(MOVE_POLL_SECONDS)
+            state = str(json.loads(self.runtime.orthanc.RestApiGet(f"/jobs/{job_id}")).get("State", ""))
+            if state in ("Success", "Failure") or time.monotonic() > deadline:
+                return state
+
+    def _alert(self, requester: Requester, route: str, detail: str, ref: SeriesRef | None = None) -> None:
+        identity: dict[str, Any] = {
+            "patient_id": ref.patient_id, "study_uid": ref.study_uid, "series_uid": ref.series_uid} if ref else {}
+        try:
+            security_alert(self.runtime, requester, route, detail, **identity)
+        except HardeningError:
+            logger.error("could not audit security alert on %s: %s", route, detail)
+
+    # -- REST ---------------------------------------------------------------------------
+
+    def audit_route(self, call: RestCall) -> Reply:
+        query = parse_query(call.query, self.runtime.config.audit.max_query_limit)
+        events = self.reader.query(query)
+        self._record([self._log_used(call, f"query {_query_string(call.query)}; {len(events)} events")])
+        body, content_type = render(events, query)
+        return Reply(raw=body, content_type=content_type)
+
+    def verify_route(self, call: RestCall) -> Reply:
+        keyring = self.runtime.services["keyring"]
+        report = inspect_chain(self.reader.iter_rows(), self.reader.checkpoints(), keyring)
+        self._record([self._log_used(call, f"verify: {'ok' if report.ok else 'BROKEN'}")])
+        if not report.ok:
+            self._alert(call.requester, VERIFY_ROUTE,
+                        f"audit chain broken at seq {report.first_broken_seq}: {report.problems[:1]}")
+            return Reply({"error": "integrity check failed",
+                          "detail": f"audit chain broken at seq {report.first_broken_seq}", **report.as_dict()},
+                         status=409)
+        return Reply(report.as_dict())
+
+    def _log_used(self, call: RestCall, detail: str) -> AuditEvent:
+        return self._event(call.requester, EventCode.AUDIT_LOG_USED, Action.READ, f"{call.method} {call.uri}", None,
+                           detail)
+
+
+def _query_string(query: dict[str, str] | Any) -> str:
+    return "&".join(f"{k}={v}" for k, v in sorted(dict(query).items()))[:500]
+
+
+def _application_activity(runtime: Runtime, detail: str) -> AuditEvent:
+    return AuditEvent(time=runtime.clock(), event=EventCode.APPLICATION_ACTIVITY, action=Action.EXECUTE,
+                      outcome=Outcome.SUCCESS, transport=Transport.INTERNAL, user="orthanc-hardening",
+                      called_aet=str(runtime.orthanc_config.get("DicomAet", "ORTHANC")), route="plugin",
+                      detail=detail)
+
+
+def install(runtime: Runtime) -> None:
+    """Open the audit store and wire the audit trail into Orthanc (see the module docstring).
+
+    Raises:
+        StoreUnavailableError: enforce mode and the audit store cannot be opened or written;
+            Orthanc must not serve without its audit trail.
+    """
+    config = runtime.config
+    keyring = runtime.services.get("keyring")
+    if keyring is None:
+        raise RuntimeError("the storage feature must be installed before the audit trail (key ring)")
+    try:
+        store = open_store(config.audit.database, config.sqlite_synchronous)
+        reader = open_store(config.audit.database, config.sqlite_synchronous)
+        writer = AuditWriter(store, lambda: keyring.signer, runtime.clock, config.audit.checkpoint_every,
+                             config.audit.checkpoint_seconds, keep_failed=not config.is_enforcing)
+    except StoreUnavailableError:
+        logger.error("audit store %s cannot be opened", config.audit.database)
+        raise
+    runtime.audit = writer if config.is_enforcing else LenientSink(writer)
+    hooks = AuditHooks(runtime, writer, reader)
+    runtime.services.update(audit_store=reader, audit_writer=writer, audit_recorder=hooks)
+    runtime.audit.record(_application_activity(runtime, f"orthanc-hardening started ({config.mode.value} mode)"))
+
+    def stop() -> None:
+        runtime.audit.record(_application_activity(runtime, "orthanc-hardening stopping"))
+        writer.flush()
+
+    runtime.stop_actions.append(stop)
+    runtime.http_gates.append(hooks.http_gate)
+    runtime.cstore_gates.append(hooks.cstore_gate)
+    read_hooks = runtime.services.get("read_hooks")
+    write_hooks = runtime.services.get("write_hooks")
+    if isinstance(read_hooks, list) and isinstance(write_hooks, list):
+        read_hooks.append(hooks.read_hook)
+        write_hooks.append(hooks.write_hook)
+    else:
+        logger.error("no storage hooks: uploads, C-STORE and C-GET are not audited")
+    runtime.orthanc.RegisterMoveCallback(hooks.on_move)
+    register(runtime, AUDIT_ROUTE, {"GET": hooks.audit_route}, role=AUDITOR, name="audit")
+    register(runtime, VERIFY_ROUTE, {"GET": hooks.verify_route}, role=AUDITOR, name="audit-verify")
+    _watch_metrics(runtime, writer)
+    logger.info("audit trail in %s (head %s)", config.audit.database, writer.head)
+
+
+def _watch_metrics(runtime: Runtime, writer: AuditWriter) -> None:
+    def refresh(request: HttpRequest) -> None:
+        if request.uri == "/tools/metrics-prometheus":
+            runtime.metrics.set("audit_store_failures_total", writer.failures)
+            runtime.metrics.set("audit_backlog", writer.backlog)
+            runtime.metrics.set("audit_last_seq", (writer.head or (0, ""))[0])
+
+    runtime.http_gates.append(refresh)
+
+
+__all__: list[str] = ["AuditHooks", "IndexResolver", "LenientSink", "install"]
