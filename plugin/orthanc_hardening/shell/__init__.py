@@ -53,19 +53,10 @@ def install(orthanc: Any) -> Runtime:
 
 
 def _features() -> list[Any]:
-    # Order matters: the storage area loads the signing keys (which the audit checkpoints
-    # use too) and must be registered during initialisation; then the audit store, which
-    # records the start event and hooks into reads and writes; then the TLS gatekeepers.
-    import importlib
+    # Order matters: the storage area loads the signing keys (which the audit checkpoints use
+    # too) and must be registered during initialisation; query verification and the scrub
+    # build on the seal store; then the audit store, which records the start event and hooks
+    # into reads and writes; then the TLS gatekeepers; the review page and syslog export last.
+    from orthanc_hardening.shell import audit_hooks, query, review, scrub, storage, tls_gate
 
-    features = []
-    for name in ("storage", "query", "scrub", "audit_hooks", "tls_gate"):
-        try:
-            module = importlib.import_module(f"orthanc_hardening.shell.{name}")
-        except ModuleNotFoundError as exc:  # DEVELOPMENT ONLY: removed before release
-            if exc.name != f"orthanc_hardening.shell.{name}":
-                raise
-            logger.error("feature %s is not installed", name)
-            continue
-        features.append(module.install)
-    return features
+    return [storage.install, query.install, scrub.install, audit_hooks.install, tls_gate.install, review.install]

@@ -1,0 +1,163 @@
+"""Audit review for people and for the SIEM: the web page and the IHE ATNA syslog export.
+
+``install(runtime)``:
+
+* serves ``GET /hardening/ui/`` and its static files (``orthanc_hardening/ui/``, shipped in the
+  package, no outside assets) to auditors only;
+* adds an "Audit trail" button to the study and series pages of Orthanc Explorer
+  (``orthanc.ExtendOrthancExplorer``);
+* when ``Hardening.Audit.Syslog`` is configured, starts the durable exporter
+  (``audit/export.py``) that sends every audit row as a DICOM PS3.15 A.5 audit message over
+  syslog TLS (RFC 5424 / RFC 5425), and stops it when Orthanc stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+from pathlib import Path
+
+from orthanc_hardening.audit.atna import AuditSource, audit_message
+from orthanc_hardening.audit.chain import StoredEvent
+from orthanc_hardening.audit.event import Outcome
+from orthanc_hardening.audit.export import AuditExporter
+from orthanc_hardening.audit.store import open_store
+from orthanc_hardening.audit.syslog import TLSSyslogTransport, frame, syslog_message
+from orthanc_hardening.errors import NotFoundError
+from orthanc_hardening.identity import AUDITOR
+from orthanc_hardening.shell.rest import Reply, RestCall, register
+from orthanc_hardening.shell.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+UI_DIRECTORY = Path(__file__).resolve().parent.parent / "ui"
+UI_ROUTE = "/hardening/ui/([A-Za-z0-9_-]+(?:\\.[a-z]+)?)"
+# Orthanc drops the trailing slash of "/hardening/ui/" before matching routes.
+UI_INDEX_ROUTE = "/hardening/ui/?"
+_CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".js": "application/javascript; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+}
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_-]+\.(html|css|js|svg|png)$")
+# Browsers must not cache or frame the page, and it may load only its own files.
+_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+                               "frame-ancestors 'none'",
+}
+
+EXPLORER_JS = r"""
+// orthanc-hardening: "Audit trail" buttons on the study and series pages.
+(function () {
+  function currentUuid() {
+    var match = /[?&]uuid=([0-9a-fA-F-]+)/.exec(window.location.href);
+    return match ? match[1] : '';
+  }
+  function addButton(page, level) {
+    $(page).live('pagebeforeshow', function () {
+      var id = page.substring(1) + '-audit-trail';
+      var uuid = currentUuid();
+      $('#' + id).closest('li').remove();
+      var anchor = $('#' + level + '-delete');
+      if (!uuid || anchor.length === 0) { return; }
+      var li = $('<li data-icon="search"><a rel="external" target="_blank"></a></li>');
+      li.find('a').attr('id', id).attr('href', '../hardening/ui/?' + level + '=' + encodeURIComponent(uuid))
+        .text('Audit trail of this ' + level);
+      anchor.closest('li').after(li);
+      anchor.closest('ul').listview('refresh');
+    });
+  }
+  addButton('#study', 'study');
+  addButton('#series', 'series');
+})();
+"""
+
+
+def ui_file(name: str) -> tuple[bytes, str]:
+    """Return ``(content, content type)`` of a shipped UI file.
+
+    Raises:
+        NotFoundError: no such file (names are checked against a strict pattern first).
+    """
+    name = name or "index.html"
+    if not _SAFE_NAME.match(name):
+        raise NotFoundError(f"no UI file {name[:60]!r}")
+    path = UI_DIRECTORY / name
+    if not path.is_file():
+        raise NotFoundError(f"no UI file {name!r}")
+    return path.read_bytes(), _CONTENT_TYPES[path.suffix]
+
+
+def _serve_ui(call: RestCall) -> Reply:
+    content, content_type = ui_file(call.groups[0] if call.groups else "")
+    return Reply(raw=content, content_type=content_type, headers=_HEADERS)
+
+
+def syslog_formatter(runtime: Runtime) -> tuple[AuditSource, object]:
+    """Build the row -> framed syslog message function for this Orthanc."""
+    config = runtime.config.audit.syslog
+    if config is None:
+        raise RuntimeError("no syslog configuration")
+    hostname = socket.gethostname()
+    aet = str(runtime.orthanc_config.get("DicomAet", "ORTHANC"))
+    source = AuditSource(source_id=f"{hostname}/{aet}", application=aet, host=hostname)
+    procid = str(os.getpid())
+
+    def formatter(row: StoredEvent) -> bytes:
+        payload = audit_message(row, source)
+        message = syslog_message(payload, time=row.event.time, hostname=hostname, app_name=config.app_name,
+                                 procid=procid, failure=row.event.outcome is not Outcome.SUCCESS,
+                                 sequence_id=row.seq)
+        return frame(message)
+
+    return source, formatter
+
+
+def start_exporter(runtime: Runtime) -> AuditExporter | None:
+    """Start the syslog exporter when ``Hardening.Audit.Syslog`` is set; stop it at Orthanc stop."""
+    config = runtime.config.audit.syslog
+    if config is None:
+        return None
+    # The exporter has its own connection to the store, so it never waits on the REST readers.
+    store = open_store(runtime.config.audit.database, runtime.config.sqlite_synchronous)
+    transport = TLSSyslogTransport(config)
+    _, formatter = syslog_formatter(runtime)
+    metrics = runtime.metrics
+
+    def report(name: str, value: float) -> None:
+        metrics.set(name, value)
+
+    exporter = AuditExporter(store, transport, formatter, report=report)  # type: ignore[arg-type]
+    runtime.services["audit_exporter"] = exporter
+
+    def stop() -> None:
+        exporter.stop()
+        store.close()
+
+    runtime.stop_actions.append(stop)
+    exporter.start()
+    logger.info("audit export to syslog %s:%s (tls=%s)", config.host, config.port, config.tls)
+    return exporter
+
+
+def install(runtime: Runtime) -> None:
+    """Register the review page and the Explorer buttons; start the syslog export if configured."""
+    register(runtime, UI_INDEX_ROUTE, {"GET": _serve_ui}, role=AUDITOR, name="review-ui")
+    register(runtime, UI_ROUTE, {"GET": _serve_ui}, role=AUDITOR, name="review-ui")
+    extend = getattr(runtime.orthanc, "ExtendOrthancExplorer", None)
+    if extend is not None:
+        extend(EXPLORER_JS)
+    if runtime.services.get("audit_store") is None:
+        logger.error("no audit store: the syslog export is not started")
+        return
+    start_exporter(runtime)
+
+
+__all__ = ["EXPLORER_JS", "UI_ROUTE", "install", "start_exporter", "syslog_formatter", "ui_file"]
