@@ -1,0 +1,66 @@
+# orthanc-hardening. On a fresh Debian bookworm machine (as root) two commands are enough:
+#   make run    install what is missing, create dev certificates/keys/accounts, start a hardened Orthanc
+#   make test   install what is missing, run the whole test suite (unit and integration)
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV        := .venv
+PYTHON      := $(VENV)/bin/python
+SHIM_DIR    := build/libssl-shim
+SHIM        := $(SHIM_DIR)/libssl.so
+SHIM_SRC    := tools/libssl-shim/shim.c
+PYTEST_OPTS := -p no:cacheprovider -ra --timeout=300
+PYTEST_ARGS ?=
+HARDENING_HOME ?= var
+
+.PHONY: help deps shim run test unit integration posture lint bench bench-quick clean
+
+help:
+	@echo "make run          install what is missing, then start a hardened Orthanc (Ctrl-C stops it)"
+	@echo "make test         install what is missing, then run the whole test suite"
+	@echo "make deps         only install (Debian packages, $(VENV), $(SHIM))"
+	@echo "make posture      offline posture report of the configuration 'make run' uses"
+	@echo "make lint         ruff + mypy"
+	@echo "make bench        benchmarks: plain vs hardened Orthanc"
+
+deps:
+	@bash scripts/install-deps.sh
+
+# The libssl shim Debian's Orthanc needs for HTTPS (see tools/libssl-shim/README.md).
+shim: $(SHIM)
+
+$(SHIM): $(SHIM_SRC)
+	@mkdir -p $(SHIM_DIR)
+	gcc -shared -fPIC -O2 -Wall -Wextra -Werror -o $@.tmp $< -Wl,--no-as-needed -l:libssl.so.3 -l:libcrypto.so.3
+	@nm -D $@.tmp | grep -q ' T SSL_get_peer_certificate$$' || { echo "$@ lacks SSL_get_peer_certificate"; rm -f $@.tmp; exit 1; }
+	@mv -f $@.tmp $@
+
+run: deps
+	@bash scripts/run.sh
+
+test: deps
+	$(PYTHON) -m pytest tests $(PYTEST_OPTS) $(PYTEST_ARGS)
+
+unit: deps
+	$(PYTHON) -m pytest tests/unit $(PYTEST_OPTS) $(PYTEST_ARGS)
+
+integration: deps
+	$(PYTHON) -m pytest tests/integration $(PYTEST_OPTS) $(PYTEST_ARGS)
+
+posture: deps
+	HARDENING_HOME="$$(cd $(HARDENING_HOME) && pwd)" PYTHONPATH=plugin $(PYTHON) -m orthanc_hardening posture \
+		--ld-library-path $(SHIM_DIR) $(HARDENING_HOME)/config
+
+lint: deps
+	$(VENV)/bin/ruff check plugin tests bench docker
+	$(VENV)/bin/mypy
+
+bench: deps
+	$(PYTHON) bench/run.py --json bench/results.json
+
+bench-quick: deps
+	$(PYTHON) bench/run.py --quick
+
+clean:
+	rm -rf build
