@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "plugin")]
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+
 from orthanc_hardening.audit.chain import inspect_chain, link, make_checkpoint  # noqa: E402
 from orthanc_hardening.audit.event import Action, AuditEvent, EventCode, Outcome, Transport  # noqa: E402
 from orthanc_hardening.audit.query import AuditQuery  # noqa: E402

@@ -33,7 +33,6 @@ from orthanc_hardening.seal import keys as keymod  # noqa: E402
 from orthanc_hardening.shell import storage as storage_module  # noqa: E402
 from orthanc_hardening.shell.metrics import Metrics  # noqa: E402
 from orthanc_hardening.shell.runtime import Runtime  # noqa: E402
-
 from tests.support.dicom import make_instance, new_uid  # noqa: E402
 from tests.unit.fakes import FakeOrthanc  # noqa: E402
 

@@ -11,12 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from orthanc_hardening.audit.chain import inspect_chain, verify_chain
 from orthanc_hardening.audit.query import AuditQuery
 from orthanc_hardening.audit.store import PostgresAuditStore, open_store
 from orthanc_hardening.audit.writer import AuditWriter
 from orthanc_hardening.seal.keys import KeyRing
-
 from tests.support.server import free_port
 from tests.unit.audit.conftest import FixedClock, make_event, signer_from_seed
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
+
 from orthanc_hardening.seal.keys import Signer
 from orthanc_hardening.seal.record import Seal
-
 from tests.support.dicom import make_instance, make_series, new_uid
 from tests.support.dimse import c_get
 from tests.support.server import DICOMWEB_PLUGIN, PYTHON_PLUGIN, OrthancServer

@@ -147,8 +147,9 @@ def rich_instance() -> bytes:
     """An instance carrying every Orthanc 1.10 main DICOM tag, with DICOM padding and multi-values."""
     from io import BytesIO
 
-    from orthanc_hardening.seal.index_tags import LEVELS
     from pydicom import dcmread
+
+    from orthanc_hardening.seal.index_tags import LEVELS
 
     dataset = dcmread(BytesIO(make_series(1, patient_id="IDX")[0]))
     dataset.SpecificCharacterSet = "ISO_IR 100"
@@ -177,8 +178,9 @@ def rich_instance() -> bytes:
 def test_index_tag_digest_of_bytes_equals_digest_of_orthancs_index(server):
     from io import BytesIO
 
-    from orthanc_hardening.seal.index_tags import index_tags_digest, index_tags_of_dataset, index_tags_of_orthanc
     from pydicom import dcmread
+
+    from orthanc_hardening.seal.index_tags import index_tags_digest, index_tags_of_dataset, index_tags_of_orthanc
 
     data = rich_instance()
     instance_id = server.upload(data)["ID"]

@@ -21,8 +21,8 @@ import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from orthanc_hardening.commands.devsetup import cert_pem, make_leaf
 
+from orthanc_hardening.commands.devsetup import cert_pem, make_leaf
 from tests.support.dicom import make_instance
 from tests.support.dimse import c_find, c_store
 from tests.support.server import OrthancServer, free_port
@@ -190,7 +190,7 @@ def expired_server_pem(server_pki: Any, directory: Path) -> Path:
     ca_cert = x509.load_pem_x509_certificate(server_pki.files.ca_cert.read_bytes())
     ca_key = serialization.load_pem_private_key(server_pki.files.ca_key.read_bytes(), password=None)
     assert isinstance(ca_key, rsa.RSAPrivateKey)
-    now = dt.datetime.now(dt.timezone.utc)  # noqa: UP017
+    now = dt.datetime.now(dt.timezone.utc)
     cert, key = make_leaf("localhost", ca_cert, ca_key, now, days=30, not_before=now - dt.timedelta(days=60))
     path = directory / "expired-server.pem"
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,

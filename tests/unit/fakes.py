@@ -63,18 +63,21 @@ class FakeOutput:
         self.headers: dict[str, str] = {}
         self.allowed: str | None = None
 
-    def AnswerBuffer(self, body: bytes | str, content_type: str) -> None:  # noqa: N802 - Orthanc's name
+    def AnswerBuffer(self, body: bytes | str, content_type: str) -> None:
         self.status, self.body, self.content_type = 200, body, content_type
 
-    def SendHttpStatus(self, status: int, body: str, size: int) -> None:  # noqa: N802
+    def SendHttpStatus(self, status: int, body: str, size: int) -> None:
         assert isinstance(body, str) and size == len(body.encode("utf-8"))
         self.status, self.body = status, body
         self.content_type = self.headers.get("Content-Type")
 
-    def SendMethodNotAllowed(self, allowed: str) -> None:  # noqa: N802
+    def SendHttpStatusCode(self, status: int) -> None:
+        self.status, self.body = status, ""
+
+    def SendMethodNotAllowed(self, allowed: str) -> None:
         self.status, self.allowed = 405, allowed
 
-    def SetHttpHeader(self, name: str, value: str) -> None:  # noqa: N802
+    def SetHttpHeader(self, name: str, value: str) -> None:
         self.headers[name] = value
 
     def json(self) -> Any:
@@ -104,43 +107,43 @@ class FakeOrthanc:
         self.rest: dict[tuple[str, str], Any] = {}
         self.rest_calls: list[tuple[str, str, Any]] = []
 
-    def GetConfiguration(self) -> str:  # noqa: N802
+    def GetConfiguration(self) -> str:
         return json.dumps(self.configuration)
 
-    def RegisterRestCallback(self, pattern: str, callback: Callable[..., None]) -> None:  # noqa: N802
+    def RegisterRestCallback(self, pattern: str, callback: Callable[..., None]) -> None:
         self.routes[pattern] = callback
 
-    def RegisterIncomingHttpRequestFilter(self, callback: Callable[..., bool]) -> None:  # noqa: N802
+    def RegisterIncomingHttpRequestFilter(self, callback: Callable[..., bool]) -> None:
         self.http_filter = callback
 
-    def RegisterIncomingCStoreInstanceFilter(self, callback: Callable[[Any], int]) -> None:  # noqa: N802
+    def RegisterIncomingCStoreInstanceFilter(self, callback: Callable[[Any], int]) -> None:
         self.cstore_filter = callback
 
-    def RegisterOnChangeCallback(self, callback: Callable[[int, int, str], None]) -> None:  # noqa: N802
+    def RegisterOnChangeCallback(self, callback: Callable[[int, int, str], None]) -> None:
         self.on_change = callback
 
-    def RegisterStorageArea(self, create: Any, read: Any, remove: Any) -> None:  # noqa: N802
+    def RegisterStorageArea(self, create: Any, read: Any, remove: Any) -> None:
         self.storage_area = (create, read, remove)
 
-    def RegisterFindCallback(self, callback: Callable[..., None]) -> None:  # noqa: N802
+    def RegisterFindCallback(self, callback: Callable[..., None]) -> None:
         self.find_callback = callback
 
-    def RegisterMoveCallback(self, callback: Callable[..., None]) -> None:  # noqa: N802
+    def RegisterMoveCallback(self, callback: Callable[..., None]) -> None:
         self.move_callback = callback
 
-    def ExtendOrthancExplorer(self, javascript: str) -> None:  # noqa: N802
+    def ExtendOrthancExplorer(self, javascript: str) -> None:
         self.explorer_js = javascript
 
-    def LogInfo(self, message: str) -> None:  # noqa: N802
+    def LogInfo(self, message: str) -> None:
         self.logs.append(("info", message))
 
-    def LogWarning(self, message: str) -> None:  # noqa: N802
+    def LogWarning(self, message: str) -> None:
         self.logs.append(("warning", message))
 
-    def LogError(self, message: str) -> None:  # noqa: N802
+    def LogError(self, message: str) -> None:
         self.logs.append(("error", message))
 
-    def SetMetricsValue(self, name: str, value: float, kind: int) -> None:  # noqa: N802
+    def SetMetricsValue(self, name: str, value: float, kind: int) -> None:
         self.metrics[name] = value
 
     def _rest(self, method: str, uri: str, body: Any = None) -> Any:
@@ -153,14 +156,14 @@ class FakeOrthanc:
             raise answer
         return answer if isinstance(answer, bytes | str) else json.dumps(answer)
 
-    def RestApiGet(self, uri: str) -> Any:  # noqa: N802
+    def RestApiGet(self, uri: str) -> Any:
         return self._rest("GET", uri)
 
-    def RestApiPost(self, uri: str, body: Any) -> Any:  # noqa: N802
+    def RestApiPost(self, uri: str, body: Any) -> Any:
         return self._rest("POST", uri, body)
 
-    def RestApiPut(self, uri: str, body: Any) -> Any:  # noqa: N802
+    def RestApiPut(self, uri: str, body: Any) -> Any:
         return self._rest("PUT", uri, body)
 
-    def RestApiDelete(self, uri: str) -> Any:  # noqa: N802
+    def RestApiDelete(self, uri: str) -> Any:
         return self._rest("DELETE", uri)

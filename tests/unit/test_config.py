@@ -78,7 +78,10 @@ def test_full_section_is_parsed(tmp_path: Path) -> None:
         ({"Audit": {"Syslog": {"Port": 6514}}}, "Hardening.Audit.Syslog.Host"),
         ({"Audit": {"Syslog": {"Host": "h", "Port": 70000}}}, "Hardening.Audit.Syslog.Port"),
         ({"Audit": {"Syslog": {"Host": "h"}}}, "Hardening.Audit.Syslog.CaCertificate"),
-        ({"Audit": {"Syslog": {"Host": "h", "CaCertificate": "/nonexistent.pem"}}}, "Hardening.Audit.Syslog.CaCertificate"),
+        (
+            {"Audit": {"Syslog": {"Host": "h", "CaCertificate": "/nonexistent.pem"}}},
+            "Hardening.Audit.Syslog.CaCertificate",
+        ),
     ],
 )
 def test_bad_value_names_the_key(section: dict, key: str) -> None:

@@ -173,7 +173,7 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     report, mode = build_report(
         Path(args.config),
         os.environ,
-        dt.datetime.now(dt.timezone.utc),  # noqa: UP017 - the CLI is the clock's one reader here
+        dt.datetime.now(dt.timezone.utc),
         orthanc_binary,
         args.ld_library_path,
     )

@@ -68,7 +68,7 @@ def seal_offline(orthanc_config: dict[str, Any], env: dict[str, str], now: dt.da
     index_dir = Path(str(orthanc_config.get("IndexDirectory", storage))).absolute()
     keyring = keymod.load_key_ring(config.signing_key, passphrase_from_env(config, env), config.key_directory,
                                    config.trusted_keys, now)
-    store = SQLiteSealStore(config.seal_database)
+    store = SQLiteSealStore(config.seal_database, config.sqlite_synchronous)
     since = _sealing_since(store, keyring)
     try:
         index = sqlite3.connect(f"file:{index_dir / 'index'}?mode=ro", uri=True, timeout=2)

@@ -134,6 +134,8 @@ class SealedTagIndex:
         self._entries: dict[str, SealedInstanceTags] = {}
         # (level, resource id) -> {tag level -> {digest: tags}}
         self._expected: dict[tuple[str, str], dict[str, dict[str, dict[str, str]]]] = {}
+        # (level, resource id) -> {tag level -> {digest: how many member instances carry it}}
+        self._counts: dict[tuple[str, str], dict[str, dict[str, int]]] = {}
         self._members: dict[tuple[str, str], set[str]] = {}
 
     def __len__(self) -> int:
@@ -148,14 +150,19 @@ class SealedTagIndex:
             self.remove(entry.instance_id)
         self._entries[entry.instance_id] = entry
         for level, resource_id in entry.ids.items():
-            self._members.setdefault((level, resource_id), set()).add(entry.instance_id)
-            expected = self._expected.setdefault((level, resource_id), {})
+            key = (level, resource_id)
+            self._members.setdefault(key, set()).add(entry.instance_id)
+            expected = self._expected.setdefault(key, {})
+            counts = self._counts.setdefault(key, {})
             for _field_name, tag_level in ANSWER_FIELDS[level]:
                 tags = level_tags(entry.tags.get(tag_level, {}), tag_level)
-                expected.setdefault(tag_level, {})[tags_digest(tags)] = tags
+                digest = tags_digest(tags)
+                expected.setdefault(tag_level, {})[digest] = tags
+                level_counts = counts.setdefault(tag_level, {})
+                level_counts[digest] = level_counts.get(digest, 0) + 1
 
     def remove(self, instance_id: str) -> None:
-        """Forget an instance (deleted, or re-stored under another uuid)."""
+        """Forget an instance (deleted, or re-stored under another uuid); O(levels), not O(members)."""
         entry = self._entries.pop(instance_id, None)
         if entry is None:
             return
@@ -163,18 +170,22 @@ class SealedTagIndex:
             key = (level, resource_id)
             members = self._members.get(key, set())
             members.discard(instance_id)
-            self._expected.pop(key, None)
             if not members:
                 self._members.pop(key, None)
+                self._expected.pop(key, None)
+                self._counts.pop(key, None)
                 continue
-            # Rebuild this resource's expectations from the instances that remain.
-            expected: dict[str, dict[str, dict[str, str]]] = {}
-            for member in members:
-                other = self._entries[member]
-                for _field_name, tag_level in ANSWER_FIELDS[level]:
-                    tags = level_tags(other.tags.get(tag_level, {}), tag_level)
-                    expected.setdefault(tag_level, {})[tags_digest(tags)] = tags
-            self._expected[key] = expected
+            expected = self._expected.get(key, {})
+            counts = self._counts.get(key, {})
+            for _field_name, tag_level in ANSWER_FIELDS[level]:
+                digest = tags_digest(level_tags(entry.tags.get(tag_level, {}), tag_level))
+                level_counts = counts.get(tag_level, {})
+                left = level_counts.get(digest, 0) - 1
+                if left > 0:
+                    level_counts[digest] = left
+                    continue
+                level_counts.pop(digest, None)
+                expected.get(tag_level, {}).pop(digest, None)
 
     def expected(self, level: str, resource_id: str) -> dict[str, dict[str, dict[str, str]]] | None:
         """The sealed tags allowed for a resource, per tag level, or ``None`` when none is sealed."""

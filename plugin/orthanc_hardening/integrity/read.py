@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from orthanc_hardening.config import UnsealedPolicy
@@ -20,31 +21,66 @@ from orthanc_hardening.seal.record import Seal, Verifier, check_seal_matches, ve
 class SignatureCache:
     """Seal records whose signature already verified, so that a hot read only hashes.
 
-    Keyed by the whole stored record (fields and signature), so a changed row is verified
-    again. Cleared when the key ring changes. Bounded: cleared when full.
+    Keyed by the exact stored record bytes (fields and signature), so a changed row is parsed
+    and verified again; the value is the seal parsed from those bytes, so a hot read neither
+    parses JSON nor re-encodes the record. Cleared when the key ring changes. Bounded: the
+    least recently used records are dropped beyond ``limit`` (about 1.5 KB each).
     """
 
-    def __init__(self, limit: int = 200_000) -> None:
+    def __init__(self, limit: int = 32_768) -> None:
         self._limit = limit
         self._lock = threading.Lock()
-        self._verified: set[bytes] = set()
+        self._verified: OrderedDict[bytes, Seal] = OrderedDict()
 
-    def verify(self, seal: Seal, keyring: Verifier) -> None:
+    def parse(self, record: bytes) -> Seal:
+        """The seal stored as ``record``: the cached one if it verified before, else parsed now.
+
+        Raises:
+            SealInvalidError: the record is not a well-formed seal.
+        """
+        with self._lock:
+            seal = self._verified.get(record)
+            if seal is not None:
+                self._verified.move_to_end(record)
+                return seal
+        return Seal.from_bytes(record)
+
+    def verify(self, seal: Seal, keyring: Verifier, record: bytes | None = None) -> None:
         """Verify ``seal``'s signature unless this exact record verified before.
+
+        Args:
+            seal: the seal.
+            keyring: the trusted keys.
+            record: the stored bytes ``seal`` was parsed from (defaults to its canonical encoding).
 
         Raises:
             UnknownKeyError: the key is neither current nor trusted.
             SealInvalidError: the signature does not verify.
         """
-        record = seal.to_bytes()
+        key = seal.to_bytes() if record is None else record
         with self._lock:
-            if record in self._verified:
+            if key in self._verified:
                 return
         verify_seal_signature(seal, keyring)
+        self._add(key, seal)
+
+    def remember(self, record: bytes, seal: Seal) -> None:
+        """Add a seal this process has just signed, as the store holds it (``record``).
+
+        Its first read then needs no signature verification; a row changed in the store has
+        other bytes and is verified as usual.
+        """
+        self._add(record, seal)
+
+    def _add(self, record: bytes, seal: Seal) -> None:
         with self._lock:
-            if len(self._verified) >= self._limit:
-                self._verified.clear()
-            self._verified.add(record)
+            self._verified[record] = seal
+            while len(self._verified) > self._limit:
+                self._verified.popitem(last=False)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._verified)
 
     def clear(self) -> None:
         with self._lock:
@@ -70,6 +106,7 @@ def check_read(
     seal: Seal | None,
     keyring: Verifier,
     cache: SignatureCache | None = None,
+    record: bytes | None = None,
 ) -> ReadCheck:
     """Check bytes read from storage against their seal.
 
@@ -81,6 +118,7 @@ def check_read(
             ``check_unsealed``).
         keyring: the trusted keys.
         cache: signatures already verified.
+        record: the stored bytes ``seal`` was parsed from (the cache key), when known.
 
     Returns:
         The seal and the bytes' SHA-256.
@@ -95,7 +133,7 @@ def check_read(
         return ReadCheck(None, digest)
     check_seal_matches(seal, uuid, content_type, digest, len(data))
     if cache is not None:
-        cache.verify(seal, keyring)
+        cache.verify(seal, keyring, record)
     else:
         verify_seal_signature(seal, keyring)
     return ReadCheck(seal, digest)

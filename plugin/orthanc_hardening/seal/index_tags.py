@@ -103,7 +103,13 @@ def _text_of(dataset: Dataset, tag: int, encodings: list[str]) -> str | None:
     if isinstance(raw, bytes) and vr not in _BINARY_VRS:
         return normalize(decode_bytes(raw, encodings, set()))
     # An element pydicom already converted: rebuild the DICOM string form.
-    value = dataset[tag].value
+    try:
+        value = dataset[tag].value
+    except Exception:
+        # A malformed element (e.g. PatientSex encoded as FD with 2 bytes): digest its raw bytes.
+        # Orthanc stored the file, so it is sealed; its index tags will simply not match this
+        # digest, and query verification reports the instance.
+        return normalize(raw.decode("latin-1") if isinstance(raw, bytes) else str(raw))
     if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
         return normalize("\\".join(_scalar(v) for v in value))
     return normalize(_scalar(value))

@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -26,6 +26,7 @@ VERSION = 1
 SEAL_CONTEXT = b"orthanc-hardening/seal/v1\x00"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _KEY_ID = re.compile(r"^[0-9a-f]{16}$")
+_SEALED_AT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{1,6}Z$")
 _FIELDS = (
     "version", "key_id", "uuid", "content_type", "sha256", "size", "study_uid", "series_uid",
     "sop_instance_uid", "patient_id", "index_tags_sha256", "sealed_at", "sealed_after_ingest", "signature",
@@ -82,7 +83,8 @@ class Seal:
         return SEAL_CONTEXT + canonical(self)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Every field is a scalar: no need for dataclasses.asdict's recursive deep copy.
+        return {name: getattr(self, name) for name in _FIELDS}
 
     def to_bytes(self) -> bytes:
         """Canonical JSON of the whole record, signature included (for storage)."""
@@ -119,8 +121,11 @@ class Seal:
         _expect(raw["index_tags_sha256"] == "" or bool(_HEX64.match(raw["index_tags_sha256"])),
                 "seal index_tags_sha256 must be 64 hex digits or empty")
         _expect(bool(raw["uuid"]), "seal uuid must not be empty")
+        sealed_at = raw["sealed_at"]
         try:
-            parsed = datetime.strptime(raw["sealed_at"], "%Y-%m-%dT%H:%M:%S.%fZ")
+            if not _SEALED_AT.match(sealed_at):
+                raise ValueError(sealed_at)
+            parsed = datetime.fromisoformat(sealed_at[:-1])
         except ValueError as exc:
             raise SealInvalidError("seal sealed_at must be UTC like 2026-01-01T00:00:00.000000Z") from exc
         _expect(parsed.year >= 2000, "seal sealed_at is implausible")
@@ -148,6 +153,9 @@ class Seal:
         return base64.b64decode(self.signature)
 
 
+_UNSIGNED_FIELDS = tuple(name for name in _FIELDS if name != "signature")
+
+
 def _expect(condition: bool, problem: str) -> None:
     if not condition:
         raise SealInvalidError(problem)
@@ -155,8 +163,7 @@ def _expect(condition: bool, problem: str) -> None:
 
 def canonical(seal: Seal) -> bytes:
     """Sorted-key compact ASCII JSON of every field but ``signature``."""
-    body = seal.to_dict()
-    del body["signature"]
+    body = {name: getattr(seal, name) for name in _UNSIGNED_FIELDS}
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
@@ -207,7 +214,7 @@ def seal_attachment(
         signature="",
     )
     signature = signer.sign(unsigned.signed_bytes())
-    return Seal(**{**unsigned.to_dict(), "signature": base64.b64encode(signature).decode("ascii")})
+    return replace(unsigned, signature=base64.b64encode(signature).decode("ascii"))
 
 
 def verify_seal_signature(seal: Seal, keyring: Verifier) -> None:

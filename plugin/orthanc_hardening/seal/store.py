@@ -1,4 +1,8 @@
-"""Where seals live: the ``SealStore`` port and its SQLite implementation (WAL, synchronous FULL).
+"""Where seals live: the ``SealStore`` port and its SQLite implementation (WAL).
+
+``synchronous`` follows ``Hardening.Durability``: ``NORMAL`` (default; a committed row survives
+a crash or ``kill -9`` of Orthanc, as Orthanc's own SQLite index does) or ``FULL`` (one fsync
+per commit: it also survives a power loss).
 
 A seal row is written and committed *before* the attachment's file is renamed into place
 (``shell/storage.py``), so an acknowledged instance always has its seal; a crash in between
@@ -75,7 +79,7 @@ class Failure:
 class SealStore(Protocol):
     """The seal store port."""
 
-    def put(self, seal: Seal) -> None: ...
+    def put(self, seal: Seal) -> bytes: ...
     def get(self, uuid: str, content_type: int) -> Seal | None: ...
     def delete(self, uuid: str, content_type: int) -> None: ...
     def mark_removed(self, uuid: str, content_type: int, now: datetime) -> None: ...
@@ -85,16 +89,23 @@ class SealStore(Protocol):
 
 
 class SQLiteSealStore:
-    """Seals in one SQLite file (WAL, synchronous FULL: durable on commit, also on power loss)."""
+    """Seals in one SQLite file (WAL; ``synchronous`` NORMAL or FULL, see the module docstring).
 
-    def __init__(self, path: Path) -> None:
+    One connection guarded by a lock: a commit in WAL mode with ``NORMAL`` is a single write of
+    the WAL frame (no fsync), so the lock is held for microseconds.
+    """
+
+    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
         self.path = Path(path)
+        self.synchronous = synchronous
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.executescript(SCHEMA)
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailableError(f"seal store {self.path} cannot be opened: {exc}") from exc
@@ -111,18 +122,23 @@ class SQLiteSealStore:
             except sqlite3.Error as exc:
                 raise StoreUnavailableError(f"seal store error: {exc}") from exc
 
-    def put(self, seal: Seal) -> None:
-        """Insert (or replace) the seal of an attachment; durable when this returns.
+    def put(self, seal: Seal) -> bytes:
+        """Insert (or replace) the seal of an attachment; committed when this returns.
+
+        Returns:
+            The record bytes stored (what ``get_record`` will return).
 
         Raises:
             StoreUnavailableError: the row could not be committed.
         """
+        record = seal.to_bytes()
         with self._cursor() as db:
             db.execute(
                 "INSERT OR REPLACE INTO seals (uuid, content_type, record, sop_instance_uid, study_uid, key_id, state)"
                 " VALUES (?, ?, ?, ?, ?, ?, 'stored')",
-                (seal.uuid, seal.content_type, seal.to_bytes(), seal.sop_instance_uid, seal.study_uid, seal.key_id),
+                (seal.uuid, seal.content_type, record, seal.sop_instance_uid, seal.study_uid, seal.key_id),
             )
+        return record
 
     def get(self, uuid: str, content_type: int) -> Seal | None:
         """The seal of an attachment (whatever its state), or ``None``.
@@ -133,6 +149,18 @@ class SQLiteSealStore:
         """
         row = self.get_row(uuid, content_type)
         return None if row is None else row.seal
+
+    def get_record(self, uuid: str, content_type: int) -> bytes | None:
+        """The stored record bytes of an attachment's seal (one primary-key select), or ``None``.
+
+        Raises:
+            StoreUnavailableError: the store cannot be read.
+        """
+        with self._cursor() as db:
+            found = db.execute(
+                "SELECT record FROM seals WHERE uuid = ? AND content_type = ?", (uuid, content_type)
+            ).fetchone()
+        return None if found is None else bytes(found[0])
 
     def get_row(self, uuid: str, content_type: int) -> SealRow | None:
         """Like ``get`` with the row id and state."""
@@ -235,12 +263,17 @@ class MemorySealStore:
         self.states: dict[tuple[str, int], str] = {}
         self.failures: list[Failure] = []
 
-    def put(self, seal: Seal) -> None:
+    def put(self, seal: Seal) -> bytes:
         self.seals[(seal.uuid, seal.content_type)] = seal
         self.states[(seal.uuid, seal.content_type)] = STORED
+        return seal.to_bytes()
 
     def get(self, uuid: str, content_type: int) -> Seal | None:
         return self.seals.get((uuid, content_type))
+
+    def get_record(self, uuid: str, content_type: int) -> bytes | None:
+        seal = self.seals.get((uuid, content_type))
+        return None if seal is None else seal.to_bytes()
 
     def delete(self, uuid: str, content_type: int) -> None:
         self.seals.pop((uuid, content_type), None)

@@ -24,7 +24,7 @@ class OrthancLogHandler(logging.Handler):
                 self._orthanc.LogWarning(message)
             else:
                 self._orthanc.LogInfo(message)
-        except Exception:  # noqa: BLE001 - logging must never raise into a callback
+        except Exception:
             self.handleError(record)
 
 

@@ -60,6 +60,7 @@ from orthanc_hardening.integrity.query import (
     level_of,
     sealed_instance_tags,
 )
+from orthanc_hardening.request_body import parse_json_object
 from orthanc_hardening.seal.identity import identity_of_dataset, parse_dataset
 from orthanc_hardening.seal.index_tags import IndexTags
 from orthanc_hardening.seal.layout import attachment_path
@@ -104,6 +105,7 @@ class SealedTagCatalogue:
         tags_db.parent.mkdir(parents=True, exist_ok=True)
         self._tags = sqlite3.connect(str(tags_db), check_same_thread=False, isolation_level=None, timeout=30)
         self._tags.execute("PRAGMA journal_mode=WAL")
+        self._tags.execute(f"PRAGMA synchronous={runtime.config.sqlite_synchronous}")
         self._tags.executescript(_TAGS_SCHEMA)
 
     def refresh(self) -> None:
@@ -135,10 +137,16 @@ class SealedTagCatalogue:
         tags: IndexTags | None = json.loads(stored[0]) if stored else None
         keyring = self.runtime.services["keyring"]
         if tags is None:
+            # The storage create parsed these tags from the bytes it sealed moments ago.
+            storage = self.runtime.services.get("sealed_storage")
+            tags = storage.take_index_tags(seal) if storage is not None else None
+            if tags is not None:
+                keyring.verify(seal.key_id, seal.signed_bytes(), seal.signature_bytes)
+        if tags is None:
             data = attachment_path(self.root, seal.uuid).read_bytes()
             verify_seal(seal, data, seal.uuid, keyring)
             _identity, tags = identity_of_dataset(parse_dataset(data))
-        else:
+        elif stored is not None:
             keyring.verify(seal.key_id, seal.signed_bytes(), seal.signature_bytes)
         entry = sealed_instance_tags(seal, tags)
         if stored is None:
@@ -179,6 +187,40 @@ class CoreError(Exception):
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
         self.status = status
+
+
+# For each level, the parents Orthanc reports as RemainingAncestor candidates, nearest first.
+_PARENTS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "instances": (("ParentSeries", "series", "Series"), ("ParentStudy", "studies", "Study"),
+                  ("ParentPatient", "patients", "Patient")),
+    "series": (("ParentStudy", "studies", "Study"), ("ParentPatient", "patients", "Patient")),
+    "studies": (("ParentPatient", "patients", "Patient"),),
+    "patients": (),
+}
+_TYPES = {"series": "Series", "studies": "Study", "patients": "Patient"}
+
+_REASONS = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 409: "Conflict", 415: "Unsupported Media Type",
+            500: "Internal Server Error"}
+# Orthanc's ErrorCode for each HTTP status it maps to (OrthancFramework Enumerations).
+_ORTHANC_CODES = {400: 8, 404: 17, 415: 3, 500: -1}
+
+
+def _answer_like_orthanc(output: Any, status: int, detail: str, uri: str, request: Mapping[str, Any]) -> None:
+    """Answer an error of an overridden core route the way Orthanc 1.10 itself does."""
+    if status == 404:
+        output.SendHttpStatusCode(404)  # Orthanc answers an unknown resource with an empty 404
+        return
+    body = {
+        "Details": detail,
+        "HttpError": _REASONS.get(status, "Error"),
+        "HttpStatus": status,
+        "Message": detail,
+        "Method": str(request.get("method", "GET")).upper(),
+        "OrthancError": detail,
+        "OrthancStatus": _ORTHANC_CODES.get(status, -1),
+        "Uri": uri,
+    }
+    answer_json(output, status, body)
 
 
 def _core(call: Any, *args: Any) -> Any:
@@ -273,8 +315,10 @@ class QueryVerifier:
             try:
                 body(requester)
             except CoreError as exc:
-                answer_json(output, exc.status, {"error": "error" if exc.status >= 500 else "bad request",
-                                                 "detail": str(exc)})
+                _answer_like_orthanc(output, exc.status, str(exc), uri, request)
+            except BadRequestError as exc:
+                # These routes stand in for Orthanc's own: a client sees Orthanc's error format.
+                _answer_like_orthanc(output, 400, str(exc), uri, request)
 
     # -- routes -----------------------------------------------------------------------------
 
@@ -283,12 +327,7 @@ class QueryVerifier:
             if str(request.get("method", "")).upper() != "POST":
                 output.SendMethodNotAllowed("POST")
                 return
-            try:
-                query = json.loads(request.get("body") or b"")
-            except ValueError as exc:
-                raise BadRequestError("body", "must be a JSON object") from exc
-            if not isinstance(query, dict):
-                raise BadRequestError("body", "must be a JSON object")
+            query = parse_json_object(request.get("body") or b"")
             expand = bool(query.get("Expand", False))
             forwarded = {**query, "Expand": True}
             # Orthanc answers "Short"/"Full" forms with tag numbers: verify the plain form.
@@ -348,8 +387,7 @@ class QueryVerifier:
             plural, resource_id = request["groups"][0], request["groups"][1]
             orthanc = self.runtime.orthanc
             if method == "DELETE":
-                answer = _core(orthanc.RestApiDelete, uri)
-                output.AnswerBuffer(answer if answer else json.dumps({}), "application/json")
+                self._delete(output, plural, resource_id, uri)
                 return
             if method != "GET":
                 output.SendMethodNotAllowed("GET,DELETE")
@@ -359,6 +397,34 @@ class QueryVerifier:
             self._single(output, requester, uri, level_of(plural), item, get)
 
         self._run(output, uri, request, body)
+
+    def _delete(self, output: Any, plural: str, resource_id: str, uri: str) -> None:
+        """Forward a DELETE and answer ``{"RemainingAncestor": …}`` as Orthanc does.
+
+        ``orthanc.RestApiDelete`` returns no body, so the nearest ancestor that still exists is
+        found here: the chain of parents is read before the deletion, and checked after it.
+        """
+        orthanc = self.runtime.orthanc
+        resource = json.loads(_core(orthanc.RestApiGet, f"/{plural}/{resource_id}"))
+        ancestors: list[tuple[str, str]] = []
+        current, level = resource, plural
+        for parent_key, parent_plural, _parent_type in _PARENTS.get(level, ()):
+            parent_id = str(current.get(parent_key, ""))
+            if not parent_id:
+                break
+            ancestors.append((parent_plural, parent_id))
+            if parent_plural != "patients":
+                current = json.loads(_core(orthanc.RestApiGet, f"/{parent_plural}/{parent_id}"))
+        _core(orthanc.RestApiDelete, uri)
+        remaining = None
+        for parent_plural, parent_id in ancestors:
+            try:
+                orthanc.RestApiGet(f"/{parent_plural}/{parent_id}")
+            except Exception:  # gone with the deletion: look further up
+                continue
+            remaining = {"ID": parent_id, "Path": f"/{parent_plural}/{parent_id}", "Type": _TYPES[parent_plural]}
+            break
+        answer_json(output, 200, {"RemainingAncestor": remaining})
 
     def on_child(self, output: Any, uri: str, **request: Any) -> None:
         def body(requester: Requester) -> None:

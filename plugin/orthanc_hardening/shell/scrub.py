@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import re
 import sqlite3
 import threading
@@ -57,6 +58,7 @@ from orthanc_hardening.integrity.scrub import (
     manifest_findings,
     plan_scrub,
 )
+from orthanc_hardening.request_body import parse_json_object
 from orthanc_hardening.seal.layout import attachment_path
 from orthanc_hardening.seal.manifest import (
     CurrentInstance,
@@ -81,9 +83,9 @@ _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{1
 
 
 class ManifestStore:
-    """Study manifests in their own SQLite file (WAL, synchronous FULL)."""
+    """Study manifests in their own SQLite file (WAL; ``synchronous`` from ``Hardening.Durability``)."""
 
-    def __init__(self, path: Path, readonly: bool = False) -> None:
+    def __init__(self, path: Path, readonly: bool = False, synchronous: str = "FULL") -> None:
         try:
             if readonly:
                 self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=30)
@@ -91,7 +93,7 @@ class ManifestStore:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
                 self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.execute("PRAGMA synchronous=" + ("NORMAL" if synchronous == "NORMAL" else "FULL"))
                 self._db.execute("CREATE TABLE IF NOT EXISTS manifests (study_id TEXT PRIMARY KEY, "
                                  "study_uid TEXT NOT NULL, record BLOB NOT NULL, created_at TEXT NOT NULL)")
         except sqlite3.Error as exc:
@@ -164,10 +166,11 @@ class SealReader:
 class ScrubState:
     """The persisted state of scrub runs: status, what was read, findings, final report."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=" + ("NORMAL" if synchronous == "NORMAL" else "FULL"))
         self._db.executescript("""
             CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY AUTOINCREMENT, started_at TEXT NOT NULL,
                 finished_at TEXT NOT NULL DEFAULT '', state TEXT NOT NULL, elapsed REAL NOT NULL DEFAULT 0,
@@ -361,6 +364,36 @@ class ManifestService:
         self._lock = threading.Lock()
         # Orthanc id of an instance or series -> study id, for the studies that have a manifest.
         self._members: dict[str, str] = {}
+        # Changes are handled on our own thread, never on Orthanc's change thread: a change
+        # callback that calls back into Orthanc's index (RestApiGet) while a deletion holds the
+        # index and waits for Python deadlocked Orthanc (seen under load: DELETE /patients/{id}
+        # during a manifest re-signing).
+        self._changes: queue.Queue[tuple[int, int, str] | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
+
+    def start_worker(self) -> None:
+        """Start the thread that handles queued changes (idempotent)."""
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._drain, name="hardening-manifests", daemon=True)
+            self._worker.start()
+
+    def stop_worker(self) -> None:
+        """Ask the change thread to finish (it drops what is still queued)."""
+        self._changes.put(None)
+
+    def enqueue_change(self, change_type: int, level: int, resource_id: str) -> None:
+        """OnChange observer: queue the change for the manifest thread and return at once."""
+        self._changes.put((change_type, level, resource_id))
+
+    def _drain(self) -> None:
+        while True:
+            change = self._changes.get()
+            if change is None:
+                return
+            try:
+                self.on_change(*change)
+            except Exception:
+                logger.exception("manifest update after change %s failed", change)
 
     @property
     def keyring(self) -> Any:
@@ -530,14 +563,18 @@ class ScrubOptions:
         """Parse ``{"PauseMilliseconds": n, "MaxMegabytesPerSecond": x}``.
 
         Raises:
-            BadRequestError: a value is not a non-negative number.
+            BadRequestError: a value is not a number within its bounds.
         """
         pause = body.get("PauseMilliseconds", 0)
         limit = body.get("MaxMegabytesPerSecond", 0)
         for name, value in (("PauseMilliseconds", pause), ("MaxMegabytesPerSecond", limit)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise BadRequestError(name, "must be a non-negative number")
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= _OPTION_MAXIMUM[name]:
+                raise BadRequestError(name, f"must be a number between 0 and {_OPTION_MAXIMUM[name]}")
         return cls(float(pause) / 1000.0, float(limit))
+
+
+# Bounds of the scrub options: a pause of at most 10 s between files, at most 100 GB/s.
+_OPTION_MAXIMUM = {"PauseMilliseconds": 10_000, "MaxMegabytesPerSecond": 100_000}
 
 
 @dataclass
@@ -838,17 +875,19 @@ def install(runtime: Runtime) -> None:
         return
     root = Path(storage.root)
     data = runtime.config.data_directory
-    manifests = ManifestStore(data / "manifests.db")
+    manifests = ManifestStore(data / "manifests.db", synchronous=runtime.config.sqlite_synchronous)
     seals = SealReader(runtime.config.seal_database)
     try:
-        state = ScrubState(data / "scrub.db")
+        state = ScrubState(data / "scrub.db", synchronous=runtime.config.sqlite_synchronous)
     except sqlite3.Error as exc:
         raise StoreUnavailableError(f"scrub state cannot be opened: {exc}") from exc
     service = ManifestService(runtime, manifests, seals, root)
     scrub = ScrubService(runtime, state, seals, manifests, root)
     runtime.services["manifests"] = service
     runtime.services["scrub"] = scrub
-    runtime.change_observers.append(service.on_change)
+    service.start_worker()
+    runtime.change_observers.append(service.enqueue_change)
+    runtime.stop_actions.append(service.stop_worker)
 
     started = runtime.orthanc.ChangeType.ORTHANC_STARTED
 
@@ -863,14 +902,7 @@ def install(runtime: Runtime) -> None:
         return Reply(service.view(call.groups[0]))
 
     def post_scrub(call: RestCall) -> Reply:
-        body: Any = {}
-        if call.body:
-            try:
-                body = json.loads(call.body)
-            except ValueError as exc:
-                raise BadRequestError("body", "must be a JSON object") from exc
-            if not isinstance(body, dict):
-                raise BadRequestError("body", "must be a JSON object")
+        body = parse_json_object(call.body, empty_ok=True)
         run_id = scrub.start(ScrubOptions.from_body(body))
         return Reply({"run_id": run_id, "state": "running", "follow": SCRUB_ROUTE}, status=200)
 

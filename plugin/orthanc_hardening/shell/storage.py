@@ -6,14 +6,18 @@
   crash may have left half-written, and registers ``create``/``read``/``remove`` with
   ``orthanc.RegisterStorageArea``. Files keep Orthanc's own layout
   (``StorageDirectory/xx/yy/uuid``, ``seal/layout.py``) so an existing archive keeps working.
-* ``create`` parses the identity from the exact bytes, signs the seal, commits the seal row,
-  writes the file (fsync'ed unless ``SyncStorageArea`` is false) and runs the write
-  hooks — all before Orthanc acknowledges the instance. Any failure fails the ingest.
-* ``read`` reads the file once, hashes it once, checks it against its seal (signatures are
-  cached per seal record), applies ``Hardening.UnsealedPolicy`` to legacy data, and runs the
-  read hooks. A failure counts in ``hardening_integrity_failures_total``, is recorded in the
-  seal store and as a Security Alert, and in enforce mode makes the read raise (HTTP 500/409,
-  DIMSE failure). Monitor mode serves the bytes.
+* ``create`` parses the identity from the exact bytes (once per instance: the "until pixel
+  data" attachment reuses it), signs the seal, commits the seal row (SQLite WAL, ``synchronous``
+  from ``Hardening.Durability``), writes the file (fsync'ed unless Orthanc's ``SyncStorageArea``
+  is false) and runs the write hooks — all before Orthanc acknowledges the instance. Any
+  failure fails the ingest.
+* ``read`` makes one primary-key select, reads the file once, hashes it once, checks it
+  against its seal (seal records whose signature verified are cached, parsed, by their exact
+  stored bytes; a seal signed at create is cached as it is stored), applies
+  ``Hardening.UnsealedPolicy`` to legacy data, and runs the read hooks. A failure counts in
+  ``hardening_integrity_failures_total``, is recorded in the seal store and as a Security
+  Alert, and in enforce mode makes the read raise (HTTP 500/409, DIMSE failure). Monitor
+  mode serves the bytes.
 * ``runtime.services["integrity"]`` checks a whole instance before a send on a job thread.
 * Overrides of ``/{patients,studies,series}/{id}/archive|media`` and ``/tools/create-archive|
   create-media|create-media-extended`` refuse (409) an archive with a tampered instance as a
@@ -32,6 +36,7 @@ import os
 import threading
 import time
 import zipfile
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -52,9 +57,11 @@ from orthanc_hardening.errors import (
 )
 from orthanc_hardening.identity import ADMINISTRATOR, Requester
 from orthanc_hardening.integrity.read import SignatureCache, check_read, check_unsealed, received_before
+from orthanc_hardening.request_body import parse_json_object
 from orthanc_hardening.seal import epoch
 from orthanc_hardening.seal import keys as keymod
-from orthanc_hardening.seal.identity import NO_IDENTITY, InstanceIdentity, identify
+from orthanc_hardening.seal.identity import NO_IDENTITY, InstanceIdentity, identify, identity_of_dataset, parse_dataset
+from orthanc_hardening.seal.index_tags import IndexTags, index_tags_digest
 from orthanc_hardening.seal.layout import attachment_path
 from orthanc_hardening.seal.record import Seal, check_identity, seal_attachment
 from orthanc_hardening.seal.storage_event import READ, WRITE, StorageEvent
@@ -73,6 +80,7 @@ TOOLS_ARCHIVE_ROUTE = "/tools/(create-archive|create-media|create-media-extended
 JOB_ARCHIVE_ROUTE = "/jobs/([^/]+)/archive"
 JOB_POLL_SECONDS = 0.02
 JOB_TIMEOUT_SECONDS = 3600.0
+RECENT_TAGS_LIMIT = 4096
 
 ReadHook = Callable[[StorageEvent], None]
 
@@ -95,6 +103,8 @@ class SealedStorage:
     # the "until pixel data" attachment (a prefix of the file) right after, on the same thread.
     _last: dict[int, tuple[bytes, InstanceIdentity]] = field(default_factory=dict)
     _last_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Index tags parsed at create, by attachment uuid, for the query catalogue (bounded).
+    _recent_tags: OrderedDict[str, IndexTags] = field(default_factory=OrderedDict)
     # Archive jobs started by the overrides, checked when their archive is fetched.
     jobs: dict[str, ArchiveJob] = field(default_factory=dict)
     jobs_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -105,16 +115,17 @@ class SealedStorage:
         """Seal and store one attachment; raise to make Orthanc fail the ingest."""
         content_type = int(content_type)
         final = attachment_path(self.root, uuid)
-        identity = self._identity_for(content_type, data)
+        identity = self._identity_for(content_type, data, uuid)
         seal = seal_attachment(uuid, content_type, data, identity, self.keyring.signer, self.runtime.clock())
         # The seal row is durable before the file exists: a crash leaves at worst a row
         # without a file, which start-up reconciliation abandons (never a file without seal).
-        self.store.put(seal)
+        record = self.store.put(seal)
         try:
             _write_file(final, data, self.sync)
             event = StorageEvent(uuid, content_type, seal, "", threading.get_ident(), WRITE, True, len(data))
             for hook in self.write_hooks:
                 hook(event)
+            self.cache.remember(record, seal)
         except BaseException:
             logger.error("storing attachment %s failed; undoing", uuid)
             _unlink(final)
@@ -124,7 +135,7 @@ class SealedStorage:
                 logger.error("could not drop the seal row of the failed attachment %s", uuid)
             raise
 
-    def _identity_for(self, content_type: int, data: bytes) -> InstanceIdentity:
+    def _identity_for(self, content_type: int, data: bytes, uuid: str = "") -> InstanceIdentity:
         thread = threading.get_ident()
         if content_type == DICOM_UNTIL_PIXEL_DATA:
             with self._last_lock:
@@ -134,16 +145,31 @@ class SealedStorage:
         if content_type not in (DICOM, DICOM_UNTIL_PIXEL_DATA):
             return NO_IDENTITY
         try:
-            identity = identify(data)
+            identity, tags = identity_of_dataset(parse_dataset(data))
         except ValueError:
             # Orthanc parsed these bytes before calling us; with StorageCompression they
             # arrive compressed. They are sealed all the same, without identity.
             logger.warning("attachment of type %d is not readable DICOM; sealed without identity", content_type)
-            identity = NO_IDENTITY
+            identity, tags = NO_IDENTITY, None
         if content_type == DICOM:
             with self._last_lock:
                 self._last[thread] = (data, identity)
+                if tags is not None:
+                    self._recent_tags[uuid] = tags
+                    while len(self._recent_tags) > RECENT_TAGS_LIMIT:
+                        self._recent_tags.popitem(last=False)
         return identity
+
+    def take_index_tags(self, seal: Seal) -> IndexTags | None:
+        """The index tags the create of ``seal``'s attachment parsed, once, if they match its seal.
+
+        Lets the query catalogue index a new instance without reading and parsing its file again.
+        """
+        with self._last_lock:
+            tags = self._recent_tags.pop(seal.uuid, None)
+        if tags is None or not seal.index_tags_sha256 or index_tags_digest(tags) != seal.index_tags_sha256:
+            return None
+        return tags
 
     # -- read ----------------------------------------------------------------------------
 
@@ -154,16 +180,18 @@ class SealedStorage:
         seal: Seal | None = None
         data = b""
         try:
-            seal = self.store.get(uuid, content_type)
+            # One primary-key select; a record read before is not parsed again (the cache).
+            record = self.store.get_record(uuid, content_type)
+            seal = None if record is None else self.cache.parse(record)
             try:
-                data = path.read_bytes()
+                data = _read_file(path)
             except FileNotFoundError as exc:
                 if seal is None:
                     raise  # not ours and not there: Orthanc's usual "inexistent file" error
                 raise SealMismatchError(
                     f"attachment {uuid} (type {content_type}) is sealed but its file is missing"
                 ) from exc
-            check = check_read(uuid, content_type, data, seal, self.keyring, self.cache)
+            check = check_read(uuid, content_type, data, seal, self.keyring, self.cache, record)
             if check.seal is None:
                 self._check_unsealed(uuid, content_type, data)
                 self.runtime.metrics.increment("unsealed_reads_total")
@@ -312,12 +340,13 @@ class SealedStorage:
         Raises:
             IntegrityError: any verification failure (also in monitor mode: callers decide).
         """
-        seal = self.store.get(uuid, content_type)
+        record = self.store.get_record(uuid, content_type)
+        seal = None if record is None else self.cache.parse(record)
         try:
-            data = attachment_path(self.root, uuid).read_bytes()
+            data = _read_file(attachment_path(self.root, uuid))
         except FileNotFoundError as exc:
             raise SealMismatchError(f"attachment {uuid} (type {content_type}): file is missing") from exc
-        check = check_read(uuid, content_type, data, seal, self.keyring, self.cache)
+        check = check_read(uuid, content_type, data, seal, self.keyring, self.cache, record)
         if check.seal is None:
             self._check_unsealed(uuid, content_type, data)
             return None
@@ -423,6 +452,12 @@ def _write_file(final: Path, data: bytes, sync: bool) -> None:
         os.close(fd)
 
 
+def _read_file(path: Path) -> bytes:
+    """The whole file, read once into one ``bytes`` (sized by ``fstat``, no extra copy)."""
+    with open(path, "rb", buffering=0) as handle:
+        return handle.readall()
+
+
 def _unlink(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
@@ -521,15 +556,7 @@ def _tools_instances(runtime: Runtime, body: dict[str, Any]) -> list[str]:
 
 
 def _parse_body(body: bytes) -> dict[str, Any]:
-    if not body:
-        return {}
-    try:
-        parsed = json.loads(body)
-    except ValueError as exc:
-        raise BadRequestError("body", "must be a JSON object") from exc
-    if not isinstance(parsed, dict):
-        raise BadRequestError("body", "must be a JSON object")
-    return parsed
+    return parse_json_object(body, empty_ok=True)
 
 
 class ArchiveRefusedError(IntegrityError):
@@ -769,7 +796,7 @@ def install(runtime: Runtime) -> None:
     runtime.services["keyring"] = keyring
     root = storage_root(runtime)
     root.mkdir(parents=True, exist_ok=True)
-    store = SQLiteSealStore(config.seal_database)
+    store = SQLiteSealStore(config.seal_database, config.sqlite_synchronous)
     storage = SealedStorage(runtime=runtime, root=root, store=store, keyring=keyring,
                             sync=bool(runtime.orthanc_config.get("SyncStorageArea", True)))
     storage.sealing_since = load_sealing_since(store, keyring, now)

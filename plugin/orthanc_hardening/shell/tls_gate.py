@@ -40,6 +40,7 @@ from urllib.parse import quote, urlencode
 
 from orthanc_hardening.errors import AccessDeniedError
 from orthanc_hardening.identity import ADMINISTRATOR, HttpRequest, Requester, http_requester, transport_of_uri
+from orthanc_hardening.request_body import MAX_DEPTH, nesting_depth
 from orthanc_hardening.shell.guard import alert_for, answer_json, security_alert
 from orthanc_hardening.shell.hooks import DIMSE_NOT_AUTHORIZED
 from orthanc_hardening.shell.rest import Reply, register
@@ -388,6 +389,12 @@ def _register_definition_override(runtime: Runtime, state: OutgoingPolicy, patte
             if method == "PUT":
                 name = (request.get("groups") or ("",))[0]
                 body = request.get("body") or b""
+                if nesting_depth(body) > MAX_DEPTH:
+                    # Neither json here nor Orthanc's parser should see a body built to
+                    # exhaust the HTTP thread's stack.
+                    answer_json(output, 400, {"error": "bad request",
+                                              "detail": f"body: is nested deeper than {MAX_DEPTH} levels"})
+                    return
                 verdict, destination = judge_definition(kind, name, body)
                 if not verdict.allowed:
                     _violation(runtime, verdict, requester, uri)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from orthanc_hardening.audit.event import Action, AuditEvent, EventCode, Outcome, Transport
 from orthanc_hardening.seal.keys import KeyRing, Signer
 

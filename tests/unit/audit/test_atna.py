@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from lxml import etree
+
 from orthanc_hardening.audit.atna import AuditSource, audit_message
 from orthanc_hardening.audit.chain import StoredEvent
 from orthanc_hardening.audit.event import Action, AuditEvent, EventCode, Outcome, Transport

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from orthanc_hardening.config import load_config
 from orthanc_hardening.errors import ConfigError
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from orthanc_hardening.audit import chain
 from orthanc_hardening.audit.chain import Checkpoint, StoredEvent, inspect_chain, link, make_checkpoint, verify_chain
 from orthanc_hardening.errors import AuditChainError
 from orthanc_hardening.seal.keys import KeyRing, Signer
-
 from tests.unit.audit.conftest import NOW, make_event
 
 VECTORS = json.loads((Path(__file__).resolve().parents[2] / "vectors" / "audit_chain.json").read_text())

@@ -6,11 +6,11 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+
 from orthanc_hardening.audit.store import SQLiteAuditStore
 from orthanc_hardening.audit.writer import AuditWriter
 from orthanc_hardening.cli import main
 from orthanc_hardening.seal.keys import Signer, public_pem
-
 from tests.unit.audit.conftest import FixedClock, make_event
 
 

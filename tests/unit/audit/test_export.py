@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+
 from orthanc_hardening.audit.chain import StoredEvent
 from orthanc_hardening.audit.event import Action, AuditEvent, EventCode, Outcome, Transport
 from orthanc_hardening.audit.export import AuditExporter

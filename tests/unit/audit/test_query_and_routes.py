@@ -8,12 +8,12 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+
 from orthanc_hardening.audit.chain import link
 from orthanc_hardening.audit.event import Action, EventCode, Outcome
 from orthanc_hardening.audit.query import neutralise, parse_query, render
 from orthanc_hardening.audit.routes import classify
 from orthanc_hardening.errors import BadRequestError
-
 from tests.unit.audit.conftest import make_event
 
 ID = "6e2c0ec2-5d99ba4a-6a4a0e2f-8a3a0b2c-7d3c7a4e"

@@ -6,6 +6,7 @@ import re
 from datetime import UTC, datetime
 
 import pytest
+
 from orthanc_hardening.audit.syslog import MSGID, frame, parse_frames, syslog_message, syslog_timestamp
 
 NOW = datetime(2026, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)

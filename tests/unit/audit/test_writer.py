@@ -7,13 +7,13 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from orthanc_hardening.audit.chain import verify_chain
 from orthanc_hardening.audit.query import AuditQuery
 from orthanc_hardening.audit.store import SQLiteAuditStore, open_store
 from orthanc_hardening.audit.writer import AuditWriter
 from orthanc_hardening.errors import StoreUnavailableError
 from orthanc_hardening.seal.keys import KeyRing, Signer
-
 from tests.unit.audit.conftest import FixedClock, make_event
 
 

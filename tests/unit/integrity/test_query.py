@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
+
 from orthanc_hardening.config import Mode, UnsealedPolicy
 from orthanc_hardening.errors import SealMismatchError
 from orthanc_hardening.integrity.query import (
@@ -23,7 +24,6 @@ from orthanc_hardening.integrity.query import (
 from orthanc_hardening.seal.identity import identity_of_dataset, parse_dataset
 from orthanc_hardening.seal.keys import Signer
 from orthanc_hardening.seal.record import seal_attachment
-
 from tests.support.dicom import make_instance
 
 NOW = datetime(2026, 1, 2, tzinfo=UTC)
@@ -185,3 +185,22 @@ def test_level_of() -> None:
     assert level_of("studies") == "Study" and level_of("SERIES") == "Series" and level_of("instance") == "Instance"
     with pytest.raises(ValueError):
         level_of("worklists")
+
+
+def test_removing_an_instance_forgets_only_the_tags_no_other_instance_carries() -> None:
+    shared = {"patient_id": "P-8", "study_uid": "1.2.8", "series_uid": "1.2.8.1"}
+    pairs = [sealed(make_instance(**shared, sop_uid=f"1.2.8.1.{i}", instance_number=i, patient_name=name), f"v{i}")
+             for i, name in ((1, "Doe^A"), (2, "Doe^A"), (3, "Doe^B"))]
+    index = SealedTagIndex()
+    for seal, tags in pairs:
+        index.add(sealed_instance_tags(seal, tags))
+
+    def instance_id(seal) -> str:
+        return orthanc_id(seal.patient_id, seal.study_uid, seal.series_uid, seal.sop_instance_uid)
+
+    index.remove(instance_id(pairs[2][0]))  # the only one named Doe^B
+    assert check_item("Study", orthanc_study(*pairs[2]), index).verdict is Verdict.MISMATCH
+    index.remove(instance_id(pairs[0][0]))  # Doe^A is still carried by the second instance
+    assert check_item("Study", orthanc_study(*pairs[0]), index).verdict is Verdict.OK
+    index.add(sealed_instance_tags(*pairs[2]))
+    assert check_item("Study", orthanc_study(*pairs[2]), index).verdict is Verdict.OK

@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+
 from orthanc_hardening.config import UnsealedPolicy
 from orthanc_hardening.errors import SealInvalidError, SealMismatchError, SealMissingError, UnknownKeyError
 from orthanc_hardening.integrity.read import SignatureCache, check_read, check_unsealed, received_before
 from orthanc_hardening.seal.identity import InstanceIdentity
 from orthanc_hardening.seal.keys import KeyRing
 from orthanc_hardening.seal.record import seal_attachment
-
 from tests.unit.seal.conftest import NOW, fixed_signer
 
 UUID = "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9"
@@ -87,3 +87,32 @@ def test_deleted_seal_of_recent_instance_is_not_legacy():
     assert not received_before("20260101T000001", "20260101T000000")
     assert not received_before(None, "20260101T000000")
     assert not received_before("20250101T000000", "")
+
+
+def test_cache_parses_a_verified_record_once_and_stays_bounded(sealed):
+    signer, seal = sealed
+    ring, cache = CountingRing(KeyRing(signer)), SignatureCache(limit=2)
+    record = seal.to_bytes()
+    parsed = cache.parse(record)
+    assert parsed == seal and parsed is not seal  # not verified yet: parsed from the bytes
+    check_read(UUID, 1, DATA, parsed, ring, cache, record)
+    assert cache.parse(record) is parsed and ring.calls == 1
+    others = [seal_attachment(f"{UUID[:-1]}{i}", 1, DATA, InstanceIdentity(), signer, NOW) for i in range(3)]
+    for other in others:
+        cache.verify(other, ring)
+    assert len(cache) == 2
+    assert cache.parse(record) is not parsed  # the least recently used record was dropped
+
+
+@pytest.mark.attack
+def test_remembered_seal_does_not_cover_an_edited_record(sealed):
+    signer, seal = sealed
+    ring, cache = CountingRing(KeyRing(signer)), SignatureCache()
+    cache.remember(seal.to_bytes(), seal)
+    check_read(UUID, 1, DATA, cache.parse(seal.to_bytes()), ring, cache, seal.to_bytes())
+    assert ring.calls == 0
+    edited = dataclasses.replace(seal, patient_id="X")
+    record = edited.to_bytes()
+    with pytest.raises(SealInvalidError):
+        check_read(UUID, 1, DATA, cache.parse(record), ring, cache, record)
+    assert ring.calls == 1

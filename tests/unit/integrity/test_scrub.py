@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
+
 from orthanc_hardening.integrity.scrub import (
     Finding,
     FindingKind,

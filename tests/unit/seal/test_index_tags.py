@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 
 import pytest
+from pydicom import dcmread
+
 from orthanc_hardening.seal.identity import identify, parse_dataset
 from orthanc_hardening.seal.index_tags import (
     LEVELS,
@@ -14,8 +16,6 @@ from orthanc_hardening.seal.index_tags import (
     level_digest,
     normalize,
 )
-from pydicom import dcmread
-
 from tests.support.dicom import make_instance
 
 

@@ -8,10 +8,10 @@ import json
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
 from orthanc_hardening.errors import ConfigError, SealInvalidError, UnknownKeyError
 from orthanc_hardening.seal import keys as keymod
 from orthanc_hardening.seal.keys import KeyRing, Signer
-
 from tests.unit.seal.conftest import NOW, fixed_signer
 
 PASS = b"correct horse"

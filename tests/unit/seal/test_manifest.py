@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
+
 from orthanc_hardening.errors import SealInvalidError, SealMismatchError, UnknownKeyError
 from orthanc_hardening.seal.identity import InstanceIdentity
 from orthanc_hardening.seal.keys import KeyRing, Signer

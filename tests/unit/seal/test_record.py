@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
 from orthanc_hardening.errors import SealInvalidError, SealMismatchError, UnknownKeyError
 from orthanc_hardening.seal.identity import InstanceIdentity
 from orthanc_hardening.seal.keys import KeyRing, Signer
@@ -23,7 +24,6 @@ from orthanc_hardening.seal.record import (
     seal_attachment,
     verify_seal,
 )
-
 from tests.unit.seal.conftest import NOW, fixed_signer
 
 VECTORS = json.loads((Path(__file__).resolve().parents[2] / "vectors" / "seal_records.json").read_text())

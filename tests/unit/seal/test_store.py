@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+
 from orthanc_hardening.errors import SealInvalidError, StoreUnavailableError
 from orthanc_hardening.seal.identity import InstanceIdentity
 from orthanc_hardening.seal.record import seal_attachment
 from orthanc_hardening.seal.store import ABANDONED, REMOVED, STORED, SQLiteSealStore
-
 from tests.unit.seal.conftest import NOW, fixed_signer
 
 UUIDS = ["0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f" + str(i) for i in range(4)]
@@ -69,3 +69,18 @@ def test_unopenable_store_raises_store_unavailable(tmp_path):
     blocker.write_text("x")
     with pytest.raises(StoreUnavailableError):
         SQLiteSealStore(blocker / "seals.db")
+
+
+@pytest.mark.parametrize(("synchronous", "pragma"), [("NORMAL", 1), ("FULL", 2)])
+def test_synchronous_level_is_applied_and_record_bytes_round_trip(tmp_path, synchronous, pragma):
+    store = SQLiteSealStore(tmp_path / "seals.db", synchronous)
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == pragma
+    seal = make_seal(UUIDS[0])
+    record = store.put(seal)
+    assert store.get_record(UUIDS[0], 1) == record == seal.to_bytes()
+    assert store.get_record(UUIDS[1], 1) is None
+
+
+def test_unknown_synchronous_level_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="synchronous"):
+        SQLiteSealStore(tmp_path / "seals.db", "OFF")

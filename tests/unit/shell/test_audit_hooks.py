@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+
 from orthanc_hardening.audit.event import EventCode, Outcome, Transport
 from orthanc_hardening.audit.sink import MemoryAuditSink
 from orthanc_hardening.config import HardeningConfig
@@ -15,7 +16,6 @@ from orthanc_hardening.identity import HttpRequest, Requester
 from orthanc_hardening.shell.audit_hooks import AuditHooks
 from orthanc_hardening.shell.metrics import Metrics
 from orthanc_hardening.shell.runtime import Runtime
-
 from tests.unit.fakes import FakeOrthanc
 
 STUDY = "11111111-11111111-11111111-11111111-11111111"

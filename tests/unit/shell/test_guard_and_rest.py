@@ -150,7 +150,10 @@ def test_metrics_are_pushed_with_prefix(runtime: Runtime) -> None:
     runtime.metrics.increment("integrity_failures_total")
     runtime.metrics.increment("integrity_failures_total")
     runtime.metrics.set("certificate_days_left", 30)
-    assert runtime.orthanc.metrics == {"hardening_integrity_failures_total": 2.0, "hardening_certificate_days_left": 30.0}
+    assert runtime.orthanc.metrics == {
+        "hardening_integrity_failures_total": 2.0,
+        "hardening_certificate_days_left": 30.0,
+    }
 
 
 def test_requester_transport_is_rest_by_default(runtime: Runtime) -> None:

@@ -6,13 +6,13 @@ import base64
 import datetime as dt
 
 import pytest
+
 from orthanc_hardening.audit.sink import MemoryAuditSink
 from orthanc_hardening.config import HardeningConfig
 from orthanc_hardening.errors import NotFoundError
 from orthanc_hardening.shell import review
 from orthanc_hardening.shell.metrics import Metrics
 from orthanc_hardening.shell.runtime import Runtime
-
 from tests.unit.fakes import FakeOrthanc, FakeOutput
 
 NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
+
 from orthanc_hardening.commands.scrub import progress_line
 from orthanc_hardening.errors import SealInvalidError
 from orthanc_hardening.integrity.scrub import Progress

@@ -7,16 +7,16 @@ import datetime as dt
 import json
 
 import pytest
+
 from orthanc_hardening.audit.event import EventCode
 from orthanc_hardening.audit.sink import MemoryAuditSink
-from orthanc_hardening.config import HardeningConfig, Mode
-from orthanc_hardening.errors import AccessDeniedError, SealMismatchError, SealMissingError
+from orthanc_hardening.config import Durability, HardeningConfig, Mode
+from orthanc_hardening.errors import AccessDeniedError, SealInvalidError, SealMismatchError, SealMissingError
 from orthanc_hardening.seal import keys as keymod
 from orthanc_hardening.shell import storage as storage_module
 from orthanc_hardening.shell.metrics import Metrics
 from orthanc_hardening.shell.runtime import Runtime
 from orthanc_hardening.shell.storage import ArchiveJob, ArchiveRefusedError, archive_of_job
-
 from tests.support.dicom import make_instance
 from tests.unit.fakes import FakeOrthanc
 
@@ -178,3 +178,36 @@ def test_keys_route_requires_administrator_and_lists_current(runtime):
     out = FakeOutput()
     route(out, "/hardening/keys", method="GET", groups=(), headers=basic("admin"))
     assert out.status == 200 and json.loads(out.body)["current"] == storage.keyring.signer.key_id
+
+
+@pytest.mark.parametrize(("durability", "pragma"), [(Durability.PROCESS, 1), (Durability.POWER, 2)])
+def test_seal_store_follows_the_durability_key(runtime, durability, pragma):
+    runtime = dataclasses.replace(runtime, config=dataclasses.replace(runtime.config, durability=durability))
+    storage = installed(runtime)
+    assert storage.store._db.execute("PRAGMA synchronous").fetchone()[0] == pragma
+
+
+@pytest.mark.attack
+def test_seal_row_edited_after_create_is_caught_although_the_seal_was_cached(runtime):
+    storage = installed(runtime)
+    create, read, _remove = runtime.orthanc.storage_area
+    create(UUID, 1, make_instance(patient_id="U-9"))
+    read(UUID, 1)
+    record = json.loads(storage.store.get_record(UUID, 1))
+    record["patient_id"] = "SOMEONE-ELSE"
+    edited = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+    storage.store._db.execute("UPDATE seals SET record = ? WHERE uuid = ?", (edited, UUID))
+    with pytest.raises(SealInvalidError):
+        read(UUID, 1)
+
+
+def test_index_tags_parsed_at_create_are_handed_over_once(runtime):
+    storage = installed(runtime)
+    create, _read, _remove = runtime.orthanc.storage_area
+    create(UUID, 1, make_instance(patient_id="U-10"))
+    seal = storage.store.get(UUID, 1)
+    tags = storage.take_index_tags(seal)
+    assert tags is not None and tags["Patient"]["PatientID"] == "U-10"
+    assert storage.take_index_tags(seal) is None
+    create(UUID, 1, make_instance(patient_id="U-11"))
+    assert storage.take_index_tags(dataclasses.replace(storage.store.get(UUID, 1), index_tags_sha256="0" * 64)) is None

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from orthanc_hardening.audit.event import EventCode
 from orthanc_hardening.audit.sink import MemoryAuditSink
 from orthanc_hardening.commands.devsetup import DevFiles, ensure_pki
@@ -18,7 +19,6 @@ from orthanc_hardening.shell import tls_gate
 from orthanc_hardening.shell.hooks import DIMSE_NOT_AUTHORIZED, install_hooks
 from orthanc_hardening.shell.metrics import Metrics
 from orthanc_hardening.shell.runtime import Runtime
-
 from tests.unit.fakes import FakeOrthanc, FakeOutput
 from tests.unit.tls.conftest import NOW, secure_config
 

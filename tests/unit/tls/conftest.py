@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+
 from orthanc_hardening.commands.devsetup import DevFiles, cert_pem, ensure_pki, make_ca, make_leaf
 
-NOW = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.timezone.utc)  # noqa: UP017
+NOW = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.timezone.utc)
 
 
 @pytest.fixture(scope="session")

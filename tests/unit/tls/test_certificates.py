@@ -9,9 +9,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
+
 from orthanc_hardening.errors import ConfigError
 from orthanc_hardening.tls.certificates import inspect_certificate
-
 from tests.unit.tls.conftest import NOW, leaf_pem
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from orthanc_hardening.tls.enforcement import (
     RouteKind,
     classify_route,

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from orthanc_hardening.commands.devsetup import DevFiles
 from orthanc_hardening.config import HardeningConfig, Mode
 from orthanc_hardening.errors import ConfigError
@@ -19,7 +20,6 @@ from orthanc_hardening.tls.posture import (
     files_to_inspect,
     inspect_posture,
 )
-
 from tests.unit.tls.conftest import NOW, leaf_pem, secure_config
 
 STORAGE = Path("/srv/orthanc/storage")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from orthanc_hardening.cli import build_parser, main
 from orthanc_hardening.commands.devsetup import DevFiles
 from orthanc_hardening.commands.posture import (
@@ -17,7 +18,6 @@ from orthanc_hardening.commands.posture import (
     substitute_environment,
 )
 from orthanc_hardening.errors import ConfigError
-
 from tests.unit.tls.conftest import secure_config
 
 

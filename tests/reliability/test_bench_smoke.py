@@ -1,0 +1,40 @@
+"""Smoke run of the benchmark driver (``bench/run.py --quick``): every figure is produced for both
+the plain and the hardened Orthanc. No assertion on times (machines are noisy)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+ORTHANC_ROWS = [
+    "ingest REST, 1 client", "ingest REST, 8 clients", "ingest C-STORE storescu +tls",
+    "ingest C-STORE pynetdicom TLS", "retrieve /file, every instance", "retrieve study archives",
+    "retrieve C-GET pynetdicom TLS", "retrieve C-MOVE pynetdicom TLS", "query /tools/find x20",
+    "query C-FIND findscu x5",
+]
+COMPONENT_ROWS = ["audit durable append, 1 writer", "audit durable append, 8 writer", "audit series trail among",
+                  "scrub read+verify vs raw SHA-256"]
+
+
+@pytest.mark.integration
+def test_quick_benchmark_produces_every_row_for_plain_and_hardened(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    run = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--json", str(out)],
+                         cwd=REPO, capture_output=True, text=True, timeout=170, check=False)
+    assert run.returncode == 0, f"bench/run.py --quick failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    report = json.loads(out.read_text())
+    rows = {row["name"]: row for row in report["orthanc"]}
+    assert list(rows) == ORTHANC_ROWS
+    for name, row in rows.items():
+        for label in ("plain", "hardened"):
+            assert row[label]["wall_s"] > 0, f"{name}: no {label} figure"
+        assert row["ratio_wall"] is not None, name
+    components = [row["name"] for row in report["components"]]
+    for prefix in COMPONENT_ROWS:
+        assert any(name.startswith(prefix) for name in components), f"no component row '{prefix}…' in {components}"
+    assert report["versions"], "versions missing"
