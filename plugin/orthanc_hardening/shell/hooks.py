@@ -67,8 +67,12 @@ def install_hooks(runtime: Runtime) -> None:
     orthanc.RegisterIncomingCStoreInstanceFilter(cstore_filter)
 
     stopped = orthanc.ChangeType.ORTHANC_STOPPED
+    started = orthanc.ChangeType.ORTHANC_STARTED
 
     def on_change(change_type: int, level: int, resource_id: str) -> None:
+        if change_type == started:
+            with observer("metrics"):
+                runtime.metrics.start()
         for watch in runtime.change_observers:
             with observer(getattr(watch, "__name__", "change observer")):
                 watch(change_type, level, resource_id)

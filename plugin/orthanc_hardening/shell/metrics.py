@@ -9,12 +9,25 @@ PREFIX = "hardening_"
 
 
 class Metrics:
-    """Counters and gauges, forwarded to ``orthanc.SetMetricsValue`` on every change."""
+    """Counters and gauges, forwarded to ``orthanc.SetMetricsValue`` on every change.
+
+    Orthanc refuses ``SetMetricsValue`` while plugins initialise (it logs an error), so values
+    set before ``start()`` (called when Orthanc reports it has started) are kept and pushed then.
+    """
 
     def __init__(self, orthanc: Any) -> None:
         self._orthanc = orthanc
         self._lock = threading.Lock()
         self._values: dict[str, float] = {}
+        self._started = False
+
+    def start(self) -> None:
+        """Orthanc has started: push every value set so far, then push on each change."""
+        with self._lock:
+            self._started = True
+            values = dict(self._values)
+        for name, value in values.items():
+            self._push(name, value)
 
     def increment(self, name: str, by: float = 1.0) -> None:
         """Add ``by`` to the counter ``hardening_<name>``."""
@@ -35,7 +48,7 @@ class Metrics:
             return self._values.get(name, 0.0)
 
     def _push(self, name: str, value: float) -> None:
-        if self._orthanc is None:
+        if self._orthanc is None or not self._started:
             return
         kind = self._orthanc.MetricsType.DEFAULT
         self._orthanc.SetMetricsValue(PREFIX + name, value, kind)

@@ -146,7 +146,13 @@ def test_change_observers_never_raise_and_stop_actions_run(runtime: Runtime) -> 
     assert stopped == [True]
 
 
-def test_metrics_are_pushed_with_prefix(runtime: Runtime) -> None:
+def test_metrics_are_pushed_with_prefix_once_orthanc_has_started(runtime: Runtime) -> None:
+    runtime.metrics.set("posture_failed_checks", 1)
+    assert runtime.orthanc.metrics == {}  # Orthanc refuses SetMetricsValue while plugins initialise
+    install_hooks(runtime)
+    runtime.orthanc.on_change(ChangeType.ORTHANC_STARTED, 4, "")
+    assert runtime.orthanc.metrics == {"hardening_posture_failed_checks": 1.0}
+    del runtime.orthanc.metrics["hardening_posture_failed_checks"]
     runtime.metrics.increment("integrity_failures_total")
     runtime.metrics.increment("integrity_failures_total")
     runtime.metrics.set("certificate_days_left", 30)

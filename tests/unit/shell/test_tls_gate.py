@@ -19,7 +19,7 @@ from orthanc_hardening.shell import tls_gate
 from orthanc_hardening.shell.hooks import DIMSE_NOT_AUTHORIZED, install_hooks
 from orthanc_hardening.shell.metrics import Metrics
 from orthanc_hardening.shell.runtime import Runtime
-from tests.unit.fakes import FakeOrthanc, FakeOutput
+from tests.unit.fakes import ChangeType, FakeOrthanc, FakeOutput, ResourceType
 from tests.unit.tls.conftest import NOW, secure_config
 
 PLAIN = {"AET": "PLAIN", "Host": "127.0.0.1", "Port": 11112, "UseDicomTls": False}
@@ -53,6 +53,8 @@ def start(runtime: Runtime) -> FakeOrthanc:
     tls_gate.install(runtime)
     install_hooks(runtime)
     orthanc: FakeOrthanc = runtime.orthanc
+    assert orthanc.on_change is not None
+    orthanc.on_change(ChangeType.ORTHANC_STARTED, ResourceType.NONE, "")  # as Orthanc does once up
     return orthanc
 
 
