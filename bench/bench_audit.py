@@ -2,10 +2,11 @@
 
     .venv/bin/python bench/bench_audit.py [--quick]
 
-* append: ``AuditWriter.record`` from 1 and from 8 threads on a SQLite file in WAL mode with
-  ``synchronous=FULL``: each call returns only once its event is committed and fsynced, so the
-  rate is the durable rate (8 writers share commits: group commit). Goal: >= 5,000 events/s with
-  8 writers.
+* append: ``AuditWriter.record`` from 1 and from 8 threads on a SQLite file in WAL mode, at both
+  ``Hardening.Durability`` levels: ``process`` (``synchronous=NORMAL``, the default: a returned
+  call's event survives kill -9) and ``power`` (``synchronous=FULL``: also fsynced, survives power
+  loss). Each call returns only once its event is committed (8 writers share commits: group
+  commit). Goal: >= 5,000 events/s with 8 writers.
 * trail: a database of 1,000,000 chained events (built with ``executemany``, 500 events per series),
   then ``GET /hardening/audit?series=UID`` as the store runs it (newest first, limit 100).
   Goal: < 50 ms. Then a full verification of that chain (``/hardening/audit/verify``).
@@ -52,8 +53,9 @@ def _signer() -> Signer:
     return Signer.of(Ed25519PrivateKey.from_private_bytes(bytes(32)))
 
 
-def append_rate(directory: Path, writers: int, seconds: float) -> dict[str, Any]:
-    store = SQLiteAuditStore(directory / f"append-{writers}.db")
+def append_rate(directory: Path, writers: int, seconds: float, durability: str = "process") -> dict[str, Any]:
+    synchronous = "FULL" if durability == "power" else "NORMAL"
+    store = SQLiteAuditStore(directory / f"append-{writers}-{durability}.db", synchronous=synchronous)
     writer = AuditWriter(store, _signer, lambda: datetime.now(UTC), checkpoint_every=1000, checkpoint_seconds=60)
     counts = [0] * writers
     stop = threading.Event()
@@ -80,7 +82,7 @@ def append_rate(directory: Path, writers: int, seconds: float) -> dict[str, Any]
     batches = writer.batches
     writer.close()
     total = sum(counts)
-    return {"name": f"audit durable append, {writers} writer(s)", "count": total,
+    return {"name": f"audit durable append, {writers} writer(s), Durability {durability}", "count": total,
             "hardened": {"events_per_s": total / elapsed, "events_per_commit": total / max(1, batches)}}
 
 
@@ -142,7 +144,9 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     events = 100_000 if quick else 1_000_000
     with tempfile.TemporaryDirectory(prefix="bench-audit-") as tmp:
         directory = Path(tmp)
-        return [append_rate(directory, 1, seconds), append_rate(directory, 8, seconds), trail_query(directory, events)]
+        rows = [append_rate(directory, writers, seconds, durability)
+                for durability in ("process", "power") for writers in (1, 8)]
+        return [*rows, trail_query(directory, events)]
 
 
 def main() -> None:
