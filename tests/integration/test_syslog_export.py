@@ -152,7 +152,9 @@ def test_events_arrive_parse_and_validate(server: OrthancServer, collector: Coll
     # Start, uploads, the read of the file, the listing, the trail read.
     assert {"110100", "110103", "110112", "110101"} <= kinds
     assert kinds & {"110104", "110107"}
-    assert metric(server, "hardening_audit_exported_total") >= head - 1
+    # The exporter reports its count just after a batch is written: wait for that report.
+    wait_for(lambda: metric(server, "hardening_audit_exported_total") >= head - 1, timeout=15,
+             what="hardening_audit_exported_total to reach the head of the trail")
 
 
 def test_collector_down_then_back_loses_nothing(server: OrthancServer, collector: Collector) -> None:
