@@ -33,7 +33,7 @@ import sqlite3
 import struct
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -320,6 +320,27 @@ class QueryVerifier:
                 # These routes stand in for Orthanc's own: a client sees Orthanc's error format.
                 _answer_like_orthanc(output, 400, str(exc), uri, request)
 
+    def _answer_list(self, output: Any, answer: Any, items: list[Any], raw: Any, expanded: bool,
+                     refetch: Callable[[], Any] | None) -> None:
+        """Answer a verified list the way Orthanc would have answered it.
+
+        Not expanded: the kept ids. Expanded in another format (``Short``/``Full``/requested
+        tags): Orthanc's own answer, fetched again by ``refetch`` and filtered to the kept ids.
+        Expanded: the verified items, or Orthanc's bytes unchanged when nothing was withheld.
+        """
+        kept_ids = [item["ID"] for item in answer.kept]
+        if not expanded:
+            payload: Any = kept_ids
+        elif refetch is not None:
+            allowed = set(kept_ids)
+            payload = [item for item in json.loads(refetch()) if item.get("ID") in allowed]
+        else:
+            payload = list(answer.kept)
+            if len(answer.kept) == len(items):
+                self._answer(output, None, answer, raw)
+                return
+        self._answer(output, payload, answer)
+
     # -- routes -----------------------------------------------------------------------------
 
     def on_find(self, output: Any, uri: str, **request: Any) -> None:
@@ -337,19 +358,9 @@ class QueryVerifier:
             raw = _core(orthanc.RestApiPost, FIND_ROUTE, json.dumps(forwarded))
             items = json.loads(raw)
             answer = self.judge(items, requester, "/tools/find", level_of(str(query.get("Level", ""))))
-            kept_ids = [item["ID"] for item in answer.kept]
-            if not expand:
-                payload: Any = kept_ids
-            elif any(key in query for key in ("Short", "Full", "RequestedTags")):
-                original = json.loads(_core(orthanc.RestApiPost, FIND_ROUTE, json.dumps(query)))
-                allowed = set(kept_ids)
-                payload = [item for item in original if item.get("ID") in allowed]
-            else:
-                payload = list(answer.kept)
-                if len(answer.kept) == len(items):
-                    self._answer(output, None, answer, raw)
-                    return
-            self._answer(output, payload, answer)
+            other_format = any(key in query for key in ("Short", "Full", "RequestedTags"))
+            self._answer_list(output, answer, items, raw, expand, (
+                lambda: _core(orthanc.RestApiPost, FIND_ROUTE, json.dumps(query))) if other_format else None)
 
         self._run(output, uri, request, body)
 
@@ -365,19 +376,9 @@ class QueryVerifier:
                 {k: v for k, v in get.items() if k not in _FORMAT_FLAGS}, {"expand": ""}))
             items = json.loads(raw)
             answer = self.judge(items, requester, f"/{plural}", level_of(plural))
-            kept_ids = [item["ID"] for item in answer.kept]
-            if "expand" not in get:
-                payload: Any = kept_ids
-            elif _wants_other_format(get):
-                allowed = set(kept_ids)
-                original = json.loads(_core(orthanc.RestApiGet, f"/{plural}" + _query_string(get, {})))
-                payload = [item for item in original if item.get("ID") in allowed]
-            else:
-                payload = list(answer.kept)
-                if len(answer.kept) == len(items):
-                    self._answer(output, None, answer, raw)
-                    return
-            self._answer(output, payload, answer)
+            self._answer_list(output, answer, items, raw, "expand" in get, (
+                lambda: _core(orthanc.RestApiGet, f"/{plural}" + _query_string(get, {})))
+                if _wants_other_format(get) else None)
 
         self._run(output, uri, request, body)
 
