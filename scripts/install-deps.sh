@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Install what orthanc-hardening needs on Debian bookworm, only what is missing.
+# Install what orthanc-hardening needs on Debian (bookworm, trixie or forky), only what is missing.
 #
 # Idempotent and quiet when everything is present (it then takes a few seconds): Debian
-# packages (Orthanc, the Python and DICOMweb plugins, DCMTK, a C compiler for the libssl
-# shim, PostgreSQL and rsyslog for the audit store and its export), the virtualenv in .venv
-# (made from /usr/bin/python3, the interpreter Orthanc's Python plugin embeds) and the libssl
-# shim in build/libssl-shim. Runs non-interactively (CI=true, no stdin).
+# packages (Orthanc, the Python, DICOMweb and PostgreSQL plugins, DCMTK, a C compiler for the
+# libssl shim and the tests' Orthanc plugins, PostgreSQL and rsyslog for the stores and the
+# audit export, SoftHSM for keys in a token), the virtualenv in .venv (made from
+# /usr/bin/python3, the interpreter Orthanc's Python plugin embeds) and the libssl shim in
+# build/libssl-shim. Every package name is the same on the three releases. Runs
+# non-interactively (CI=true, no stdin). scripts/in-target.sh runs it to provision a target.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -13,12 +15,16 @@ cd "$REPO"
 
 PACKAGES=(
     orthanc orthanc-python orthanc-dicomweb   # the server and its plugins
+    orthanc-postgresql                        # Orthanc's index in PostgreSQL (several nodes, Docker)
+    orthanc-dev                               # the plugin SDK headers (the tests' audit-log consumer)
     dcmtk                                     # echoscu/storescu/findscu with +tls (tests, examples)
     gcc libc6-dev make                        # builds build/libssl-shim/libssl.so
     openssl ca-certificates curl              # TLS tooling, the curl example
     python3 python3-venv                      # the venv the plugin loads its dependencies from
-    postgresql                                # audit store on PostgreSQL (tests start their own cluster)
+    postgresql                                # stores on PostgreSQL (tests start their own cluster)
     rsyslog rsyslog-openssl                   # audit export to syslog over TLS (tests)
+    softhsm2 opensc                           # a PKCS#11 token for the signing key (tests)
+    procps                                    # pgrep (minimal root filesystems lack it)
     chromium                                  # the review page tested in a headless browser (tests)
     trang                                     # converts the DICOM audit schema (tests/data) from RELAX NG compact
 )

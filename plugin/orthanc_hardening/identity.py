@@ -107,6 +107,20 @@ def http_requester(
     return Requester(transport=transport, user=user, roles=roles_of(user, config), source_ip=ip)
 
 
+def dimse_requester(connection: object) -> Requester:
+    """The requester of a DIMSE operation from the plugin's ``DicomConnection`` (Python plugin 7.0+).
+
+    ``connection`` has ``GetConnectionRemoteIp``, ``GetConnectionRemoteAet`` and
+    ``GetConnectionCalledAet`` (duck-typed: this module does not know the ``orthanc`` module).
+    """
+    return Requester(
+        transport=Transport.DIMSE,
+        source_ip=str(connection.GetConnectionRemoteIp() or ""),  # type: ignore[attr-defined]
+        calling_aet=str(connection.GetConnectionRemoteAet() or ""),  # type: ignore[attr-defined]
+        called_aet=str(connection.GetConnectionCalledAet() or ""),  # type: ignore[attr-defined]
+    )
+
+
 def transport_of_uri(uri: str) -> Transport:
     """Classify an HTTP URI as plain REST, DICOMweb or WebDAV."""
     if uri.startswith("/dicom-web/") or uri == "/dicom-web":

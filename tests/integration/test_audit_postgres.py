@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import tempfile
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -17,37 +12,17 @@ from orthanc_hardening.audit.query import AuditQuery
 from orthanc_hardening.audit.store import PostgresAuditStore, open_store
 from orthanc_hardening.audit.writer import AuditWriter
 from orthanc_hardening.seal.keys import KeyRing
-from tests.support.server import free_port
+from tests.support.postgres import PostgresServer
 from tests.unit.audit.conftest import FixedClock, make_event, signer_from_seed
-
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-def _as_postgres_user(args: list[str]) -> list[str]:
-    # PostgreSQL refuses to run as root: run it as "nobody" then.
-    return ["runuser", "-u", "nobody", "--", *args] if os.geteuid() == 0 else args
 
 
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
-    if not (PG_BIN / "initdb").exists():
-        pytest.skip("PostgreSQL server binaries are not installed")
-    home = Path(tempfile.mkdtemp(prefix="audit-pg-"))
-    if os.geteuid() == 0:
-        shutil.chown(home, "nobody")
-    data = home / "data"
-    subprocess.run(_as_postgres_user([str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "audit"]),
-                   check=True, capture_output=True)
-    port = free_port()
-    subprocess.run(_as_postgres_user([str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(home / "log"),
-                                      "-o", f"-k {home} -p {port} -c listen_addresses=127.0.0.1", "start"]),
-                   check=True, capture_output=True)
+    server = PostgresServer().start()
     try:
-        yield f"postgresql://audit@127.0.0.1:{port}/postgres"
+        yield server.url()
     finally:
-        subprocess.run(_as_postgres_user([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
-                       capture_output=True)
-        shutil.rmtree(home, ignore_errors=True)
+        server.destroy()
 
 
 def test_postgres_store_chains_queries_and_verifies(postgres_url: str) -> None:

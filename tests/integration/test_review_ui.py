@@ -6,9 +6,11 @@ import csv
 import io
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urljoin
 
 import pytest
 
+from orthanc_hardening.commands.posture import load_orthanc_configuration
 from tests.support.dicom import make_series
 from tests.support.server import OrthancServer
 
@@ -127,3 +129,42 @@ def test_path_traversal_in_ui_route_gets_nothing(server: OrthancServer) -> None:
     for name in ("..%2F..%2Fconfig.py", "%2e%2e/review.py", "nothere.js", "x.py"):
         answer = server.get(f"/hardening/ui/{name}", user="auditor")
         assert answer.status_code == 404, (name, answer.status_code)
+
+
+def _explorer2_buttons() -> dict[str, list[dict[str, str]]]:
+    configuration, _base = load_orthanc_configuration(Path(__file__).resolve().parents[2] / "orthanc.json",
+                                                      {"HARDENING_HOME": "/unused"})
+    buttons: dict[str, list[dict[str, str]]] = configuration["OrthancExplorer2"]["UiOptions"]["CustomButtons"]
+    return buttons
+
+
+def test_review_page_is_the_plugins_web_page(server: OrthancServer) -> None:
+    # Orthanc Explorer's plugin list and Orthanc Explorer 2's settings link to RootUri,
+    # which is relative to /app/explorer.html.
+    info = server.get("/plugins/python").json()
+    assert info["RootUri"] == "../hardening/ui/"
+    target = urljoin(f"{server.url}/app/explorer.html", info["RootUri"])
+    assert target == f"{server.url}/hardening/ui/"
+    assert server.get("/hardening/ui/", user="auditor").status_code == 200
+    assert server.get("/hardening/ui/", user="user").status_code == 403
+
+
+def test_explorer2_audit_buttons_open_the_review_page_of_that_resource(browser, server: OrthancServer,
+                                                                        trail) -> None:
+    # Orthanc Explorer 2 (the Docker image's UI) shows orthanc.json's CustomButtons on each study
+    # and series, replacing {UUID} with the resource's Orthanc id.
+    buttons = _explorer2_buttons()
+    study = server.get(f"/series/{trail['series']}").json()["ParentStudy"]
+    for level, resource in (("series", trail["series"]), ("study", study)):
+        (button,) = buttons[level]
+        assert (button["HttpMethod"], button["Target"]) == ("GET", "_blank")
+        url = server.url + button["Url"].replace("{UUID}", resource)
+        context = context_for(browser, server, "auditor")
+        try:
+            page = context.new_page()
+            response = page.goto(url)
+            assert response is not None and response.status == 200
+            shown = rows(page)
+            assert shown and any(trail["series_uid"] in r["text"] for r in shown)
+        finally:
+            context.close()

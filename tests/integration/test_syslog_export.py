@@ -15,7 +15,7 @@ import pytest
 from lxml import etree
 
 from tests.support.dicom import make_series
-from tests.support.server import OrthancServer, Pki, free_port
+from tests.support.server import OrthancServer, Pki, free_port, wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -58,14 +58,10 @@ ruleset(name="atna") {{
         self.process = subprocess.Popen(
             [RSYSLOGD, "-n", "-f", str(self.conf), "-i", str(self.pidfile)],
             stdout=subprocess.DEVNULL, stderr=(self.directory / "rsyslogd.err").open("ab"))
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError("rsyslogd exited: " + (self.directory / "rsyslogd.err").read_text()[-2000:])
-            probe = subprocess.run(["ss", "-ltn", f"sport = :{self.port}"], capture_output=True, text=True)
-            if f":{self.port}" in probe.stdout:
-                return
-            time.sleep(0.1)
+        if wait_for_port(self.port, timeout=15):
+            return
+        if self.process.poll() is not None:
+            raise RuntimeError("rsyslogd exited: " + (self.directory / "rsyslogd.err").read_text()[-2000:])
         raise RuntimeError("rsyslogd did not listen")
 
     def stop(self) -> None:

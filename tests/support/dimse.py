@@ -12,6 +12,7 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import (
     CTImageStorage,
@@ -43,6 +44,14 @@ class RetrieveResult:
     completed: int = 0
 
 
+def _ae() -> AE:
+    # Bounded waits: a server that dies mid-association (the crash tests kill it) must not
+    # leave a client thread waiting for pynetdicom's default 60 s network timeout.
+    ae = AE(ae_title=CLIENT_AET)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 15
+    return ae
+
+
 def _associate(ae: AE, server: OrthancServer, tls: bool = True, **kwargs: Any) -> Any:
     tls_args = (client_tls_context(server.pki), None) if tls else None
     assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title=server.aet, tls_args=tls_args, **kwargs)
@@ -53,7 +62,7 @@ def _associate(ae: AE, server: OrthancServer, tls: bool = True, **kwargs: Any) -
 
 def c_store(server: OrthancServer, files: list[bytes], tls: bool = True) -> list[int]:
     """C-STORE each file; return the DIMSE status of each (``-1`` if no response)."""
-    ae = AE(ae_title=CLIENT_AET)
+    ae = _ae()
     for sop_class in STORAGE:
         ae.add_requested_context(sop_class)
     assoc = _associate(ae, server, tls)
@@ -69,7 +78,7 @@ def c_store(server: OrthancServer, files: list[bytes], tls: bool = True) -> list
 
 def c_find(server: OrthancServer, query: Dataset, tls: bool = True) -> tuple[int, list[Dataset]]:
     """C-FIND (study root); return the final status and the matches."""
-    ae = AE(ae_title=CLIENT_AET)
+    ae = _ae()
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     assoc = _associate(ae, server, tls)
     matches: list[Dataset] = []
@@ -93,20 +102,27 @@ def _study_query(study_uid: str) -> Dataset:
     return query
 
 
-def c_get(server: OrthancServer, study_uid: str, tls: bool = True) -> RetrieveResult:
-    """C-GET a whole study; the received instances are kept as encoded datasets."""
+def c_get(server: OrthancServer, study_uid: str, tls: bool = True,
+          transfer_syntaxes: tuple[str, ...] = (ExplicitVRLittleEndian,)) -> RetrieveResult:
+    """C-GET a whole study; the received instances are kept as encoded datasets.
+
+    The storage contexts propose only ``transfer_syntaxes`` (by default the explicit VR little
+    endian of the test data): with several proposed, Orthanc 1.13 accepts implicit VR and
+    transcodes while 1.10 keeps the stored syntax, so a byte-for-byte comparison needs the
+    stored syntax alone.
+    """
     result = RetrieveResult(status=-1)
 
     def on_store(event: Any) -> int:
         result.received[str(event.request.AffectedSOPInstanceUID)] = event.encoded_dataset()
         return 0x0000
 
-    ae = AE(ae_title=CLIENT_AET)
+    ae = _ae()
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
     ae.add_requested_context(PatientRootQueryRetrieveInformationModelGet)
     roles = []
     for sop_class in STORAGE:
-        ae.add_requested_context(sop_class)
+        ae.add_requested_context(sop_class, list(transfer_syntaxes))
         roles.append(build_role(sop_class, scp_role=True))
     assoc = _associate(ae, server, tls, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
     try:
@@ -124,7 +140,7 @@ def c_get(server: OrthancServer, study_uid: str, tls: bool = True) -> RetrieveRe
 def c_move(server: OrthancServer, study_uid: str, destination: str = CLIENT_AET, tls: bool = True) -> RetrieveResult:
     """C-MOVE a whole study to ``destination``; returns the final status and counts."""
     result = RetrieveResult(status=-1)
-    ae = AE(ae_title=CLIENT_AET)
+    ae = _ae()
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
     assoc = _associate(ae, server, tls)
     try:

@@ -9,8 +9,10 @@ tests merge their changes over it. Every server is stopped by ``stop()`` — the
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -36,11 +38,45 @@ CLIENT_AET = "TESTSCU"
 
 
 
+_HANDED_OUT: set[int] = set()
+
+
+@functools.cache
+def orthanc_version() -> tuple[int, int, int]:
+    """The version of the installed Orthanc (``Orthanc --version``), e.g. ``(1, 13, 0)``."""
+    output = subprocess.run([ORTHANC, "--version"], capture_output=True, text=True, timeout=30, check=True).stdout
+    match = re.search(r"(\d+)\.(\d+)\.(\d+)", output)
+    if match is None:
+        raise RuntimeError(f"cannot read the Orthanc version from {output[:80]!r}")
+    return int(match[1]), int(match[2]), int(match[3])
+
+
 def free_port() -> int:
-    """Return a TCP port that is free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """Return a TCP port that is free on 127.0.0.1 right now and was never returned before.
+
+    The kernel may give the same ephemeral port to two ``bind(0)`` calls once the first socket
+    is closed; a server configured with two such ports (HTTP and DICOM) cannot start. So no
+    port is handed out twice in one test session.
+    """
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+
+
+def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 15.0) -> bool:
+    """Poll until something accepts TCP connections on ``host:port``; ``False`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
 
 
 def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

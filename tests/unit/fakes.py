@@ -102,6 +102,8 @@ class FakeOrthanc:
         self.find_callback: Callable[..., None] | None = None
         self.move_callback: Callable[..., None] | None = None
         self.explorer_js: str | None = None
+        self.root_uri: str | None = None
+        self.description: str | None = None
         self.logs: list[tuple[str, str]] = []
         self.metrics: dict[str, float] = {}
         self.rest: dict[tuple[str, str], Any] = {}
@@ -133,6 +135,12 @@ class FakeOrthanc:
 
     def ExtendOrthancExplorer(self, javascript: str) -> None:
         self.explorer_js = javascript
+
+    def SetRootUri(self, uri: str) -> None:
+        self.root_uri = uri
+
+    def SetDescription(self, description: str) -> None:
+        self.description = description
 
     def LogInfo(self, message: str) -> None:
         self.logs.append(("info", message))

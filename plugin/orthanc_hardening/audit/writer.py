@@ -57,8 +57,13 @@ class AuditWriter:
         checkpoint_seconds: float = 60.0,
         keep_failed: bool = False,
         backlog_limit: int = 100_000,
+        on_commit: Callable[[list[StoredEvent]], None] | None = None,
     ) -> None:
         """Open the writer on ``store`` and start its thread.
+
+        ``on_commit`` observes each committed batch (rows with their ``seq`` and ``hash``) on
+        the writer's thread, after the callers were released; its errors are logged, never
+        raised: the events are durable whatever it does.
 
         Raises:
             StoreUnavailableError: the store's head cannot be read.
@@ -70,6 +75,7 @@ class AuditWriter:
         self._seconds = checkpoint_seconds
         self._keep_failed = keep_failed
         self._backlog_limit = backlog_limit
+        self._on_commit = on_commit
         self._head = store.head()
         last = store.last_checkpoint()
         self._signed_seq = last.seq if last else 0
@@ -173,12 +179,18 @@ class AuditWriter:
                 batch, self._open = self._open, _Batch()
                 flush, self._flush_wanted = self._flush_wanted, False
             self._last_batch = max(1, len(events))
+            committed: list[StoredEvent] = []
             try:
-                batch.error = self._commit(events, flush)
+                batch.error = self._commit(events, flush, committed)
             except Exception as exc:
                 logger.exception("audit writer failed unexpectedly")
                 batch.error = StoreUnavailableError(f"audit writer failure: {type(exc).__name__}")
             batch.done.set()
+            if committed and self._on_commit is not None:
+                try:
+                    self._on_commit(committed)
+                except Exception:
+                    logger.exception("audit commit observer failed (the events are stored)")
 
     def _gather(self) -> None:
         # Group commit: the callers released by the previous commit are re-entering record()
@@ -200,8 +212,12 @@ class AuditWriter:
             return max(0.05, self._seconds - (time.monotonic() - self._signed_at))
         return self._seconds
 
-    def _commit(self, events: list[AuditEvent], flush: bool) -> StoreUnavailableError | None:
-        """Commit the backlog and ``events`` (and a checkpoint when due); return the error, if any."""
+    def _commit(self, events: list[AuditEvent], flush: bool,
+                committed: list[StoredEvent]) -> StoreUnavailableError | None:
+        """Commit the backlog and ``events`` (and a checkpoint when due); return the error, if any.
+
+        The committed rows are appended to ``committed``.
+        """
         retried = list(self._backlog)
         rows: list[StoredEvent] = []
         previous: StoredEvent | None = None
@@ -228,6 +244,7 @@ class AuditWriter:
             logger.warning("audit store writable again: %d kept events written", len(retried))
             self._backlog.clear()
         self._head = head
+        committed.extend(rows)
         self.batches += 1
         self.is_healthy = True
         if checkpoint is not None:

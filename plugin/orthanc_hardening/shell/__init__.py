@@ -14,9 +14,11 @@ from typing import Any
 from orthanc_hardening.config import load_config
 from orthanc_hardening.errors import ConfigError
 from orthanc_hardening.shell import tls_gate
+from orthanc_hardening.shell.guard import use_capabilities
 from orthanc_hardening.shell.hooks import install_hooks
 from orthanc_hardening.shell.logsink import install_logging
 from orthanc_hardening.shell.metrics import Metrics
+from orthanc_hardening.shell.orthanc_api import PinnedOrthanc, unwrap
 from orthanc_hardening.shell.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -34,6 +36,8 @@ def install(orthanc: Any) -> Runtime:
     Raises:
         ConfigError: the configuration is invalid; Orthanc must not start.
     """
+    orthanc = PinnedOrthanc(unwrap(orthanc))
+    use_capabilities(orthanc.capabilities)
     install_logging(orthanc)
     orthanc_config = json.loads(orthanc.GetConfiguration())
     try:

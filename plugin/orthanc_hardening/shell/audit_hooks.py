@@ -36,12 +36,13 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from orthanc_hardening.audit.chain import inspect_chain
+from orthanc_hardening.audit.chain import StoredEvent, inspect_chain
 from orthanc_hardening.audit.event import Action, AuditEvent, EventCode, Outcome, Transport
+from orthanc_hardening.audit.orthanc_log import SOURCE_PLUGIN, orthanc_audit_log
 from orthanc_hardening.audit.query import parse_query, render
 from orthanc_hardening.audit.routes import Access, classify
 from orthanc_hardening.audit.store import AuditStore, open_store
@@ -52,7 +53,7 @@ from orthanc_hardening.errors import (
     IntegrityError,
     StoreUnavailableError,
 )
-from orthanc_hardening.identity import AUDITOR, HttpRequest, Requester
+from orthanc_hardening.identity import AUDITOR, HttpRequest, Requester, dimse_requester
 from orthanc_hardening.shell.guard import security_alert
 from orthanc_hardening.shell.rest import Reply, RestCall, register
 from orthanc_hardening.shell.runtime import Runtime
@@ -66,7 +67,7 @@ CGET_WINDOW_SECONDS = 30.0
 CACHE_SIZE = 20000
 AUDIT_ROUTE = "/hardening/audit"
 VERIFY_ROUTE = "/hardening/audit/verify"
-CGET_GAP = ("C-GET: the Python plugin 4.0 exposes no C-GET hook, so the requester's calling AET and IP are "
+CGET_GAP = ("C-GET: the Python plugin (4.0 to 7.1) exposes no C-GET hook, so the requester's calling AET and IP are "
             "unknown; series from the verified seal")
 
 
@@ -200,6 +201,21 @@ class IndexResolver:
 
 
 @dataclass
+class MovePlan:
+    """One C-MOVE, checked and announced; ``state`` is the send job's final state once sent."""
+
+    requester: Requester
+    target: str
+    modality: str
+    instances: tuple[str, ...]
+    groups: tuple[SeriesRef, ...]
+    detail: str
+    request: dict[str, Any]
+    state: str | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
 class _HttpState:
     request: HttpRequest
     covered: set[str] = field(default_factory=set)
@@ -218,7 +234,7 @@ class AuditHooks:
         self._lock = threading.Lock()
         self._http: dict[int, _HttpState] = {}
         self._cstore: dict[int, str] = {}
-        self._cget_seen: dict[tuple[int, str], float] = {}
+        self._cget_seen: dict[str, float] = {}
         self.moves_in_progress = 0
 
     # -- recording ----------------------------------------------------------------------
@@ -263,6 +279,7 @@ class AuditHooks:
             return
         access = classify(request.method, request.uri, request.query)
         if access is None:
+            self._set_read_scope(thread, request, None, [])
             return
         if access.kind in ("upload", "query"):
             state.suppress = access.kind == "query"
@@ -270,9 +287,19 @@ class AuditHooks:
             return  # the storage write hook records each received instance with its series
         events = self._events_for(request, access)
         state.covered.update(e.series_uid for e in events if e.series_uid)
+        self._set_read_scope(thread, request, access, events)
         if access.kind in ("archive", "modify", "send", "delete", "change"):
             state.suppress = state.suppress or not access.has_resource
         self._record(events)
+
+    def _set_read_scope(self, thread: int, request: HttpRequest, access: Access | None,
+                        events: list[AuditEvent]) -> None:
+        """Tell the in-flight registry which series this request may read (shell/inflight.py)."""
+        series = [e.series_uid for e in events if e.series_uid]
+        if series:
+            self.runtime.in_flight.set_scope(thread, request, series)
+        elif request.requester.transport is Transport.WEBDAV or (access is not None and access.kind == "access"):
+            self.runtime.in_flight.set_scope(thread, request, None)
 
     def _events_for(self, request: HttpRequest, access: Access) -> list[AuditEvent]:
         requester = request.requester
@@ -311,9 +338,9 @@ class AuditHooks:
             return
         seal = event.seal
         ref = SeriesRef(seal.patient_id, seal.study_uid, seal.series_uid, 1)
-        thread = threading.get_ident()
-        request = self.runtime.current_request()
-        if request is not None:
+        found = self.runtime.request_for_read(seal.series_uid)
+        if found is not None:
+            thread, request = found
             with self._lock:
                 state = self._http.get(thread)
                 if state is None or state.request is not request:
@@ -328,29 +355,35 @@ class AuditHooks:
             return
         if int(event.content_type) != DICOM or self.moves_in_progress > 0:
             return
-        self._presumed_cget(thread, ref)
+        self._presumed_cget(ref)
 
-    def _presumed_cget(self, thread: int, ref: SeriesRef) -> None:
-        now = time.monotonic()
-        key = (thread, ref.series_uid)
+    def _presumed_cget(self, ref: SeriesRef) -> None:
+        # One event per series and window: on Orthanc 1.13 the reads of one C-GET run on
+        # several loader threads, so the thread no longer tells one C-GET from another.
+        config = self.runtime.config
+        refuse = config.is_enforcing and config.audit.refuse_unattributed_reads
+        key = ref.series_uid
         with self._lock:
             seen = self._cget_seen.get(key)
-            if seen is not None and now - seen < CGET_WINDOW_SECONDS:
-                self._cget_seen[key] = now
-                return
+        if not refuse and seen is not None and time.monotonic() - seen < CGET_WINDOW_SECONDS:
+            return
         if self._job_running():
             return  # a jobs-engine read (archive, send, modify): the request that started it is recorded
         requester = Requester(transport=Transport.DIMSE, called_aet=self.our_aet)
-        config = self.runtime.config
-        if config.is_enforcing and config.audit.refuse_unattributed_reads:
+        if refuse:
             detail = "C-GET refused: Hardening.Audit.RefuseUnattributedReads (requester unknown)"
             self._alert(requester, "C-GET", detail, ref)
             raise AccessDeniedError(detail)
-        self._record([self._event(requester, EventCode.INSTANCES_TRANSFERRED, Action.READ, "C-GET", ref, CGET_GAP)])
         with self._lock:
+            # Checked and marked at once: loader threads read the instances of one C-GET in parallel.
+            now = time.monotonic()
+            seen = self._cget_seen.get(key)
+            if seen is not None and now - seen < CGET_WINDOW_SECONDS:
+                return
             if len(self._cget_seen) > 10000:
                 self._cget_seen.clear()
             self._cget_seen[key] = now
+        self._record([self._event(requester, EventCode.INSTANCES_TRANSFERRED, Action.READ, "C-GET", ref, CGET_GAP)])
 
     def _job_running(self) -> bool:
         try:
@@ -397,18 +430,67 @@ class AuditHooks:
     # -- C-MOVE -------------------------------------------------------------------------
 
     def on_move(self, **request: Any) -> None:
-        """The C-MOVE handler: verify, record, send asynchronously, poll, record the outcome.
+        """``RegisterMoveCallback`` (every plugin version): verify, record, send, record the outcome.
+
+        Orthanc passes the SCU that asked as ``OriginatorAET`` and itself (the sender) as
+        ``SourceAET``; the peer's IP is not given.
 
         Raises:
             AccessDeniedError: lockdown, or an unknown or insecure destination.
             IntegrityError: an instance does not verify.
             RuntimeError: the send failed (the SCU gets a failure status).
         """
-        # Orthanc passes the SCU that asked as OriginatorAET and itself (the sender) as SourceAET.
         originator = str(request.get("OriginatorAET", "") or "")
-        target = str(request.get("TargetAET", "") or "")
         called = str(request.get("SourceAET", "") or "") or self.our_aet
         requester = Requester(transport=Transport.DIMSE, calling_aet=originator, called_aet=called)
+        self.run_move(self.plan_move(requester, request))
+
+    def create_move(self, connection: Any, **request: Any) -> MovePlan:
+        """``RegisterMoveCallback3`` (Python plugin 7.0+), create: the plan, checked and recorded.
+
+        The DICOM connection names the SCU's IP and AE title. Orthanc then asks for the number
+        of sub-operations (``move_size``) and calls ``apply_move`` once per sub-operation.
+        """
+        requester = dimse_requester(connection)
+        if not requester.called_aet:
+            requester = replace(requester, called_aet=self.our_aet)
+        request.setdefault("OriginatorAET", requester.calling_aet)
+        return self.plan_move(requester, request)
+
+    @staticmethod
+    def move_size(plan: MovePlan) -> int:
+        """``RegisterMoveCallback3``: one sub-operation per instance to send."""
+        return len(plan.instances)
+
+    def apply_move(self, plan: MovePlan) -> None:
+        """``RegisterMoveCallback3``: the first sub-operation sends every instance (one job, one
+        association); each later one reports the outcome of that send.
+
+        Raises:
+            RuntimeError: the send failed (each sub-operation is then counted as failed).
+        """
+        with plan.lock:
+            if plan.state is None:
+                try:
+                    self.run_move(plan)
+                except Exception:
+                    plan.state = plan.state or "Failure"
+                    raise
+            if plan.state != "Success":
+                raise RuntimeError(f"C-MOVE to {plan.target} failed: job {plan.state}")
+
+    @staticmethod
+    def free_move(plan: MovePlan) -> None:
+        """``RegisterMoveCallback3``: nothing to release (the plan is garbage-collected)."""
+
+    def plan_move(self, requester: Requester, request: dict[str, Any]) -> MovePlan:
+        """Check a C-MOVE and record Begin Transferring (DESIGN.md §7) for each series.
+
+        Raises:
+            AccessDeniedError: lockdown, or an unknown or insecure destination.
+            IntegrityError: an instance does not verify.
+        """
+        target = str(request.get("TargetAET", "") or "")
         route = "C-MOVE"
         if self.runtime.lockdown:
             detail = f"C-MOVE refused: locked down ({', '.join(self.runtime.lockdown)})"
@@ -431,18 +513,26 @@ class AuditHooks:
         detail = f"C-MOVE to {target} (modality {modality}), level {request.get('Level', '')}"
         self._record([self._event(requester, EventCode.BEGIN_TRANSFERRING, Action.EXECUTE, route, ref, detail)
                       for ref in groups])
+        return MovePlan(requester, target, modality, tuple(instances), tuple(groups), detail, dict(request))
+
+    def run_move(self, plan: MovePlan) -> None:
+        """Send the plan's instances, record Transferred with the outcome.
+
+        Raises:
+            RuntimeError: the send failed.
+        """
         with self._lock:
             self.moves_in_progress += 1
         try:
-            state = self._send(modality, instances, request)
+            plan.state = self._send(plan.modality, list(plan.instances), plan.request)
         finally:
             with self._lock:
                 self.moves_in_progress -= 1
-        outcome = Outcome.SUCCESS if state == "Success" else Outcome.SERIOUS_FAILURE
-        self._record([self._event(requester, EventCode.INSTANCES_TRANSFERRED, Action.READ, route, ref,
-                                  f"{detail}; job {state}", outcome) for ref in groups])
-        if state != "Success":
-            raise RuntimeError(f"C-MOVE to {target} failed: job {state}")
+        outcome = Outcome.SUCCESS if plan.state == "Success" else Outcome.SERIOUS_FAILURE
+        self._record([self._event(plan.requester, EventCode.INSTANCES_TRANSFERRED, Action.READ, "C-MOVE", ref,
+                                  f"{plan.detail}; job {plan.state}", outcome) for ref in plan.groups])
+        if plan.state != "Success":
+            raise RuntimeError(f"C-MOVE to {plan.target} failed: job {plan.state}")
 
     def _move_instances(self, request: dict[str, Any]) -> list[str]:
         query = {}
@@ -547,7 +637,8 @@ def install(runtime: Runtime) -> None:
         store = open_store(config.audit.database, config.sqlite_synchronous)
         reader = open_store(config.audit.database, config.sqlite_synchronous)
         writer = AuditWriter(store, lambda: keyring.signer, runtime.clock, config.audit.checkpoint_every,
-                             config.audit.checkpoint_seconds, keep_failed=not config.is_enforcing)
+                             config.audit.checkpoint_seconds, keep_failed=not config.is_enforcing,
+                             on_commit=_orthanc_audit_logs(runtime))
     except StoreUnavailableError:
         logger.error("audit store %s cannot be opened", config.audit.database)
         raise
@@ -557,8 +648,10 @@ def install(runtime: Runtime) -> None:
     runtime.audit.record(_application_activity(runtime, f"orthanc-hardening started ({config.mode.value} mode)"))
 
     def stop() -> None:
-        runtime.audit.record(_application_activity(runtime, "orthanc-hardening stopping"))
-        writer.flush()
+        try:
+            runtime.audit.record(_application_activity(runtime, "orthanc-hardening stopping"))
+        finally:
+            writer.close()
 
     runtime.stop_actions.append(stop)
     runtime.http_gates.append(hooks.http_gate)
@@ -570,11 +663,55 @@ def install(runtime: Runtime) -> None:
         write_hooks.append(hooks.write_hook)
     else:
         logger.error("no storage hooks: uploads, C-STORE and C-GET are not audited")
-    runtime.orthanc.RegisterMoveCallback(hooks.on_move)
+    if runtime.capabilities.move_connection:
+        runtime.orthanc.RegisterMoveCallback3(hooks.create_move, hooks.move_size, hooks.apply_move, hooks.free_move)
+    else:
+        runtime.orthanc.RegisterMoveCallback(hooks.on_move)
     register(runtime, AUDIT_ROUTE, {"GET": hooks.audit_route}, role=AUDITOR, name="audit")
     register(runtime, VERIFY_ROUTE, {"GET": hooks.verify_route}, role=AUDITOR, name="audit-verify")
     _watch_metrics(runtime, writer)
     logger.info("audit trail in %s (head %s)", config.audit.database, writer.head)
+
+
+def _orthanc_audit_logs(runtime: Runtime) -> Callable[[list[StoredEvent]], None] | None:
+    """Where Orthanc has ``EmitAuditLog`` (1.12.9+, Python plugin 7.0+): every committed event
+    also becomes one of Orthanc's own audit logs, for the plugins that handle them."""
+    if not runtime.capabilities.emit_audit_log:
+        return None
+    orthanc = runtime.orthanc
+    types = {"SERIES": orthanc.ResourceType.SERIES, "STUDY": orthanc.ResourceType.STUDY,
+             "PATIENT": orthanc.ResourceType.PATIENT, "NONE": orthanc.ResourceType.NONE}
+
+    # Orthanc ignores audit logs emitted while plugins initialise (the start event is committed
+    # then): they wait here until Orthanc reports it has started.
+    lock = threading.Lock()
+    waiting: list[StoredEvent] | None = []
+
+    def send(rows: list[StoredEvent]) -> None:
+        for row in rows:
+            log = orthanc_audit_log(row)
+            orthanc.EmitAuditLog(SOURCE_PLUGIN, log.user_id, types[log.level], log.resource_id, log.action,
+                                 log.log_data)
+
+    def emit(rows: list[StoredEvent]) -> None:
+        with lock:
+            if waiting is not None:
+                waiting.extend(rows)
+                return
+            send(rows)
+
+    started = orthanc.ChangeType.ORTHANC_STARTED
+
+    def emit_waiting(change_type: int, _level: int, _resource: str) -> None:
+        nonlocal waiting
+        if change_type != started:
+            return
+        with lock:
+            rows, waiting = waiting or [], None
+            send(rows)
+
+    runtime.change_observers.append(emit_waiting)
+    return emit
 
 
 def _watch_metrics(runtime: Runtime, writer: AuditWriter) -> None:

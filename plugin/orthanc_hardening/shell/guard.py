@@ -25,6 +25,7 @@ from orthanc_hardening.errors import (
     StoreUnavailableError,
 )
 from orthanc_hardening.identity import Requester
+from orthanc_hardening.shell.orthanc_api import Capabilities
 from orthanc_hardening.shell.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -54,18 +55,33 @@ def error_body(exc: BaseException) -> dict[str, str]:
     return {"error": name, "detail": detail}
 
 
-def answer_json(output: Any, status: int, payload: Any) -> None:
-    """Answer a REST callback with JSON and an HTTP status.
+# Python plugin 4.0/4.1 take ``SendHttpStatus(status, body, length)``; 4.2 and newer take
+# ``(status, body)`` (a third argument is a TypeError). Set once by ``shell.install``.
+_status_takes_length = True
 
-    Orthanc 1.10's ``SendHttpStatus`` takes ``(status, str, length)``; the body is ASCII
-    JSON so the length in characters is the length in bytes.
-    """
+
+def use_capabilities(capabilities: Capabilities) -> None:
+    """Choose the ``SendHttpStatus`` form of the running Python plugin (called once at start)."""
+    global _status_takes_length
+    _status_takes_length = not capabilities.two_argument_status
+
+
+def send_status(output: Any, status: int, body: str) -> None:
+    """Answer a REST callback with a non-200 status and a text body, on every plugin version."""
+    if _status_takes_length:
+        output.SendHttpStatus(status, body, len(body.encode("utf-8")))
+    else:
+        output.SendHttpStatus(status, body)
+
+
+def answer_json(output: Any, status: int, payload: Any) -> None:
+    """Answer a REST callback with JSON and an HTTP status."""
     body = json.dumps(payload, ensure_ascii=True, sort_keys=True, indent=2)
     if status == 200:
         output.AnswerBuffer(body, "application/json")
         return
     output.SetHttpHeader("Content-Type", "application/json")
-    output.SendHttpStatus(status, body, len(body))
+    send_status(output, status, body)
 
 
 def answer_error(output: Any, exc: BaseException) -> None:

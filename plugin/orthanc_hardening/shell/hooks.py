@@ -7,6 +7,7 @@ filter, the C-STORE filter or the change callback themselves: they append to
 
 from __future__ import annotations
 
+import atexit
 import logging
 from typing import Any
 
@@ -77,8 +78,9 @@ def install_hooks(runtime: Runtime) -> None:
             with observer(getattr(watch, "__name__", "change observer")):
                 watch(change_type, level, resource_id)
         if change_type == stopped:
-            for action in runtime.stop_actions:
-                with observer(getattr(action, "__name__", "stop action")):
-                    action()
+            runtime.stop()
 
     orthanc.RegisterOnChangeCallback(on_change)
+    # Orthanc finalises the plugin without ORTHANC_STOPPED when its start fails (a port in use):
+    # the interpreter's exit then stops the threads, before the plugin frees anything.
+    atexit.register(runtime.stop)

@@ -49,7 +49,7 @@ from orthanc_hardening.errors import (
     SealMismatchError,
     StoreUnavailableError,
 )
-from orthanc_hardening.identity import HttpRequest, Requester, http_requester, transport_of_uri
+from orthanc_hardening.identity import HttpRequest, Requester, dimse_requester, http_requester, transport_of_uri
 from orthanc_hardening.integrity.query import (
     INSTANCE,
     FilteredAnswer,
@@ -78,6 +78,9 @@ CHILD_ROUTE = "/(patients|studies|series|instances)/([^/]+)/(patient|study|serie
 WITHHELD_HEADER = "X-Hardening-Withheld"
 FLAGGED_HEADER = "X-Hardening-Flagged"
 _FORMAT_FLAGS = ("short", "full", "simplify", "requestedTags", "requested-tags")
+# Fields of a /tools/find body that change the form of the answer, not which resources match.
+_FIND_FORM_FIELDS = ("RequestedTags", "Short", "Full", "ResponseContent")
+_PLURAL_OF = {"Patient": "patients", "Study": "studies", "Series": "series", "Instance": "instances"}
 _ORTHANC_STATUS = {0: 200, 1: 500, 3: 400, 7: 404, 8: 400, 13: 404, 17: 404}
 _TAGS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS sealed_tags (
@@ -232,6 +235,15 @@ def _core(call: Any, *args: Any) -> Any:
         raise CoreError(status, str(exc.args[1]) if len(exc.args) > 1 else "Orthanc refused the request") from exc
 
 
+def _item_id(item: Any) -> str | None:
+    """The Orthanc id of one item of a ``/tools/find`` answer (a bare id, or an object's ``ID``)."""
+    if isinstance(item, str):
+        return item
+    if isinstance(item, dict) and isinstance(item.get("ID"), str):
+        return str(item["ID"])
+    return None
+
+
 def _query_string(get: Mapping[str, str], overrides: Mapping[str, str | None]) -> str:
     merged: dict[str, str] = {k: v for k, v in get.items()}
     for key, value in overrides.items():
@@ -344,25 +356,61 @@ class QueryVerifier:
     # -- routes -----------------------------------------------------------------------------
 
     def on_find(self, output: Any, uri: str, **request: Any) -> None:
+        """``POST /tools/find``: Orthanc's own answer to the client's exact body, verified.
+
+        The body goes to Orthanc unchanged, so every field Orthanc knows (``ResponseContent``,
+        ``RequestedTags``, ``OrderBy``, ``Since``, ``Limit``, ``Labels``… whatever the version)
+        keeps its meaning and the answer its form. The items are then verified against their
+        seals by id, from the expanded form of the same query (one more index query, unless the
+        client asked for exactly that form). With nothing withheld the client gets Orthanc's
+        bytes as they are.
+        """
         def body(requester: Requester) -> None:
             if str(request.get("method", "")).upper() != "POST":
                 output.SendMethodNotAllowed("POST")
                 return
-            query = parse_json_object(request.get("body") or b"")
-            expand = bool(query.get("Expand", False))
-            forwarded = {**query, "Expand": True}
-            # Orthanc answers "Short"/"Full" forms with tag numbers: verify the plain form.
-            for key in ("Short", "Full", "RequestedTags"):
-                forwarded.pop(key, None)
+            raw_body = request.get("body") or b""
+            query = parse_json_object(raw_body)
             orthanc = self.runtime.orthanc
-            raw = _core(orthanc.RestApiPost, FIND_ROUTE, json.dumps(forwarded))
-            items = json.loads(raw)
-            answer = self.judge(items, requester, "/tools/find", level_of(str(query.get("Level", ""))))
-            other_format = any(key in query for key in ("Short", "Full", "RequestedTags"))
-            self._answer_list(output, answer, items, raw, expand, (
-                lambda: _core(orthanc.RestApiPost, FIND_ROUTE, json.dumps(query))) if other_format else None)
+            raw = _core(orthanc.RestApiPost, FIND_ROUTE, raw_body)
+            answered = json.loads(raw)
+            if not isinstance(answered, list):
+                raise CoreError(500, "Orthanc's /tools/find answer is not a list")
+            level = level_of(str(query.get("Level", "")))
+            expanded = self._expanded_for(query, answered, level)
+            answer = self.judge(expanded, requester, "/tools/find", level)
+            if not answer.withheld:
+                self._answer(output, None, answer, raw)
+                return
+            kept = {item["ID"] for item in answer.kept}
+            self._answer(output, [item for item in answered if _item_id(item) in kept], answer)
 
         self._run(output, uri, request, body)
+
+    def _expanded_for(self, query: Mapping[str, Any], answered: list[Any], level: str) -> list[Any]:
+        """The expanded form (``ID``, main tags) of each answered item, in the answer's order.
+
+        The expanded form comes from the same query with only its form changed; an item that
+        query did not return (the index changed in between) is read by id.
+        """
+        if query.get("Expand") is True and not any(key in query for key in _FIND_FORM_FIELDS):
+            return answered
+        check = {key: value for key, value in query.items() if key not in _FIND_FORM_FIELDS and key != "Expand"}
+        check["Expand"] = True
+        orthanc = self.runtime.orthanc
+        by_id = {item.get("ID"): item for item in json.loads(_core(orthanc.RestApiPost, FIND_ROUTE, json.dumps(check)))
+                 if isinstance(item, dict)}
+        plural = _PLURAL_OF[level]
+        expanded = []
+        for item in answered:
+            resource_id = _item_id(item)
+            if resource_id is None:
+                raise CoreError(500, "an item of Orthanc's /tools/find answer has no ID")
+            found = by_id.get(resource_id)
+            if found is None:
+                found = json.loads(_core(orthanc.RestApiGet, f"/{plural}/{resource_id}"))
+            expanded.append(found)
+        return expanded
 
     def on_list(self, output: Any, uri: str, **request: Any) -> None:
         def body(requester: Requester) -> None:
@@ -541,8 +589,17 @@ class QueryVerifier:
                               series_uid=constraints.get("SeriesInstanceUID", ""))
 
     def on_cfind(self, answers: Any, query: Any, issuer_aet: str, called_aet: str) -> None:
+        """``RegisterFindCallback`` (every plugin version): the peer's AE titles, no IP."""
+        self.answer_cfind(answers, query, Requester(transport=Transport.DIMSE, calling_aet=issuer_aet,
+                                                    called_aet=called_aet))
+
+    def on_cfind_connection(self, answers: Any, query: Any, connection: Any) -> None:
+        """``RegisterFindCallback2`` (Python plugin 7.0+): the DICOM connection names the peer's IP too."""
+        self.answer_cfind(answers, query, dimse_requester(connection))
+
+    def answer_cfind(self, answers: Any, query: Any, requester: Requester) -> None:
         """Answer C-FIND from Orthanc's ``/tools/find``, filtered; raise to refuse (0xC000)."""
-        requester = Requester(transport=Transport.DIMSE, calling_aet=issuer_aet, called_aet=called_aet)
+        issuer_aet = requester.calling_aet
         if self.runtime.lockdown:
             raise AccessDeniedError("orthanc-hardening is in lockdown: " + ", ".join(self.runtime.lockdown))
         try:
@@ -692,7 +749,10 @@ def install(runtime: Runtime) -> None:
     orthanc.RegisterRestCallback(LIST_ROUTE, verifier.on_list)
     orthanc.RegisterRestCallback(CHILD_ROUTE, verifier.on_child)
     orthanc.RegisterRestCallback(RESOURCE_ROUTE, verifier.on_resource)
-    orthanc.RegisterFindCallback(verifier.on_cfind)
+    if runtime.capabilities.find_connection:
+        orthanc.RegisterFindCallback2(verifier.on_cfind_connection)
+    else:
+        orthanc.RegisterFindCallback(verifier.on_cfind)
     runtime.http_gates.append(verifier.qido_gate)
 
     deleted = orthanc.ChangeType.DELETED
@@ -731,12 +791,20 @@ def install(runtime: Runtime) -> None:
             wake.set()
 
     runtime.change_observers.append(on_new_instance)
-    runtime.stop_actions.append(stopping.set)
+    follower = threading.Thread(target=follow_seals, name="hardening-query-tags", daemon=True)
+
+    def stop_following() -> None:
+        stopping.set()
+        wake.set()
+        if follower.is_alive():
+            follower.join(30)
+
+    runtime.stop_actions.append(stop_following)
     started_change = orthanc.ChangeType.ORTHANC_STARTED
 
     def warm_up_on_start(change_type: int, _level: int, _resource: str) -> None:
-        if change_type == started_change:
-            threading.Thread(target=follow_seals, name="hardening-query-tags", daemon=True).start()
+        if change_type == started_change and not stopping.is_set():
+            follower.start()
 
     runtime.change_observers.append(warm_up_on_start)
 

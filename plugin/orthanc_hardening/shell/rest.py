@@ -12,7 +12,7 @@ from typing import Any
 
 from orthanc_hardening.errors import AccessDeniedError, BadRequestError
 from orthanc_hardening.identity import ADMINISTRATOR, AUDITOR, Requester, http_requester, transport_of_uri
-from orthanc_hardening.shell.guard import answer_json, gatekeeper
+from orthanc_hardening.shell.guard import answer_json, gatekeeper, send_status
 from orthanc_hardening.shell.runtime import Runtime
 
 
@@ -111,7 +111,7 @@ def send(output: Any, reply: Reply) -> None:
     if reply.status != 200:
         text = reply.raw.decode("utf-8") if isinstance(reply.raw, bytes) else reply.raw
         output.SetHttpHeader("Content-Type", reply.content_type)
-        output.SendHttpStatus(reply.status, text, len(text.encode("utf-8")))
+        send_status(output, reply.status, text)
         return
     output.AnswerBuffer(reply.raw, reply.content_type)
 

@@ -53,6 +53,8 @@ _HEADERS = {
                                "frame-ancestors 'none'",
 }
 
+EXPLORER_ROOT_URI = "../hardening/ui/"
+PLUGIN_DESCRIPTION = "orthanc-hardening: TLS enforcement, sealed storage, verified queries and an audit trail"
 EXPLORER_JS = r"""
 // orthanc-hardening: "Audit trail" buttons on the study and series pages.
 (function () {
@@ -154,6 +156,14 @@ def install(runtime: Runtime) -> None:
     extend = getattr(runtime.orthanc, "ExtendOrthancExplorer", None)
     if extend is not None:
         extend(EXPLORER_JS)
+    # The review page as the Python plugin's web page: Orthanc Explorer's plugin list and
+    # Orthanc Explorer 2's settings page link to it (RootUri is relative to /app/explorer.html).
+    set_root_uri = getattr(runtime.orthanc, "SetRootUri", None)
+    if set_root_uri is not None:
+        set_root_uri(EXPLORER_ROOT_URI)
+    set_description = getattr(runtime.orthanc, "SetDescription", None)
+    if set_description is not None:
+        set_description(PLUGIN_DESCRIPTION)
     if runtime.services.get("audit_store") is None:
         logger.error("no audit store: the syslog export is not started")
         return

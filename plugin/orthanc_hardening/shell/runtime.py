@@ -7,6 +7,7 @@ callback of each kind and runs the chain. The ``orthanc`` module is injected, ne
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -16,7 +17,11 @@ from typing import Any
 from orthanc_hardening.audit.sink import AuditSink, MemoryAuditSink
 from orthanc_hardening.config import HardeningConfig
 from orthanc_hardening.identity import HttpRequest, Requester
+from orthanc_hardening.shell.inflight import InFlightRequests
 from orthanc_hardening.shell.metrics import Metrics
+from orthanc_hardening.shell.orthanc_api import Capabilities
+
+logger = logging.getLogger(__name__)
 
 # A gatekeeper over an HTTP request: returns None to let it through, raises
 # AccessDeniedError (or any HardeningError) to refuse it.
@@ -49,23 +54,48 @@ class Runtime:
     change_observers: list[ChangeObserver] = field(default_factory=list)
     stop_actions: list[Callable[[], None]] = field(default_factory=list)
     services: dict[str, Any] = field(default_factory=dict)
-    # The HTTP request being served on each native thread, set by the HTTP filter so that a
-    # storage read on the same thread knows who asked (threading.local does not survive
-    # between Orthanc callbacks; see ORTHANC-NOTES.md).
-    _requests: dict[int, HttpRequest] = field(default_factory=dict)
+    # The HTTP requests in flight, set by the HTTP filter, so that a storage read knows who
+    # asked, on the request's thread or on Orthanc 1.13's loader threads (shell/inflight.py).
+    in_flight: InFlightRequests = field(default_factory=InFlightRequests)
     _requests_lock: threading.Lock = field(default_factory=threading.Lock)
+    _stopped: bool = False
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the running Python plugin offers (``shell/orthanc_api.py``)."""
+        detected = getattr(self.orthanc, "capabilities", None)
+        return detected if isinstance(detected, Capabilities) else Capabilities.detect(self.orthanc)
+
+    def stop(self) -> None:
+        """Run the stop actions once, newest first (a feature stops before what it builds on).
+
+        Called on Orthanc's ``ORTHANC_STOPPED`` change and, should Orthanc finalise the plugin
+        without one (a failed start), when the interpreter exits: every plugin thread is
+        stopped and joined before the Python plugin finalises the interpreter.
+        """
+        with self._requests_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        for action in reversed(self.stop_actions):
+            try:
+                action()
+            except Exception:
+                logger.exception("stop action %s failed", getattr(action, "__name__", action))
 
     def remember_request(self, request: HttpRequest) -> None:
-        """Record ``request`` as the one this thread is serving (overwrites stale entries)."""
-        with self._requests_lock:
-            self._requests[threading.get_ident()] = request
+        """Record ``request`` as the one this thread is serving (ends its previous one)."""
+        self.in_flight.begin(threading.get_ident(), request)
 
     def current_request(self) -> HttpRequest | None:
         """Return the HTTP request this thread serves, if the HTTP filter saw one."""
-        with self._requests_lock:
-            return self._requests.get(threading.get_ident())
+        return self.in_flight.on_thread(threading.get_ident())
 
-    def current_requester(self, default: Requester) -> Requester:
-        """Return who is behind the work on this thread, or ``default`` when unknown."""
-        request = self.current_request()
-        return request.requester if request is not None else default
+    def request_for_read(self, series_uid: str) -> tuple[int, HttpRequest] | None:
+        """``(HTTP thread, request)`` a storage read of an instance of ``series_uid`` serves."""
+        return self.in_flight.for_read(threading.get_ident(), series_uid)
+
+    def current_requester(self, default: Requester, series_uid: str = "") -> Requester:
+        """Return who is behind the work on this thread (or this read), or ``default`` when unknown."""
+        found = self.request_for_read(series_uid)
+        return found[1].requester if found is not None else default

@@ -378,8 +378,10 @@ class ManifestService:
             self._worker.start()
 
     def stop_worker(self) -> None:
-        """Ask the change thread to finish (it drops what is still queued)."""
+        """Stop the change thread once it has handled what is queued, and wait for it."""
         self._changes.put(None)
+        if self._worker is not None and self._worker.is_alive():
+            self._worker.join(30)
 
     def enqueue_change(self, change_type: int, level: int, resource_id: str) -> None:
         """OnChange observer: queue the change for the manifest thread and return at once."""
