@@ -34,9 +34,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey 
 from orthanc_hardening.audit.chain import inspect_chain, link, make_checkpoint  # noqa: E402
 from orthanc_hardening.audit.event import Action, AuditEvent, EventCode, Outcome, Transport  # noqa: E402
 from orthanc_hardening.audit.query import AuditQuery  # noqa: E402
-from orthanc_hardening.audit.store import SQLiteAuditStore  # noqa: E402
-from orthanc_hardening.audit.writer import AuditWriter  # noqa: E402
 from orthanc_hardening.seal.keys import KeyRing, Signer  # noqa: E402
+from orthanc_hardening.services.audit_writer import AuditWriter  # noqa: E402
+from orthanc_hardening.stores.audit_store import SQLiteAuditStore  # noqa: E402
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -95,7 +95,7 @@ def build_big(path: Path, events: int, series_count: int) -> list[str]:
     chunk = []
     columns = ('seq, time, event, action, outcome, "user", roles, source_ip, calling_aet, called_aet, transport, '
                "route, patient_id, study_uid, series_uid, instance_count, detail, prev_hash, hash")
-    from orthanc_hardening.audit.store import _row_values
+    from orthanc_hardening.stores.audit_store import _row_values
 
     conn.execute("BEGIN")
     for n in range(events):

@@ -27,14 +27,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "plugin")]
 
-from orthanc_hardening.audit.sink import MemoryAuditSink  # noqa: E402
 from orthanc_hardening.config import HardeningConfig  # noqa: E402
-from orthanc_hardening.seal import keys as keymod  # noqa: E402
 from orthanc_hardening.shell import storage as storage_module  # noqa: E402
 from orthanc_hardening.shell.metrics import Metrics  # noqa: E402
 from orthanc_hardening.shell.runtime import Runtime  # noqa: E402
+from orthanc_hardening.stores import key_files  # noqa: E402
+from orthanc_hardening.stores.signature_cache import SignatureCache  # noqa: E402
 from tests.support.dicom import make_instance, new_uid  # noqa: E402
-from tests.unit.fakes import FakeOrthanc  # noqa: E402
+from tests.unit.fakes import FakeOrthanc, MemoryAuditSink  # noqa: E402
 
 PASS = "bench passphrase"
 
@@ -67,14 +67,14 @@ class PlainStorage:
 
 def hardened_storage(work: Path) -> Any:
     os.environ["HARDENING_KEY_PASSPHRASE"] = PASS
-    keymod.generate_key(work / "key.pem", PASS.encode())
+    key_files.generate_key(work / "key.pem", PASS.encode())
     orthanc = FakeOrthanc()
     config = HardeningConfig(data_directory=work / "data", signing_key=work / "key.pem")
     runtime = Runtime(orthanc=orthanc, config=config, orthanc_config={"StorageDirectory": str(work / "storage")},
                       metrics=Metrics(orthanc), audit=MemoryAuditSink(),
                       clock=lambda: dt.datetime.now(dt.UTC))
-    storage_module.install(runtime)
-    return runtime.services["sealed_storage"]
+    keys = key_files.load_key_ring(config.signing_key, PASS.encode(), config.key_directory, (), runtime.clock())
+    return storage_module.install(runtime, keys, SignatureCache())
 
 
 def _time_create(storage: Any, files: list[bytes]) -> tuple[float, list[tuple[str, str]]]:

@@ -7,6 +7,9 @@ Only the shell maps these to HTTP statuses (see ``shell/guard.py``): 400, 403, 4
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 
 class HardeningError(Exception):
     """Base class of every error this package raises on bad outside data."""
@@ -59,7 +62,15 @@ class AuditChainError(IntegrityError):
 
 
 class AccessDeniedError(HardeningError):
-    """The requester may not do this (role, insecure transport, locked-down server). Maps to HTTP 403."""
+    """The requester may not do this (role, insecure transport, locked-down server). Maps to HTTP 403.
+
+    ``answer`` is the JSON body a REST client gets instead of the plain ``{"error", "detail"}``
+    when the refusal has more to say (which destination, which checks failed).
+    """
+
+    def __init__(self, detail: str, answer: Mapping[str, Any] | None = None) -> None:
+        super().__init__(detail)
+        self.answer = dict(answer) if answer is not None else None
 
 
 class StoreUnavailableError(HardeningError):

@@ -9,9 +9,9 @@ import pytest
 
 from orthanc_hardening.audit.chain import inspect_chain, verify_chain
 from orthanc_hardening.audit.query import AuditQuery
-from orthanc_hardening.audit.store import PostgresAuditStore, open_store
-from orthanc_hardening.audit.writer import AuditWriter
 from orthanc_hardening.seal.keys import KeyRing
+from orthanc_hardening.services.audit_writer import AuditWriter
+from orthanc_hardening.stores.audit_store import PostgresAuditStore, open_store
 from tests.support.postgres import PostgresServer
 from tests.unit.audit.conftest import FixedClock, make_event, signer_from_seed
 

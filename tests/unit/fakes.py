@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import enum
 import json
+import threading
 from collections.abc import Callable
 from typing import Any
+
+from orthanc_hardening.audit.event import AuditEvent
 
 
 class ChangeType(enum.IntEnum):
@@ -175,3 +178,27 @@ class FakeOrthanc:
 
     def RestApiDelete(self, uri: str) -> Any:
         return self._rest("DELETE", uri)
+
+
+class MemoryAuditSink:
+    """An in-memory audit sink (``audit.sink.AuditSink``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.events: list[AuditEvent] = []
+
+    def record(self, event: AuditEvent) -> None:
+        with self._lock:
+            self.events.append(event)
+
+    def record_many(self, events: list[AuditEvent]) -> None:
+        with self._lock:
+            self.events.extend(events)
+
+    def last(self) -> AuditEvent:
+        """Return the newest event.
+
+        Raises:
+            IndexError: nothing was recorded.
+        """
+        return self.events[-1]

@@ -21,8 +21,9 @@ import re
 from dataclasses import dataclass
 from xml.etree import ElementTree as ET
 
-from orthanc_hardening.audit.chain import StoredEvent, format_time
+from orthanc_hardening.audit.chain import StoredEvent
 from orthanc_hardening.audit.event import AuditEvent, EventCode, Outcome
+from orthanc_hardening.timefmt import format_time
 
 # PS3.16 CID 402 (Audit Active Participant Role ID).
 ROLE_APPLICATION = ("110150", "Application")

@@ -24,53 +24,16 @@ import hmac
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Protocol
+from datetime import datetime
 
 from orthanc_hardening.audit.event import Action, AuditEvent, EventCode, Outcome, Transport
 from orthanc_hardening.errors import AuditChainError, IntegrityError
+from orthanc_hardening.seal.keys import SigningKey, Verifier
+from orthanc_hardening.timefmt import format_time, parse_time
 
 FORMAT_VERSION = 1
 GENESIS_HASH = "0" * 64
 CHECKPOINT_DOMAIN = "orthanc-hardening audit checkpoint"
-
-
-class Signer(Protocol):
-    """The current signing key (``seal.keys.Signer`` satisfies it)."""
-
-    key_id: str
-
-    def sign(self, data: bytes) -> bytes: ...
-
-
-class Verifier(Protocol):
-    """Verifies a signature by key id (``seal.keys.KeyRing`` satisfies it).
-
-    ``verify`` raises ``UnknownKeyError`` for an untrusted key and ``SealInvalidError`` (or any
-    ``IntegrityError``) for a bad signature.
-    """
-
-    def verify(self, kid: str, data: bytes, signature: bytes) -> None: ...
-
-
-def format_time(moment: datetime) -> str:
-    """Return the canonical UTC text of ``moment``: ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (sortable).
-
-    Raises:
-        ValueError: ``moment`` is naive.
-    """
-    if moment.tzinfo is None:
-        raise ValueError("audit times must be timezone-aware")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_time(text: str) -> datetime:
-    """Parse the canonical time text back to an aware UTC datetime.
-
-    Raises:
-        ValueError: not the canonical format.
-    """
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +131,7 @@ def checkpoint_bytes(seq: int, head_hash: str, time: str, kid: str) -> bytes:
                       "time": time, "key_id": kid})
 
 
-def make_checkpoint(head: StoredEvent | tuple[int, str], signer: Signer, now: datetime) -> Checkpoint:
+def make_checkpoint(head: StoredEvent | tuple[int, str], signer: SigningKey, now: datetime) -> Checkpoint:
     """Sign the chain head ``head`` (a row or ``(seq, hash)``) with ``signer`` at ``now``."""
     seq, head_hash = (head.seq, head.hash) if isinstance(head, StoredEvent) else head
     time = format_time(now)

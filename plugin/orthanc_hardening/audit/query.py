@@ -15,9 +15,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from orthanc_hardening.audit.chain import StoredEvent, format_time
+from orthanc_hardening.audit.chain import StoredEvent
 from orthanc_hardening.audit.event import Action, EventCode, Outcome
 from orthanc_hardening.errors import BadRequestError
+from orthanc_hardening.timefmt import format_time
 
 DEFAULT_LIMIT = 100
 FORMATS = ("json", "csv", "ndjson")

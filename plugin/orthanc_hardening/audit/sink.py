@@ -1,12 +1,12 @@
 """The port through which every part of the plugin records audit events.
 
 ``AuditSink.record`` returns only once the event is durable; it raises
-``StoreUnavailableError`` when it cannot be. ``MemoryAuditSink`` serves unit tests.
+``StoreUnavailableError`` when it cannot be. The plugin's sink is the group-commit writer
+(``services/audit_writer.py``); unit tests use an in-memory fake.
 """
 
 from __future__ import annotations
 
-import threading
 from typing import Protocol
 
 from orthanc_hardening.audit.event import AuditEvent
@@ -22,22 +22,9 @@ class AuditSink(Protocol):
             StoreUnavailableError: the event could not be made durable.
         """
 
-
-class MemoryAuditSink:
-    """An in-memory sink for tests and for the time before the real store is open."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.events: list[AuditEvent] = []
-
-    def record(self, event: AuditEvent) -> None:
-        with self._lock:
-            self.events.append(event)
-
-    def last(self) -> AuditEvent:
-        """Return the newest event.
+    def record_many(self, events: list[AuditEvent]) -> None:
+        """Append several events durably, all or none.
 
         Raises:
-            IndexError: nothing was recorded.
+            StoreUnavailableError: they could not be made durable.
         """
-        return self.events[-1]

@@ -22,51 +22,20 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from orthanc_hardening.audit.chain import StoredEvent, inspect_chain
 from orthanc_hardening.audit.query import COLUMNS, AuditQuery, neutralise, parse_query, render
-from orthanc_hardening.audit.store import SQLiteAuditStore
 from orthanc_hardening.config import load_config, sqlite_path
-from orthanc_hardening.errors import ConfigError, UnknownKeyError
-from orthanc_hardening.seal import keys as keymod
+from orthanc_hardening.errors import ConfigError
+from orthanc_hardening.seal.keys import PublicKeyRing
+from orthanc_hardening.stores import key_files
+from orthanc_hardening.stores.audit_store import SQLiteAuditStore
 
 _FILTERS = ("series", "study", "patient", "user", "action", "event", "outcome", "since", "until", "limit", "after")
-
-
-class PublicKeyVerifier:
-    """Accepts checkpoint signatures made by the given public keys only."""
-
-    def __init__(self, keys: Mapping[str, Any]) -> None:
-        self.keys = dict(keys)
-
-    @classmethod
-    def from_files(cls, paths: list[Path]) -> PublicKeyVerifier:
-        """Load PEM public keys (or certificates).
-
-        Raises:
-            ConfigError: a file is not a supported public key.
-        """
-        keys = {}
-        for index, path in enumerate(paths):
-            public_key = keymod.load_public_key(path, f"--trusted-key[{index}]")
-            keys[keymod.key_id(public_key)] = public_key
-        return cls(keys)
-
-    def verify(self, kid: str, data: bytes, signature: bytes) -> None:
-        """Verify a signature by key id.
-
-        Raises:
-            UnknownKeyError: the key is not one of the trusted keys.
-            SealInvalidError: the signature does not verify.
-        """
-        public_key = self.keys.get(kid)
-        if public_key is None:
-            raise UnknownKeyError(f"key {kid} is not a trusted key")
-        keymod.verify_signature(public_key, data, signature)
 
 
 def _config_of(path: str) -> Any:
@@ -146,21 +115,12 @@ def query(args: argparse.Namespace, out: TextIO | None = None) -> int:
     return 0
 
 
-def _verifier(args: argparse.Namespace) -> PublicKeyVerifier:
+def _verifier(args: argparse.Namespace) -> PublicKeyRing:
     if args.trusted_key:
-        return PublicKeyVerifier.from_files([Path(p) for p in args.trusted_key])
+        return key_files.load_public_keys([Path(p) for p in args.trusted_key], "--trusted-key")
     if args.config:
         config = _config_of(args.config)
-        keys: dict[str, Any] = {}
-        for entry in keymod.read_registry(config.key_directory).values():
-            if entry.is_revoked:
-                continue
-            public_key = keymod.load_public_key(config.key_directory / entry.public_key_file, "Hardening.DataDirectory")
-            keys[keymod.key_id(public_key)] = public_key
-        for index, path in enumerate(config.trusted_keys):
-            public_key = keymod.load_public_key(path, f"Hardening.TrustedKeys[{index}]")
-            keys[keymod.key_id(public_key)] = public_key
-        return PublicKeyVerifier(keys)
+        return key_files.load_public_key_ring(config.key_directory, config.trusted_keys)
     raise ConfigError("--trusted-key", "give the public key(s) that sign checkpoints (or --config)")
 
 

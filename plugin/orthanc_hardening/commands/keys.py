@@ -25,6 +25,7 @@ from orthanc_hardening.commands.posture import load_orthanc_configuration
 from orthanc_hardening.config import HardeningConfig, load_config, passphrase_from_env
 from orthanc_hardening.errors import ConfigError
 from orthanc_hardening.seal import keys as keymod
+from orthanc_hardening.stores import key_files
 
 
 def _now() -> dt.datetime:
@@ -53,7 +54,7 @@ def _passphrase(env_name: str, confirm: bool) -> bytes:
 def generate(args: argparse.Namespace) -> int:
     passphrase = _passphrase(args.passphrase_env, confirm=True)
     try:
-        signer = keymod.generate_key(Path(args.out), passphrase, args.algorithm, overwrite=args.force)
+        signer = key_files.generate_key(Path(args.out), passphrase, args.algorithm, overwrite=args.force)
     except FileExistsError:
         raise ConfigError("--out", f"{args.out} exists; use --force to replace it") from None
     print(json.dumps({"key_id": signer.key_id, "algorithm": signer.algorithm, "path": str(args.out)}))
@@ -65,24 +66,24 @@ def rotate(args: argparse.Namespace) -> int:
     passphrase = passphrase_from_env(config, os.environ)
     if not passphrase:
         raise ConfigError(config.signing_key_passphrase_env, "is not set")
-    old, new = keymod.rotate_key(config.signing_key, config.key_directory, passphrase, _now(), args.algorithm)
+    old, new = key_files.rotate_key(config.signing_key, config.key_directory, passphrase, _now(), args.algorithm)
     print(json.dumps({"previous": old.key_id, "current": new.key_id, "algorithm": new.algorithm}))
     return 0
 
 
 def list_keys(args: argparse.Namespace) -> int:
     config = _config(args.config)
-    entries = keymod.read_registry(config.key_directory)
+    entries = key_files.read_registry(config.key_directory)
     current = ""
     passphrase = passphrase_from_env(config, os.environ)
     if passphrase:
-        current = keymod.load_signing_key(config.signing_key, passphrase).key_id
+        current = key_files.load_signing_key(config.signing_key, passphrase).key_id
     rows: list[dict[str, Any]] = []
     for kid, entry in sorted(entries.items()):
         status = "current" if kid == current else "revoked" if entry.is_revoked else "trusted"
         rows.append({**entry.as_dict(), "status": status})
     for index, path in enumerate(config.trusted_keys):
-        public_key = keymod.load_public_key(path, f"Hardening.TrustedKeys[{index}]")
+        public_key = key_files.load_public_key(path, f"Hardening.TrustedKeys[{index}]")
         kid = keymod.key_id(public_key)
         if kid not in entries:
             rows.append({"key_id": kid, "status": "trusted", "algorithm": keymod.algorithm_of(public_key),
@@ -93,7 +94,7 @@ def list_keys(args: argparse.Namespace) -> int:
 
 def revoke(args: argparse.Namespace) -> int:
     config = _config(args.config)
-    entry = keymod.revoke_key(config.key_directory, args.key_id, _now())
+    entry = key_files.revoke_key(config.key_directory, args.key_id, _now())
     print(json.dumps(entry.as_dict()))
     return 0
 
@@ -103,14 +104,14 @@ def export_public(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for kid, entry in sorted(keymod.read_registry(config.key_directory).items()):
+    for kid, entry in sorted(key_files.read_registry(config.key_directory).items()):
         if entry.is_revoked:
             continue
         source = config.key_directory / entry.public_key_file
         (out / f"{kid}.pub.pem").write_bytes(source.read_bytes())
         written.append(kid)
     for index, path in enumerate(config.trusted_keys):
-        public_key = keymod.load_public_key(path, f"Hardening.TrustedKeys[{index}]")
+        public_key = key_files.load_public_key(path, f"Hardening.TrustedKeys[{index}]")
         kid = keymod.key_id(public_key)
         (out / f"{kid}.pub.pem").write_bytes(keymod.public_pem(public_key))
         written.append(kid)

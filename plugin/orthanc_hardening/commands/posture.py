@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 from orthanc_hardening.config import SECTION, HardeningConfig, load_config
 from orthanc_hardening.errors import ConfigError
-from orthanc_hardening.tls import host
+from orthanc_hardening.services import host_probe as host
 from orthanc_hardening.tls.posture import PostureReport, Status, files_to_inspect, inspect_posture
 
 DEFAULT_ORTHANC = Path("/usr/sbin/Orthanc")

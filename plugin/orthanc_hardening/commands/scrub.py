@@ -24,54 +24,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from orthanc_hardening.config import load_config
-from orthanc_hardening.errors import ConfigError, HardeningError, StoreUnavailableError, UnknownKeyError
-from orthanc_hardening.integrity.scrub import Progress
-from orthanc_hardening.seal import keys as keymod
-from orthanc_hardening.shell.scrub import (
-    ManifestStore,
-    ScrubOptions,
-    ScrubRunner,
-    ScrubState,
-    SealReader,
-    SQLiteIndex,
-)
-
-
-class PublicKeyRing:
-    """Verifies with public keys only: the key registry's unrevoked keys and ``TrustedKeys``."""
-
-    def __init__(self, keys: dict[str, keymod.PublicKey]) -> None:
-        self._keys = keys
-
-    @classmethod
-    def load(cls, key_directory: Path, trusted: tuple[Path, ...]) -> PublicKeyRing:
-        """Load the public keys a verifier accepts.
-
-        Raises:
-            ConfigError: a key file cannot be read.
-        """
-        found: dict[str, keymod.PublicKey] = {}
-        for entry in keymod.read_registry(key_directory).values():
-            if entry.is_revoked:
-                continue
-            found[entry.key_id] = keymod.load_public_key(Path(key_directory) / entry.public_key_file,
-                                                         "Hardening.DataDirectory")
-        for index, path in enumerate(trusted):
-            public_key = keymod.load_public_key(path, f"Hardening.TrustedKeys[{index}]")
-            found[keymod.key_id(public_key)] = public_key
-        return cls(found)
-
-    def verify(self, kid: str, data: bytes, signature: bytes) -> None:
-        """Verify a signature by key ``kid``.
-
-        Raises:
-            UnknownKeyError: ``kid`` is not an accepted key.
-            SealInvalidError: the signature does not verify.
-        """
-        public_key = self._keys.get(kid)
-        if public_key is None:
-            raise UnknownKeyError(f"key {kid} is neither in the key registry nor trusted")
-        keymod.verify_signature(public_key, data, signature)
+from orthanc_hardening.errors import ConfigError, HardeningError, StoreUnavailableError
+from orthanc_hardening.integrity.scrub import Progress, ScrubOptions
+from orthanc_hardening.services.scrub_runner import ScrubRunner
+from orthanc_hardening.stores import key_files
+from orthanc_hardening.stores.manifest_store import ManifestStore
+from orthanc_hardening.stores.orthanc_index import SQLiteIndex
+from orthanc_hardening.stores.scrub_state import ScrubState
+from orthanc_hardening.stores.seal_store import SealReader
 
 
 def progress_line(progress: Progress, width: int = 30) -> str:
@@ -125,7 +85,7 @@ def scrub_offline(config_path: Path, options: ScrubOptions, stream: TextIO, rest
     except Exception as exc:
         raise StoreUnavailableError(f"Orthanc's index {index_dir / 'index'} cannot be read ({exc}): stop Orthanc, "
                                     "or scrub through it with --url") from exc
-    keyring = PublicKeyRing.load(config.key_directory, config.trusted_keys)
+    keyring = key_files.load_public_key_ring(config.key_directory, config.trusted_keys)
     manifests_path = config.data_directory / "manifests.db"
     manifests = ManifestStore(manifests_path, readonly=True) if manifests_path.is_file() else None
     state = ScrubState(config.data_directory / "scrub-cli.db")

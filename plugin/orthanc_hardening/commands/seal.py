@@ -27,13 +27,14 @@ from typing import Any
 from orthanc_hardening.commands.posture import load_orthanc_configuration
 from orthanc_hardening.config import load_config, passphrase_from_env
 from orthanc_hardening.errors import ConfigError, IntegrityError, StoreUnavailableError
-from orthanc_hardening.integrity.read import received_before
+from orthanc_hardening.integrity.legacy import StoredAttachment, plan_legacy_sealing
 from orthanc_hardening.seal import epoch
 from orthanc_hardening.seal import keys as keymod
 from orthanc_hardening.seal.identity import NO_IDENTITY, identify
 from orthanc_hardening.seal.layout import attachment_path
 from orthanc_hardening.seal.record import seal_attachment
-from orthanc_hardening.seal.store import SQLiteSealStore
+from orthanc_hardening.stores import key_files
+from orthanc_hardening.stores.seal_store import SQLiteSealStore
 
 RECEPTION_DATE = 2  # Orthanc's MetadataType_Instance_ReceptionDate
 INSTANCE = 4  # Orthanc's ResourceType_Instance in the SQLite index (Patient 1 … Instance 4)
@@ -66,7 +67,7 @@ def seal_offline(orthanc_config: dict[str, Any], env: dict[str, str], now: dt.da
     config = load_config(orthanc_config)
     storage = Path(str(orthanc_config.get("StorageDirectory", "OrthancStorage"))).absolute()
     index_dir = Path(str(orthanc_config.get("IndexDirectory", storage))).absolute()
-    keyring = keymod.load_key_ring(config.signing_key, passphrase_from_env(config, env), config.key_directory,
+    keyring = key_files.load_key_ring(config.signing_key, passphrase_from_env(config, env), config.key_directory,
                                    config.trusted_keys, now)
     store = SQLiteSealStore(config.seal_database, config.sqlite_synchronous)
     since = _sealing_since(store, keyring)
@@ -81,30 +82,26 @@ def seal_offline(orthanc_config: dict[str, Any], env: dict[str, str], now: dt.da
         index.close()
     except sqlite3.Error as exc:
         raise StoreUnavailableError(f"cannot read Orthanc's index in {index_dir} (is Orthanc stopped?): {exc}") from exc
-    counts: dict[str, Any] = {"attachments": len(rows), "sealed": 0, "already_sealed": 0, "refused": 0,
-                              "missing_files": 0, "refused_instances": []}
-    for instance_id, content_type, uuid, received in rows:
-        if store.get(uuid, int(content_type)) is not None:
-            counts["already_sealed"] += 1
-            continue
-        if since is not None and not received_before(received, since):
-            counts["refused"] += 1
-            counts["refused_instances"].append(instance_id)
-            continue
+    listed = [StoredAttachment(str(instance_id), int(content_type), str(uuid), received)
+              for instance_id, content_type, uuid, received in rows]
+    plan = plan_legacy_sealing(listed, lambda uuid, kind: store.get(uuid, kind) is not None, since)
+    counts: dict[str, Any] = {"attachments": len(rows), "sealed": 0, "already_sealed": plan.already_sealed,
+                              "refused": len(plan.refused), "missing_files": 0,
+                              "refused_instances": plan.refused_instances}
+    for attachment in plan.to_seal:
         try:
-            data = attachment_path(storage, uuid).read_bytes()
+            data = attachment_path(storage, attachment.uuid).read_bytes()
         except FileNotFoundError:
             counts["missing_files"] += 1
             continue
         try:
-            identity = identify(data) if int(content_type) in (1, 3) else NO_IDENTITY
+            identity = identify(data) if attachment.content_type in (1, 3) else NO_IDENTITY
         except ValueError:
             identity = NO_IDENTITY
-        store.put(seal_attachment(uuid, int(content_type), data, identity, keyring.signer, now,
+        store.put(seal_attachment(attachment.uuid, attachment.content_type, data, identity, keyring.signer, now,
                                   sealed_after_ingest=True))
         counts["sealed"] += 1
     store.close()
-    counts["refused_instances"] = sorted(set(counts["refused_instances"]))
     return counts
 
 

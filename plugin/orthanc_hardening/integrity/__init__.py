@@ -1,7 +1,9 @@
-"""Verification of stored data on read (``integrity.read.check_read``) and per instance."""
+"""Verification of stored data: on read (``integrity.read.verify_read``), of query answers
+(``integrity.query``), of data stored before sealing (``integrity.legacy``), and the scrub's
+findings (``integrity.scrub``)."""
 
 from __future__ import annotations
 
-from orthanc_hardening.integrity.read import ReadCheck, SignatureCache, check_read, check_unsealed
+from orthanc_hardening.integrity.read import ReadCheck, verify_read
 
-__all__ = ["ReadCheck", "SignatureCache", "check_read", "check_unsealed"]
+__all__ = ["ReadCheck", "verify_read"]

@@ -256,7 +256,7 @@ def _answer_matches(level: str, item: Mapping[str, Any], expected: Mapping[str, 
     return True
 
 
-def check_item(level: str, item: Mapping[str, Any], index: SealedTagIndex) -> ItemCheck:
+def inspect_item(level: str, item: Mapping[str, Any], index: SealedTagIndex) -> ItemCheck:
     """Compare one resource as Orthanc answered it (expanded JSON) with its sealed tags.
 
     Args:
@@ -362,7 +362,7 @@ def filter_answer(
         if not isinstance(item, dict | Mapping):
             raise ValueError("filter_answer needs expanded resources")
         item_level = level or level_of(str(item.get("Type", "")))
-        check = check_item(item_level, item, index)
+        check = inspect_item(item_level, item, index)
         if check.verdict is Verdict.OK:
             kept.append(item)
             continue
@@ -384,8 +384,8 @@ __all__ = [
     "SealedTagIndex",
     "Verdict",
     "action_for",
-    "check_item",
     "filter_answer",
+    "inspect_item",
     "level_of",
     "orthanc_id",
     "orthanc_ids_of_seal",

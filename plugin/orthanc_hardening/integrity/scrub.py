@@ -8,7 +8,7 @@ A scrub compares three views of the archive and names every disagreement:
   **manifests**.
 
 ``plan_scrub`` turns the three listings into the files to hash and the findings that need no
-read (missing file, unsealed, orphan file, orphan seal); ``check_file`` judges one hashed file
+read (missing file, unsealed, orphan file, orphan seal); ``inspect_file`` judges one hashed file
 against its seal (tampered or fine); ``manifest_findings`` turns a manifest report into findings;
 ``progress`` gives done/total/rate/ETA. No I/O here: the shell lists, reads, hashes and persists.
 """
@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import enum
 import hmac
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from orthanc_hardening.errors import IntegrityError, UnknownKeyError
+from orthanc_hardening.errors import BadRequestError, IntegrityError, UnknownKeyError
+from orthanc_hardening.seal.keys import Verifier
 from orthanc_hardening.seal.manifest import ManifestReport
-from orthanc_hardening.seal.record import Seal, Verifier, check_seal_matches, verify_seal_signature
+from orthanc_hardening.seal.record import Seal, check_seal_matches, verify_seal_signature
 
 
 class FindingKind(enum.Enum):
@@ -157,9 +158,9 @@ def plan_scrub(
     return ScrubPlan(tuple(to_read), tuple(findings), total)
 
 
-def check_file(attachment: IndexedAttachment, sha256: str, size: int, seal: Seal | None,
-               keyring: Verifier) -> Finding | None:
-    """Judge one file read from disk against its seal.
+def inspect_file(attachment: IndexedAttachment, sha256: str, size: int, seal: Seal | None,
+                 keyring: Verifier, signature_known: bool = False) -> Finding | None:
+    """Judge one file read from disk against its seal; never raises (a report needs every finding).
 
     Args:
         attachment: the attachment as the index lists it.
@@ -167,6 +168,8 @@ def check_file(attachment: IndexedAttachment, sha256: str, size: int, seal: Seal
         size: the file's size.
         seal: its seal (``None`` when the seal disappeared since planning).
         keyring: the trusted keys.
+        signature_known: the seal's exact record verified before (the signature cache says so):
+            its signature is not checked again; size, digest, place and identity still are.
 
     Returns:
         ``None`` when the file verifies, else a ``tampered`` (or ``unsealed``) finding.
@@ -175,7 +178,8 @@ def check_file(attachment: IndexedAttachment, sha256: str, size: int, seal: Seal
         return _about(attachment, FindingKind.UNSEALED, f"attachment {attachment.uuid} has no seal")
     try:
         check_seal_matches(seal, attachment.uuid, attachment.content_type, sha256, size)
-        verify_seal_signature(seal, keyring)
+        if not signature_known:
+            verify_seal_signature(seal, keyring)
     except UnknownKeyError as exc:
         return _about(attachment, FindingKind.TAMPERED, f"seal signed by an untrusted key: {exc}")
     except IntegrityError as exc:
@@ -249,8 +253,52 @@ __all__ = [
     "IndexedAttachment",
     "Progress",
     "ScrubPlan",
-    "check_file",
     "count_by_kind",
+    "inspect_file",
     "manifest_findings",
     "plan_scrub",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class IndexedInstance:
+    """One instance as the index lists it, with its attachments."""
+
+    instance_id: str
+    study_id: str
+    series_uid: str
+    sop_instance_uid: str
+    attachments: dict[int, str]  # content type -> uuid
+
+
+class IndexSource(Protocol):
+    """Where the scrub learns what Orthanc's index holds."""
+
+    def instances(self) -> Iterator[IndexedInstance]: ...
+    def study_instances(self, study_id: str) -> list[IndexedInstance] | None: ...
+
+
+@dataclass
+class ScrubOptions:
+    """How hard a scrub may push: a pause after each file and an optional MB/s ceiling."""
+
+    pause_seconds: float = 0.0
+    max_mb_per_second: float = 0.0
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> ScrubOptions:
+        """Parse ``{"PauseMilliseconds": n, "MaxMegabytesPerSecond": x}``.
+
+        Raises:
+            BadRequestError: a value is not a number within its bounds.
+        """
+        pause = body.get("PauseMilliseconds", 0)
+        limit = body.get("MaxMegabytesPerSecond", 0)
+        for name, value in (("PauseMilliseconds", pause), ("MaxMegabytesPerSecond", limit)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= _OPTION_MAXIMUM[name]:
+                raise BadRequestError(name, f"must be a number between 0 and {_OPTION_MAXIMUM[name]}")
+        return cls(float(pause) / 1000.0, float(limit))
+
+
+# Bounds of the scrub options: a pause of at most 10 s between files, at most 100 GB/s.
+_OPTION_MAXIMUM = {"PauseMilliseconds": 10_000, "MaxMegabytesPerSecond": 100_000}

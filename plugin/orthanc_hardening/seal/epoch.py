@@ -14,7 +14,7 @@ import binascii
 from datetime import UTC, datetime
 
 from orthanc_hardening.errors import IntegrityError
-from orthanc_hardening.seal.record import SigningKey, Verifier
+from orthanc_hardening.seal.keys import SigningKey, Verifier
 
 META_NAME = "sealing_since"
 META_SIGNATURE = "sealing_since_signature"

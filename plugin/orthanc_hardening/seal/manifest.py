@@ -34,7 +34,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from orthanc_hardening.errors import (
     IntegrityError,
@@ -42,7 +42,9 @@ from orthanc_hardening.errors import (
     SealMismatchError,
     UnknownKeyError,
 )
-from orthanc_hardening.seal.record import Seal, format_time
+from orthanc_hardening.seal.keys import SigningKey, Verifier
+from orthanc_hardening.seal.record import Seal
+from orthanc_hardening.timefmt import format_time
 
 VERSION = 1
 MANIFEST_CONTEXT = b"orthanc-hardening/manifest/v1\x00"
@@ -96,20 +98,6 @@ def merkle_root(leaves: Sequence[bytes]) -> bytes:
 
 
 # -- manifest records ---------------------------------------------------------------------------
-
-
-class SigningKey(Protocol):
-    """What signing needs from the current key (``seal.keys.Signer``)."""
-
-    key_id: str
-
-    def sign(self, data: bytes) -> bytes: ...
-
-
-class Verifier(Protocol):
-    """What verification needs from the key ring (``seal.keys.KeyRing``)."""
-
-    def verify(self, kid: str, data: bytes, signature: bytes) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

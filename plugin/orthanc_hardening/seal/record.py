@@ -16,11 +16,13 @@ import hmac
 import json
 import re
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from datetime import datetime
+from typing import Any
 
 from orthanc_hardening.errors import SealInvalidError, SealMismatchError
 from orthanc_hardening.seal.identity import NO_IDENTITY, InstanceIdentity
+from orthanc_hardening.seal.keys import SigningKey, Verifier
+from orthanc_hardening.timefmt import format_time
 
 VERSION = 1
 SEAL_CONTEXT = b"orthanc-hardening/seal/v1\x00"
@@ -31,32 +33,6 @@ _FIELDS = (
     "version", "key_id", "uuid", "content_type", "sha256", "size", "study_uid", "series_uid",
     "sop_instance_uid", "patient_id", "index_tags_sha256", "sealed_at", "sealed_after_ingest", "signature",
 )
-
-
-class SigningKey(Protocol):
-    """What sealing needs from the current key (``seal.keys.Signer``)."""
-
-    @property
-    def key_id(self) -> str: ...
-
-    def sign(self, data: bytes) -> bytes: ...
-
-
-class Verifier(Protocol):
-    """What verification needs from the key ring (``seal.keys.KeyRing``)."""
-
-    def verify(self, kid: str, data: bytes, signature: bytes) -> None: ...
-
-
-def format_time(now: datetime) -> str:
-    """UTC time with microseconds and a ``Z``.
-
-    Raises:
-        ValueError: ``now`` is naive (a caller bug).
-    """
-    if now.tzinfo is None:
-        raise ValueError("sealed_at must be timezone-aware")
-    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass(frozen=True, slots=True)

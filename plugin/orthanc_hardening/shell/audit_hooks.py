@@ -31,13 +31,14 @@ handler, which another module registers).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from orthanc_hardening.audit.chain import StoredEvent, inspect_chain
@@ -45,18 +46,21 @@ from orthanc_hardening.audit.event import Action, AuditEvent, EventCode, Outcome
 from orthanc_hardening.audit.orthanc_log import SOURCE_PLUGIN, orthanc_audit_log
 from orthanc_hardening.audit.query import parse_query, render
 from orthanc_hardening.audit.routes import Access, classify
-from orthanc_hardening.audit.store import AuditStore, open_store
-from orthanc_hardening.audit.writer import AuditWriter
+from orthanc_hardening.audit.sink import AuditSink
+from orthanc_hardening.config import HardeningConfig
 from orthanc_hardening.errors import (
     AccessDeniedError,
-    HardeningError,
-    IntegrityError,
     StoreUnavailableError,
 )
-from orthanc_hardening.identity import AUDITOR, HttpRequest, Requester, dimse_requester
-from orthanc_hardening.shell.guard import security_alert
+from orthanc_hardening.identity import AUDITOR, HttpRequest, Requester
+from orthanc_hardening.seal.keys import KeyRing
+from orthanc_hardening.services.audit_writer import AuditWriter
+from orthanc_hardening.shell.guard import alert
+from orthanc_hardening.shell.orthanc_api import capabilities_of
 from orthanc_hardening.shell.rest import Reply, RestCall, register
 from orthanc_hardening.shell.runtime import Runtime
+from orthanc_hardening.shell.storage import SealedStorage
+from orthanc_hardening.stores.audit_store import AuditStore, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -201,21 +205,6 @@ class IndexResolver:
 
 
 @dataclass
-class MovePlan:
-    """One C-MOVE, checked and announced; ``state`` is the send job's final state once sent."""
-
-    requester: Requester
-    target: str
-    modality: str
-    instances: tuple[str, ...]
-    groups: tuple[SeriesRef, ...]
-    detail: str
-    request: dict[str, Any]
-    state: str | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-@dataclass
 class _HttpState:
     request: HttpRequest
     covered: set[str] = field(default_factory=set)
@@ -225,8 +214,9 @@ class _HttpState:
 class AuditHooks:
     """The audit trail's callbacks and routes (see the module docstring)."""
 
-    def __init__(self, runtime: Runtime, writer: AuditWriter, reader: AuditStore) -> None:
+    def __init__(self, runtime: Runtime, writer: AuditWriter, reader: AuditStore, keyring: KeyRing) -> None:
         self.runtime = runtime
+        self.keyring = keyring
         self.writer = writer
         self.reader = reader
         self.resolver = IndexResolver(runtime.orthanc)
@@ -237,18 +227,24 @@ class AuditHooks:
         self._cget_seen: dict[str, float] = {}
         self.moves_in_progress = 0
 
+    @contextlib.contextmanager
+    def move_in_progress(self) -> Iterator[None]:
+        """While a C-MOVE sends, DICOM-thread reads are its own, not a presumed C-GET."""
+        with self._lock:
+            self.moves_in_progress += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.moves_in_progress -= 1
+
     # -- recording ----------------------------------------------------------------------
 
-    def _record(self, events: list[AuditEvent]) -> None:
-        sink = self.runtime.audit
-        many = getattr(sink, "record_many", None)
-        if many is not None:
-            many(events)
-        else:
-            for event in events:
-                sink.record(event)
+    def record(self, events: list[AuditEvent]) -> None:
+        """Record events durably, in one commit (raises ``StoreUnavailableError`` in enforce mode)."""
+        self.runtime.audit.record_many(events)
 
-    def _event(self, requester: Requester, code: EventCode, action: Action, route: str, ref: SeriesRef | None,
+    def event(self, requester: Requester, code: EventCode, action: Action, route: str, ref: SeriesRef | None,
                detail: str, outcome: Outcome = Outcome.SUCCESS) -> AuditEvent:
         return AuditEvent(
             time=self.runtime.clock(), event=code, action=action, outcome=outcome, transport=requester.transport,
@@ -263,7 +259,7 @@ class AuditHooks:
                      patient_id: str = "", study_uid: str = "", series_uid: str = "") -> None:
         """Record a Query (110112), e.g. from the C-FIND handler. Raises ``StoreUnavailableError``."""
         ref = SeriesRef(patient_id, study_uid, series_uid)
-        self._record([self._event(requester, EventCode.QUERY, Action.EXECUTE, route, ref, detail, outcome)])
+        self.record([self.event(requester, EventCode.QUERY, Action.EXECUTE, route, ref, detail, outcome)])
 
     # -- HTTP gate ----------------------------------------------------------------------
 
@@ -290,7 +286,7 @@ class AuditHooks:
         self._set_read_scope(thread, request, access, events)
         if access.kind in ("archive", "modify", "send", "delete", "change"):
             state.suppress = state.suppress or not access.has_resource
-        self._record(events)
+        self.record(events)
 
     def _set_read_scope(self, thread: int, request: HttpRequest, access: Access | None,
                         events: list[AuditEvent]) -> None:
@@ -311,24 +307,24 @@ class AuditHooks:
                 if not resource:
                     study, series, sop = access.uids
                     ref = SeriesRef("", study, series)
-                    return [self._event(requester, access.event, access.action, route, ref,
+                    return [self.event(requester, access.event, access.action, route, ref,
                                         f"{access.detail}; unknown UID {sop or series or study}",
                                         Outcome.MINOR_FAILURE)]
             if not resource:
-                return [self._event(requester, access.event, access.action, route, None, access.detail)]
+                return [self.event(requester, access.event, access.action, route, None, access.detail)]
             refs = self.resolver.series_of(level, resource)
         except Exception:
-            return [self._event(requester, access.event, access.action, route, None,
+            return [self.event(requester, access.event, access.action, route, None,
                                 f"{access.detail}; unknown {level} {resource}", Outcome.MINOR_FAILURE)]
         if not refs:
-            return [self._event(requester, access.event, access.action, route, None, access.detail)]
+            return [self.event(requester, access.event, access.action, route, None, access.detail)]
         if access.per_series:
-            return [self._event(requester, access.event, access.action, route, ref, access.detail) for ref in refs]
+            return [self.event(requester, access.event, access.action, route, ref, access.detail) for ref in refs]
         first = refs[0]
         same_study = all(r.study_uid == first.study_uid for r in refs)
         ref = SeriesRef(first.patient_id, first.study_uid if same_study else "",
                         first.series_uid if len(refs) == 1 else "", sum(r.instance_count for r in refs))
-        return [self._event(requester, access.event, access.action, route, ref, access.detail)]
+        return [self.event(requester, access.event, access.action, route, ref, access.detail)]
 
     # -- storage hooks ------------------------------------------------------------------
 
@@ -349,7 +345,7 @@ class AuditHooks:
                 if state.suppress or seal.series_uid in state.covered:
                     return
                 state.covered.add(seal.series_uid)
-            self._record([self._event(request.requester, EventCode.INSTANCES_ACCESSED, Action.READ,
+            self.record([self.event(request.requester, EventCode.INSTANCES_ACCESSED, Action.READ,
                                       f"{request.method} {request.uri}", ref,
                                       "read of stored instance bytes on this request")])
             return
@@ -372,7 +368,7 @@ class AuditHooks:
         requester = Requester(transport=Transport.DIMSE, called_aet=self.our_aet)
         if refuse:
             detail = "C-GET refused: Hardening.Audit.RefuseUnattributedReads (requester unknown)"
-            self._alert(requester, "C-GET", detail, ref)
+            self.alert(requester, "C-GET", detail, ref)
             raise AccessDeniedError(detail)
         with self._lock:
             # Checked and marked at once: loader threads read the instances of one C-GET in parallel.
@@ -383,7 +379,7 @@ class AuditHooks:
             if len(self._cget_seen) > 10000:
                 self._cget_seen.clear()
             self._cget_seen[key] = now
-        self._record([self._event(requester, EventCode.INSTANCES_TRANSFERRED, Action.READ, "C-GET", ref, CGET_GAP)])
+        self.record([self.event(requester, EventCode.INSTANCES_TRANSFERRED, Action.READ, "C-GET", ref, CGET_GAP)])
 
     def _job_running(self) -> bool:
         try:
@@ -392,7 +388,7 @@ class AuditHooks:
             return False
         return any(job.get("State") == "Running" for job in jobs)
 
-    def cstore_gate(self, instance: Any) -> int:
+    def cstore_gate(self, instance: Any) -> None:
         """Remember the calling AET of the C-STORE about to be stored on this thread."""
         try:
             aet = str(instance.GetInstanceRemoteAet())
@@ -400,7 +396,6 @@ class AuditHooks:
             aet = ""
         with self._lock:
             self._cstore[threading.get_ident()] = aet
-        return 0
 
     def write_hook(self, event: Any) -> None:
         """Record the Import (C) of a received instance before Orthanc acknowledges it."""
@@ -414,192 +409,39 @@ class AuditHooks:
         sop = f"SOP instance {seal.sop_instance_uid}"
         if aet is not None:
             requester = Requester(transport=Transport.DIMSE, calling_aet=aet, called_aet=self.our_aet)
-            self._record([self._event(requester, EventCode.IMPORT, Action.CREATE, "C-STORE", ref,
+            self.record([self.event(requester, EventCode.IMPORT, Action.CREATE, "C-STORE", ref,
                                       f"C-STORE received; {sop}; peer IP not exposed by the plugin API")])
             return
         request = self.runtime.current_request()
         if request is not None:
-            self._record([self._event(request.requester, EventCode.IMPORT, Action.CREATE,
+            self.record([self.event(request.requester, EventCode.IMPORT, Action.CREATE,
                                       f"{request.method} {request.uri}", ref, f"upload; {sop}")])
             return
         requester = Requester(transport=Transport.INTERNAL)
-        self._record([self._event(requester, EventCode.IMPORT, Action.CREATE, "job", ref,
+        self.record([self.event(requester, EventCode.IMPORT, Action.CREATE, "job", ref,
                                   f"created by an Orthanc job (modify, anonymize, retrieve…); {sop}; the "
                                   "requester is in the event of the request that started the job")])
 
-    # -- C-MOVE -------------------------------------------------------------------------
-
-    def on_move(self, **request: Any) -> None:
-        """``RegisterMoveCallback`` (every plugin version): verify, record, send, record the outcome.
-
-        Orthanc passes the SCU that asked as ``OriginatorAET`` and itself (the sender) as
-        ``SourceAET``; the peer's IP is not given.
-
-        Raises:
-            AccessDeniedError: lockdown, or an unknown or insecure destination.
-            IntegrityError: an instance does not verify.
-            RuntimeError: the send failed (the SCU gets a failure status).
-        """
-        originator = str(request.get("OriginatorAET", "") or "")
-        called = str(request.get("SourceAET", "") or "") or self.our_aet
-        requester = Requester(transport=Transport.DIMSE, calling_aet=originator, called_aet=called)
-        self.run_move(self.plan_move(requester, request))
-
-    def create_move(self, connection: Any, **request: Any) -> MovePlan:
-        """``RegisterMoveCallback3`` (Python plugin 7.0+), create: the plan, checked and recorded.
-
-        The DICOM connection names the SCU's IP and AE title. Orthanc then asks for the number
-        of sub-operations (``move_size``) and calls ``apply_move`` once per sub-operation.
-        """
-        requester = dimse_requester(connection)
-        if not requester.called_aet:
-            requester = replace(requester, called_aet=self.our_aet)
-        request.setdefault("OriginatorAET", requester.calling_aet)
-        return self.plan_move(requester, request)
-
-    @staticmethod
-    def move_size(plan: MovePlan) -> int:
-        """``RegisterMoveCallback3``: one sub-operation per instance to send."""
-        return len(plan.instances)
-
-    def apply_move(self, plan: MovePlan) -> None:
-        """``RegisterMoveCallback3``: the first sub-operation sends every instance (one job, one
-        association); each later one reports the outcome of that send.
-
-        Raises:
-            RuntimeError: the send failed (each sub-operation is then counted as failed).
-        """
-        with plan.lock:
-            if plan.state is None:
-                try:
-                    self.run_move(plan)
-                except Exception:
-                    plan.state = plan.state or "Failure"
-                    raise
-            if plan.state != "Success":
-                raise RuntimeError(f"C-MOVE to {plan.target} failed: job {plan.state}")
-
-    @staticmethod
-    def free_move(plan: MovePlan) -> None:
-        """``RegisterMoveCallback3``: nothing to release (the plan is garbage-collected)."""
-
-    def plan_move(self, requester: Requester, request: dict[str, Any]) -> MovePlan:
-        """Check a C-MOVE and record Begin Transferring (DESIGN.md §7) for each series.
-
-        Raises:
-            AccessDeniedError: lockdown, or an unknown or insecure destination.
-            IntegrityError: an instance does not verify.
-        """
-        target = str(request.get("TargetAET", "") or "")
-        route = "C-MOVE"
-        if self.runtime.lockdown:
-            detail = f"C-MOVE refused: locked down ({', '.join(self.runtime.lockdown)})"
-            self._alert(requester, route, detail)
-            raise AccessDeniedError(detail)
-        instances = self._move_instances(request)
-        groups = self._group_by_series(instances)
-        try:
-            modality = self._modality_of(target)
-            outgoing = self.runtime.services.get("tls_outgoing")
-            if outgoing is not None:
-                outgoing.check_modality(modality, requester)
-            integrity = self.runtime.services.get("integrity")
-            if integrity is not None:
-                for instance_id in instances:
-                    integrity.check_instance(instance_id)
-        except (AccessDeniedError, IntegrityError) as exc:
-            self._alert(requester, route, f"C-MOVE to {target} refused: {exc}")
-            raise
-        detail = f"C-MOVE to {target} (modality {modality}), level {request.get('Level', '')}"
-        self._record([self._event(requester, EventCode.BEGIN_TRANSFERRING, Action.EXECUTE, route, ref, detail)
-                      for ref in groups])
-        return MovePlan(requester, target, modality, tuple(instances), tuple(groups), detail, dict(request))
-
-    def run_move(self, plan: MovePlan) -> None:
-        """Send the plan's instances, record Transferred with the outcome.
-
-        Raises:
-            RuntimeError: the send failed.
-        """
-        with self._lock:
-            self.moves_in_progress += 1
-        try:
-            plan.state = self._send(plan.modality, list(plan.instances), plan.request)
-        finally:
-            with self._lock:
-                self.moves_in_progress -= 1
-        outcome = Outcome.SUCCESS if plan.state == "Success" else Outcome.SERIOUS_FAILURE
-        self._record([self._event(plan.requester, EventCode.INSTANCES_TRANSFERRED, Action.READ, "C-MOVE", ref,
-                                  f"{plan.detail}; job {plan.state}", outcome) for ref in plan.groups])
-        if plan.state != "Success":
-            raise RuntimeError(f"C-MOVE to {plan.target} failed: job {plan.state}")
-
-    def _move_instances(self, request: dict[str, Any]) -> list[str]:
-        query = {}
-        for key in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "AccessionNumber"):
-            value = str(request.get(key, "") or "").strip("\\")
-            if value:
-                query[key] = value
-        if not query:
-            raise AccessDeniedError("C-MOVE without any identifier is refused")
-        body = json.dumps({"Level": "Instance", "Query": query, "Expand": False})
-        return [str(i) for i in json.loads(self.runtime.orthanc.RestApiPost("/tools/find", body))]
-
-    def _group_by_series(self, instances: Iterable[str]) -> list[SeriesRef]:
-        counts: dict[SeriesRef, int] = {}
-        for instance_id in instances:
-            ref = self.resolver.instance(instance_id)
-            key = SeriesRef(ref.patient_id, ref.study_uid, ref.series_uid)
-            counts[key] = counts.get(key, 0) + 1
-        return [SeriesRef(k.patient_id, k.study_uid, k.series_uid, n) for k, n in counts.items()]
-
-    def _modality_of(self, target: str) -> str:
-        modalities = json.loads(self.runtime.orthanc.RestApiGet("/modalities?expand"))
-        for name, definition in modalities.items():
-            if str(definition.get("AET", "")) == target:
-                return str(name)
-        raise AccessDeniedError(f"C-MOVE destination {target!r} is not a configured modality")
-
-    def _send(self, modality: str, instances: list[str], request: dict[str, Any]) -> str:
-        body = {"Resources": instances, "Asynchronous": True, "Synchronous": False}
-        originator = str(request.get("OriginatorAET", "") or "")
-        if originator:
-            body["MoveOriginatorAet"] = originator
-        if request.get("OriginatorID"):
-            body["MoveOriginatorID"] = int(request["OriginatorID"])
-        answer = json.loads(self.runtime.orthanc.RestApiPost(f"/modalities/{modality}/store", json.dumps(body)))
-        job_id = str(answer["ID"])
-        deadline = time.monotonic() + MOVE_TIMEOUT_SECONDS
-        while True:
-            # time.sleep releases the GIL, so the job thread can run its storage reads.
-            time.sleep(MOVE_POLL_SECONDS)
-            state = str(json.loads(self.runtime.orthanc.RestApiGet(f"/jobs/{job_id}")).get("State", ""))
-            if state in ("Success", "Failure") or time.monotonic() > deadline:
-                return state
-
-    def _alert(self, requester: Requester, route: str, detail: str, ref: SeriesRef | None = None) -> None:
+    def alert(self, requester: Requester, route: str, detail: str, ref: SeriesRef | None = None) -> None:
+        """Record a Security Alert naming the series (never raises)."""
         identity: dict[str, Any] = {
             "patient_id": ref.patient_id, "study_uid": ref.study_uid, "series_uid": ref.series_uid} if ref else {}
-        try:
-            security_alert(self.runtime, requester, route, detail, **identity)
-        except HardeningError:
-            logger.error("could not audit security alert on %s: %s", route, detail)
+        alert(self.runtime, requester, route, detail, **identity)
 
     # -- REST ---------------------------------------------------------------------------
 
     def audit_route(self, call: RestCall) -> Reply:
         query = parse_query(call.query, self.runtime.config.audit.max_query_limit)
         events = self.reader.query(query)
-        self._record([self._log_used(call, f"query {_query_string(call.query)}; {len(events)} events")])
+        self.record([self._log_used(call, f"query {_query_string(call.query)}; {len(events)} events")])
         body, content_type = render(events, query)
         return Reply(raw=body, content_type=content_type)
 
     def verify_route(self, call: RestCall) -> Reply:
-        keyring = self.runtime.services["keyring"]
-        report = inspect_chain(self.reader.iter_rows(), self.reader.checkpoints(), keyring)
-        self._record([self._log_used(call, f"verify: {'ok' if report.ok else 'BROKEN'}")])
+        report = inspect_chain(self.reader.iter_rows(), self.reader.checkpoints(), self.keyring)
+        self.record([self._log_used(call, f"verify: {'ok' if report.ok else 'BROKEN'}")])
         if not report.ok:
-            self._alert(call.requester, VERIFY_ROUTE,
+            self.alert(call.requester, VERIFY_ROUTE,
                         f"audit chain broken at seq {report.first_broken_seq}: {report.problems[:1]}")
             return Reply({"error": "integrity check failed",
                           "detail": f"audit chain broken at seq {report.first_broken_seq}", **report.as_dict()},
@@ -607,7 +449,7 @@ class AuditHooks:
         return Reply(report.as_dict())
 
     def _log_used(self, call: RestCall, detail: str) -> AuditEvent:
-        return self._event(call.requester, EventCode.AUDIT_LOG_USED, Action.READ, f"{call.method} {call.uri}", None,
+        return self.event(call.requester, EventCode.AUDIT_LOG_USED, Action.READ, f"{call.method} {call.uri}", None,
                            detail)
 
 
@@ -622,29 +464,42 @@ def _application_activity(runtime: Runtime, detail: str) -> AuditEvent:
                       detail=detail)
 
 
-def install(runtime: Runtime) -> None:
-    """Open the audit store and wire the audit trail into Orthanc (see the module docstring).
+@dataclass(frozen=True)
+class AuditTrail:
+    """The opened audit trail: the writer (and its sink), a reader, Orthanc's audit-log emitter."""
+
+    writer: AuditWriter
+    reader: AuditStore
+    sink: AuditSink
+    emitter: OrthancAuditLogs | None
+
+
+def open_trail(orthanc: Any, config: HardeningConfig, keys: KeyRing, clock: Callable[[], Any]) -> AuditTrail:
+    """Open the audit store and start its writer (before any other feature: they all record).
 
     Raises:
-        StoreUnavailableError: enforce mode and the audit store cannot be opened or written;
-            Orthanc must not serve without its audit trail.
+        StoreUnavailableError: the audit store cannot be opened; Orthanc must not serve without
+            its audit trail.
     """
-    config = runtime.config
-    keyring = runtime.services.get("keyring")
-    if keyring is None:
-        raise RuntimeError("the storage feature must be installed before the audit trail (key ring)")
+    emitter = OrthancAuditLogs(orthanc) if capabilities_of(orthanc).emit_audit_log else None
     try:
         store = open_store(config.audit.database, config.sqlite_synchronous)
         reader = open_store(config.audit.database, config.sqlite_synchronous)
-        writer = AuditWriter(store, lambda: keyring.signer, runtime.clock, config.audit.checkpoint_every,
+        writer = AuditWriter(store, lambda: keys.signer, clock, config.audit.checkpoint_every,
                              config.audit.checkpoint_seconds, keep_failed=not config.is_enforcing,
-                             on_commit=_orthanc_audit_logs(runtime))
+                             on_commit=emitter)
     except StoreUnavailableError:
         logger.error("audit store %s cannot be opened", config.audit.database)
         raise
-    runtime.audit = writer if config.is_enforcing else LenientSink(writer)
-    hooks = AuditHooks(runtime, writer, reader)
-    runtime.services.update(audit_store=reader, audit_writer=writer, audit_recorder=hooks)
+    sink: AuditSink = writer if config.is_enforcing else LenientSink(writer)
+    return AuditTrail(writer, reader, sink, emitter)
+
+
+def install(runtime: Runtime, trail: AuditTrail, storage: SealedStorage) -> AuditHooks:
+    """Wire the audit trail into Orthanc (see the module docstring)."""
+    config = runtime.config
+    writer = trail.writer
+    hooks = AuditHooks(runtime, writer, trail.reader, storage.keyring)
     runtime.audit.record(_application_activity(runtime, f"orthanc-hardening started ({config.mode.value} mode)"))
 
     def stop() -> None:
@@ -656,72 +511,68 @@ def install(runtime: Runtime) -> None:
     runtime.stop_actions.append(stop)
     runtime.http_gates.append(hooks.http_gate)
     runtime.cstore_gates.append(hooks.cstore_gate)
-    read_hooks = runtime.services.get("read_hooks")
-    write_hooks = runtime.services.get("write_hooks")
-    if isinstance(read_hooks, list) and isinstance(write_hooks, list):
-        read_hooks.append(hooks.read_hook)
-        write_hooks.append(hooks.write_hook)
-    else:
-        logger.error("no storage hooks: uploads, C-STORE and C-GET are not audited")
-    if runtime.capabilities.move_connection:
-        runtime.orthanc.RegisterMoveCallback3(hooks.create_move, hooks.move_size, hooks.apply_move, hooks.free_move)
-    else:
-        runtime.orthanc.RegisterMoveCallback(hooks.on_move)
+    storage.read_hooks.append(hooks.read_hook)
+    storage.write_hooks.append(hooks.write_hook)
+    if trail.emitter is not None:
+        emitter = trail.emitter
+        started = runtime.orthanc.ChangeType.ORTHANC_STARTED
+
+        def emit_once_started(change_type: int, _level: int, _resource: str) -> None:
+            if change_type == started:
+                emitter.start()
+
+        runtime.change_observers.append(emit_once_started)
     register(runtime, AUDIT_ROUTE, {"GET": hooks.audit_route}, role=AUDITOR, name="audit")
     register(runtime, VERIFY_ROUTE, {"GET": hooks.verify_route}, role=AUDITOR, name="audit-verify")
     _watch_metrics(runtime, writer)
     logger.info("audit trail in %s (head %s)", config.audit.database, writer.head)
+    return hooks
 
 
-def _orthanc_audit_logs(runtime: Runtime) -> Callable[[list[StoredEvent]], None] | None:
+class OrthancAuditLogs:
     """Where Orthanc has ``EmitAuditLog`` (1.12.9+, Python plugin 7.0+): every committed event
-    also becomes one of Orthanc's own audit logs, for the plugins that handle them."""
-    if not runtime.capabilities.emit_audit_log:
-        return None
-    orthanc = runtime.orthanc
-    types = {"SERIES": orthanc.ResourceType.SERIES, "STUDY": orthanc.ResourceType.STUDY,
-             "PATIENT": orthanc.ResourceType.PATIENT, "NONE": orthanc.ResourceType.NONE}
+    also becomes one of Orthanc's own audit logs (``audit/orthanc_log.py``), for the plugins
+    that handle them. Observes the writer's commits on its thread.
 
-    # Orthanc ignores audit logs emitted while plugins initialise (the start event is committed
-    # then): they wait here until Orthanc reports it has started.
-    lock = threading.Lock()
-    waiting: list[StoredEvent] | None = []
+    Orthanc ignores audit logs emitted while plugins initialise (the start event is committed
+    then): they wait here until ``start`` (Orthanc has started).
+    """
 
-    def send(rows: list[StoredEvent]) -> None:
+    def __init__(self, orthanc: Any) -> None:
+        self._orthanc = orthanc
+        self._types = {"SERIES": orthanc.ResourceType.SERIES, "STUDY": orthanc.ResourceType.STUDY,
+                       "PATIENT": orthanc.ResourceType.PATIENT, "NONE": orthanc.ResourceType.NONE}
+        self._lock = threading.Lock()
+        self._waiting: list[StoredEvent] | None = []
+
+    def _send(self, rows: list[StoredEvent]) -> None:
         for row in rows:
             log = orthanc_audit_log(row)
-            orthanc.EmitAuditLog(SOURCE_PLUGIN, log.user_id, types[log.level], log.resource_id, log.action,
-                                 log.log_data)
+            self._orthanc.EmitAuditLog(SOURCE_PLUGIN, log.user_id, self._types[log.level], log.resource_id,
+                                       log.action, log.log_data)
 
-    def emit(rows: list[StoredEvent]) -> None:
-        with lock:
-            if waiting is not None:
-                waiting.extend(rows)
+    def __call__(self, rows: list[StoredEvent]) -> None:
+        with self._lock:
+            if self._waiting is not None:
+                self._waiting.extend(rows)
                 return
-            send(rows)
+            self._send(rows)
 
-    started = orthanc.ChangeType.ORTHANC_STARTED
-
-    def emit_waiting(change_type: int, _level: int, _resource: str) -> None:
-        nonlocal waiting
-        if change_type != started:
-            return
-        with lock:
-            rows, waiting = waiting or [], None
-            send(rows)
-
-    runtime.change_observers.append(emit_waiting)
-    return emit
+    def start(self) -> None:
+        """Orthanc has started: emit what waited, then every commit as it comes."""
+        with self._lock:
+            rows, self._waiting = self._waiting or [], None
+            self._send(rows)
 
 
 def _watch_metrics(runtime: Runtime, writer: AuditWriter) -> None:
-    def refresh(request: HttpRequest) -> None:
+    def refresh_audit_metrics(request: HttpRequest) -> None:
         if request.uri == "/tools/metrics-prometheus":
             runtime.metrics.set("audit_store_failures_total", writer.failures)
             runtime.metrics.set("audit_backlog", writer.backlog)
             runtime.metrics.set("audit_last_seq", (writer.head or (0, ""))[0])
 
-    runtime.http_gates.append(refresh)
+    runtime.http_observers.append(refresh_audit_metrics)
 
 
 __all__: list[str] = ["AuditHooks", "IndexResolver", "LenientSink", "install"]

@@ -1,30 +1,65 @@
 """The ``orthanc`` module as the shell uses it, on every supported Python plugin (4.0 to 7.1).
 
-Two things the shell must get right on every target live here, once:
-
-* **Capabilities.** What the running Python plugin offers is detected once, from the names the
+* ``OrthancApi``: the functions of the module the shell calls (every name exists in Python
+  plugin 4.0; ``tests/integration/test_fake_api.py`` checks them, and the unit tests' fake,
+  against a real Orthanc). Names only newer plugins have are reached through ``Capabilities``.
+* ``Capabilities``: what the running Python plugin offers, detected once from the names the
   module exports, never from version strings: the two-argument ``RestOutput.SendHttpStatus``
   (Python plugin 4.2 fixed its signature, in the same release that added
   ``RegisterMoveCallback2``), the storage area with range reads and custom data
   (``RegisterStorageArea3``, 7.1), the DICOM connection in the C-FIND and C-MOVE callbacks
   (``RegisterFindCallback2``, ``RegisterMoveCallback3``, 7.0), ``EmitAuditLog`` and
-  ``ExtendOrthancExplorer2``.
-* **Pinned callbacks.** The Python plugin frees the callables it was given while Orthanc
+  ``SetCurrentThreadName``.
+* ``PinnedOrthanc``: the Python plugin frees the callables it was given while Orthanc
   finalises it, without holding Python's lock (measured on Orthanc 1.12.7 / plugin 5.0 and
-  1.13.0 / 7.1: a registered closure or lambda whose only reference is the plugin's makes every
-  stop a segmentation fault; a module-level function does not, because the module still
-  holds it). ``PinnedOrthanc`` keeps a reference to every callable registered through it for
-  the life of the process, so the plugin's release never deallocates one.
+  1.13.0 / 7.1: a registered closure whose only reference is the plugin's makes every stop a
+  segmentation fault; a module-level function does not, because the module still holds it).
+  ``PinnedOrthanc`` keeps a reference to every callable registered through it for the life of
+  the process, so the plugin's release never deallocates one.
+* ``core_call`` and ``OrthancCoreError``: calls into Orthanc's own REST API (``RestApi*``) whose
+  error, Orthanc's ``ErrorCode``, becomes the HTTP status Orthanc itself would answer.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
 
 # Every callable ever registered with Orthanc, kept until the interpreter itself ends (see
 # the module docstring). Module-level on purpose: it must outlive any adapter object.
 _PINNED: list[Any] = []
+
+
+class OrthancApi(Protocol):
+    """The functions of the ``orthanc`` module the shell calls (all in Python plugin 4.0)."""
+
+    ChangeType: Any
+    ResourceType: Any
+    MetricsType: Any
+
+    def GetConfiguration(self) -> str: ...
+    def LogInfo(self, message: str) -> None: ...
+    def LogWarning(self, message: str) -> None: ...
+    def LogError(self, message: str) -> None: ...
+    def RegisterRestCallback(self, pattern: str, callback: Callable[..., None]) -> None: ...
+    def RegisterIncomingHttpRequestFilter(self, callback: Callable[..., bool]) -> None: ...
+    def RegisterIncomingCStoreInstanceFilter(self, callback: Callable[[Any], int]) -> None: ...
+    def RegisterOnChangeCallback(self, callback: Callable[[int, int, str], None]) -> None: ...
+    def RegisterStorageArea(self, create: Callable[..., Any], read: Callable[..., Any],
+                            remove: Callable[..., Any]) -> None: ...
+    def RegisterFindCallback(self, callback: Callable[..., None]) -> None: ...
+    def RegisterMoveCallback(self, callback: Callable[..., None]) -> None: ...
+    def RestApiGet(self, uri: str) -> Any: ...
+    def RestApiPost(self, uri: str, body: Any) -> Any: ...
+    def RestApiPut(self, uri: str, body: Any) -> Any: ...
+    def RestApiDelete(self, uri: str) -> Any: ...
+    def SetMetricsValue(self, name: str, value: float, kind: Any) -> None: ...
+    def ExtendOrthancExplorer(self, javascript: str) -> None: ...
+    def SetRootUri(self, uri: str) -> None: ...
+    def SetDescription(self, description: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +71,6 @@ class Capabilities:
     find_connection: bool = False
     move_connection: bool = False
     emit_audit_log: bool = False
-    explorer2: bool = False
     thread_names: bool = False
 
     @classmethod
@@ -52,7 +86,6 @@ class Capabilities:
             find_connection=has("RegisterFindCallback2"),
             move_connection=has("RegisterMoveCallback3"),
             emit_audit_log=has("EmitAuditLog"),
-            explorer2=has("ExtendOrthancExplorer2"),
             thread_names=has("SetCurrentThreadName"),
         )
 
@@ -82,3 +115,47 @@ class PinnedOrthanc:
 def unwrap(orthanc: Any) -> Any:
     """The plain module behind a ``PinnedOrthanc`` (or ``orthanc`` itself)."""
     return orthanc.module if isinstance(orthanc, PinnedOrthanc) else orthanc
+
+
+def capabilities_of(orthanc: Any) -> Capabilities:
+    """The capabilities of ``orthanc`` (detected once by ``PinnedOrthanc``, else now)."""
+    detected = getattr(orthanc, "capabilities", None)
+    return detected if isinstance(detected, Capabilities) else Capabilities.detect(orthanc)
+
+
+# -- Orthanc's own errors ---------------------------------------------------------------------
+
+# Orthanc's ErrorCode (OrthancCPlugin.h ``OrthancPluginErrorCode``) -> the HTTP status Orthanc
+# answers with it; any other code is a 500.
+ORTHANC_ERROR_STATUS = {
+    0: 200, 2: 501, 3: 400, 5: 400, 6: 400, 7: 404, 8: 400, 12: 400, 13: 404, 15: 400, 17: 404,
+    19: 507, 21: 404, 23: 400, 24: 400, 27: 404, 28: 400, 29: 401, 33: 400, 34: 406, 36: 503,
+    41: 416, 42: 503, 43: 409, 45: 403, 46: 409,
+}
+
+
+class OrthancCoreError(Exception):
+    """Orthanc's core refused a call the plugin forwarded (``RestApi*``).
+
+    ``code`` is Orthanc's ``ErrorCode`` (``-1`` when unknown), ``status`` the HTTP status Orthanc
+    answers with it, the message Orthanc's description.
+    """
+
+    def __init__(self, status: int, detail: str, code: int = -1) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+
+
+def core_call(function: Callable[..., T], *args: Any) -> T:
+    """Call ``orthanc.RestApi*``; Orthanc's refusal becomes ``OrthancCoreError`` with its status.
+
+    Raises:
+        OrthancCoreError: Orthanc refused (unknown resource, bad request, …).
+    """
+    try:
+        return function(*args)
+    except Exception as exc:
+        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else -1
+        detail = str(exc.args[1]) if len(exc.args) > 1 else "Orthanc refused the request"
+        raise OrthancCoreError(ORTHANC_ERROR_STATUS.get(code, 500), detail, code) from exc

@@ -1,12 +1,9 @@
 """Verified query answers on REST and C-FIND: items whose index tags disagree with their seals.
 
-``install(runtime)``:
+``install(runtime, storage, recorder)``:
 
-* keeps a ``SealedTagIndex`` (``integrity/query.py``) of the index tags of every sealed instance.
-  The tags are read once from the instance's verified stored bytes (hash + seal signature + the
-  seal's index-tag digest) and kept in ``DataDirectory/query-tags.db`` so a restart does not read
-  the files again (each stored copy is re-checked against its seal's digest and signature when
-  loaded). New seals are picked up from the seal store by row id before each verified query.
+* keeps the sealed-tag catalogue (``services/tag_catalogue.py``) of the index tags of every
+  sealed instance, read once from verified bytes and followed by a background thread.
 * overrides, for every authenticated user: ``POST /tools/find``, ``GET /patients``, ``/studies``,
   ``/series`` (with ``expand``, ``since``, ``limit``), ``GET /{level}/{id}`` (``DELETE`` is passed
   through), and child lookups (``/patients/{id}/studies``, ``/studies/{id}/series``,
@@ -15,7 +12,8 @@
   flags them; unsealed items follow ``Hardening.UnsealedPolicy``. Headers
   ``X-Hardening-Withheld`` / ``X-Hardening-Flagged`` give the counts; a withheld or flagged item
   is named in a Security Alert.
-* registers the C-FIND handler (``RegisterFindCallback``): it answers from Orthanc's own
+* registers the C-FIND handler (``RegisterFindCallback``, or ``RegisterFindCallback2`` with the
+  peer's IP on Python plugin 7.0+): it records the query, answers from Orthanc's own
   ``/tools/find`` filtered the same way, refuses in lockdown, and marks the answer incomplete
   when something was withheld.
 * QIDO-RS (orthanc-dicomweb): an HTTP gate re-runs the search as a ``/tools/find`` over a superset
@@ -28,45 +26,26 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-import sqlite3
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
-
 from orthanc_hardening.audit.event import Outcome, Transport
-from orthanc_hardening.errors import (
-    AccessDeniedError,
-    BadRequestError,
-    HardeningError,
-    IntegrityError,
-    SealMismatchError,
-    StoreUnavailableError,
-)
-from orthanc_hardening.identity import HttpRequest, Requester, dimse_requester, http_requester, transport_of_uri
-from orthanc_hardening.integrity.query import (
-    INSTANCE,
-    FilteredAnswer,
-    ItemCheck,
-    SealedTagIndex,
-    Verdict,
-    filter_answer,
-    level_of,
-    sealed_instance_tags,
-)
+from orthanc_hardening.errors import AccessDeniedError, BadRequestError, HardeningError, SealMismatchError
+from orthanc_hardening.identity import HttpRequest, Requester, dimse_requester
+from orthanc_hardening.integrity.cfind import QIDO_ROUTE, answer_dataset, qido_keyword
+from orthanc_hardening.integrity.query import INSTANCE, FilteredAnswer, ItemCheck, Verdict, level_of
 from orthanc_hardening.request_body import parse_json_object
-from orthanc_hardening.seal.identity import identity_of_dataset, parse_dataset
-from orthanc_hardening.seal.index_tags import IndexTags
-from orthanc_hardening.seal.layout import attachment_path
-from orthanc_hardening.seal.record import Seal, verify_seal
-from orthanc_hardening.shell.guard import answer_error, answer_json, gatekeeper, security_alert
+from orthanc_hardening.services.tag_catalogue import SealedTagCatalogue
+from orthanc_hardening.shell.guard import RestRefusal, answer_json, decide, refuse_raise, security_alert
+from orthanc_hardening.shell.orthanc_api import OrthancCoreError, core_call
+from orthanc_hardening.shell.requester import rest_requester
 from orthanc_hardening.shell.runtime import Runtime
+from orthanc_hardening.shell.storage import SealedStorage
+from orthanc_hardening.stores.seal_store import SealReader
+from orthanc_hardening.stores.tag_store import SQLiteTagStore
 
 logger = logging.getLogger(__name__)
 
@@ -81,115 +60,9 @@ _FORMAT_FLAGS = ("short", "full", "simplify", "requestedTags", "requested-tags")
 # Fields of a /tools/find body that change the form of the answer, not which resources match.
 _FIND_FORM_FIELDS = ("RequestedTags", "Short", "Full", "ResponseContent")
 _PLURAL_OF = {"Patient": "patients", "Study": "studies", "Series": "series", "Instance": "instances"}
-_ORTHANC_STATUS = {0: 200, 1: 500, 3: 400, 7: 404, 8: 400, 13: 404, 17: 404}
-_TAGS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS sealed_tags (
-    seal_uuid TEXT PRIMARY KEY,
-    instance_id TEXT NOT NULL,
-    tags TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-
-
-class SealedTagCatalogue:
-    """The sealed index tags of every sealed instance, kept in memory and in SQLite.
-
-    Follows the seal store by row id (``refresh``). Thread-safe.
-    """
-
-    def __init__(self, runtime: Runtime, root: Path, seal_db: Path, tags_db: Path) -> None:
-        self.runtime = runtime
-        self.root = root
-        self.index = SealedTagIndex()
-        self.lock = threading.RLock()
-        self._last_rowid = 0
-        self._seals = sqlite3.connect(f"file:{seal_db}?mode=ro", uri=True, check_same_thread=False, timeout=30)
-        tags_db.parent.mkdir(parents=True, exist_ok=True)
-        self._tags = sqlite3.connect(str(tags_db), check_same_thread=False, isolation_level=None, timeout=30)
-        self._tags.execute("PRAGMA journal_mode=WAL")
-        self._tags.execute(f"PRAGMA synchronous={runtime.config.sqlite_synchronous}")
-        self._tags.executescript(_TAGS_SCHEMA)
-
-    def refresh(self) -> None:
-        """Add the tags of seals stored since the last refresh (reads new files once).
-
-        Raises:
-            StoreUnavailableError: the seal store or the tag store cannot be read.
-        """
-        with self.lock:
-            try:
-                rows = self._seals.execute(
-                    "SELECT rowid, record FROM seals WHERE rowid > ? AND content_type = ? AND state = 'stored' "
-                    "ORDER BY rowid", (self._last_rowid, DICOM)).fetchall()
-            except sqlite3.Error as exc:
-                raise StoreUnavailableError(f"seal store cannot be read: {exc}") from exc
-            for rowid, record in rows:
-                self._last_rowid = max(self._last_rowid, int(rowid))
-                try:
-                    seal = Seal.from_bytes(record)
-                    if seal.index_tags_sha256:
-                        self._add(seal)
-                except (HardeningError, ValueError, OSError) as exc:
-                    # A seal whose file or tags do not verify: its resources stay unknown here
-                    # (reported as unsealed), the storage read and the scrub report the damage.
-                    logger.warning("sealed tags of attachment %s not indexed: %s", _uuid_of(record), exc)
-
-    def _add(self, seal: Seal) -> None:
-        stored = self._tags.execute("SELECT tags FROM sealed_tags WHERE seal_uuid = ?", (seal.uuid,)).fetchone()
-        tags: IndexTags | None = json.loads(stored[0]) if stored else None
-        keyring = self.runtime.services["keyring"]
-        if tags is None:
-            # The storage create parsed these tags from the bytes it sealed moments ago.
-            storage = self.runtime.services.get("sealed_storage")
-            tags = storage.take_index_tags(seal) if storage is not None else None
-            if tags is not None:
-                keyring.verify(seal.key_id, seal.signed_bytes(), seal.signature_bytes)
-        if tags is None:
-            data = attachment_path(self.root, seal.uuid).read_bytes()
-            verify_seal(seal, data, seal.uuid, keyring)
-            _identity, tags = identity_of_dataset(parse_dataset(data))
-        elif stored is not None:
-            keyring.verify(seal.key_id, seal.signed_bytes(), seal.signature_bytes)
-        entry = sealed_instance_tags(seal, tags)
-        if stored is None:
-            self._tags.execute("INSERT OR REPLACE INTO sealed_tags (seal_uuid, instance_id, tags) VALUES (?, ?, ?)",
-                               (seal.uuid, entry.instance_id, json.dumps(tags, sort_keys=True)))
-        self.index.add(entry)
-
-    def forget(self, instance_id: str) -> None:
-        """Forget a deleted instance."""
-        with self.lock:
-            self.index.remove(instance_id)
-
-    def filter(self, items: Iterable[Mapping[str, Any]], level: str | None = None) -> FilteredAnswer:
-        """Refresh, then filter an answer (see ``integrity.query.filter_answer``).
-
-        Raises:
-            StoreUnavailableError: the seal store cannot be read.
-        """
-        config = self.runtime.config
-        with self.lock:
-            self.refresh()
-            return filter_answer(items, self.index, config.mode, config.unsealed_policy, level)
-
-
-def _uuid_of(record: bytes) -> str:
-    try:
-        return str(json.loads(record).get("uuid", "?"))
-    except ValueError:
-        return "?"
 
 
 # -- REST -----------------------------------------------------------------------------------
-
-
-class CoreError(Exception):
-    """Orthanc's core refused a forwarded call (unknown id, bad request)."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
 
 
 # For each level, the parents Orthanc reports as RemainingAncestor candidates, nearest first.
@@ -201,39 +74,6 @@ _PARENTS: dict[str, tuple[tuple[str, str, str], ...]] = {
     "patients": (),
 }
 _TYPES = {"series": "Series", "studies": "Study", "patients": "Patient"}
-
-_REASONS = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 409: "Conflict", 415: "Unsupported Media Type",
-            500: "Internal Server Error"}
-# Orthanc's ErrorCode for each HTTP status it maps to (OrthancFramework Enumerations).
-_ORTHANC_CODES = {400: 8, 404: 17, 415: 3, 500: -1}
-
-
-def _answer_like_orthanc(output: Any, status: int, detail: str, uri: str, request: Mapping[str, Any]) -> None:
-    """Answer an error of an overridden core route the way Orthanc 1.10 itself does."""
-    if status == 404:
-        output.SendHttpStatusCode(404)  # Orthanc answers an unknown resource with an empty 404
-        return
-    body = {
-        "Details": detail,
-        "HttpError": _REASONS.get(status, "Error"),
-        "HttpStatus": status,
-        "Message": detail,
-        "Method": str(request.get("method", "GET")).upper(),
-        "OrthancError": detail,
-        "OrthancStatus": _ORTHANC_CODES.get(status, -1),
-        "Uri": uri,
-    }
-    answer_json(output, status, body)
-
-
-def _core(call: Any, *args: Any) -> Any:
-    try:
-        return call(*args)
-    except Exception as exc:
-        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
-        status = _ORTHANC_STATUS.get(code, 500) if code is not None else 500
-        raise CoreError(status, str(exc.args[1]) if len(exc.args) > 1 else "Orthanc refused the request") from exc
-
 
 def _item_id(item: Any) -> str | None:
     """The Orthanc id of one item of a ``/tools/find`` answer (a bare id, or an object's ``ID``)."""
@@ -261,12 +101,20 @@ def _wants_other_format(get: Mapping[str, str]) -> bool:
     return any(flag in get for flag in _FORMAT_FLAGS)
 
 
+class QueryRecorder(Protocol):
+    """Where C-FIND queries are recorded (``shell.audit_hooks.AuditHooks``)."""
+
+    def record_query(self, requester: Requester, route: str, detail: str, outcome: Outcome = Outcome.SUCCESS,
+                     patient_id: str = "", study_uid: str = "", series_uid: str = "") -> None: ...
+
+
 class QueryVerifier:
     """The REST overrides and the C-FIND handler."""
 
-    def __init__(self, runtime: Runtime, catalogue: SealedTagCatalogue) -> None:
+    def __init__(self, runtime: Runtime, catalogue: SealedTagCatalogue, recorder: QueryRecorder) -> None:
         self.runtime = runtime
         self.catalogue = catalogue
+        self.recorder = recorder
         self._alerted_unsealed: set[str] = set()
         self._alert_lock = threading.Lock()
 
@@ -274,7 +122,8 @@ class QueryVerifier:
 
     def judge(self, items: list[Any], requester: Requester, route: str, level: str | None = None) -> FilteredAnswer:
         """Filter expanded items, count them, and record Security Alerts for what was withheld or flagged."""
-        answer = self.catalogue.filter(items, level)
+        config = self.runtime.config
+        answer = self.catalogue.filter(items, config.mode, config.unsealed_policy, level)
         metrics = self.runtime.metrics
         metrics.increment("query_items_checked_total", len(items))
         if answer.withheld:
@@ -307,13 +156,10 @@ class QueryVerifier:
                            **identity)
         except HardeningError:
             logger.error("could not audit the query verification of %s", check.resource_id)
+            # A withheld mismatch must be on the record: without it the answer is refused.
             if self.runtime.config.is_enforcing and check.verdict is Verdict.MISMATCH:
                 raise
 
-    def _requester(self, uri: str, request: Mapping[str, Any]) -> Requester:
-        current = self.runtime.current_request()
-        ip = current.requester.source_ip if current is not None else ""
-        return http_requester(dict(request.get("headers") or {}), ip, self.runtime.config, transport_of_uri(uri))
 
     def _answer(self, output: Any, payload: Any, answer: FilteredAnswer, raw: Any = None) -> None:
         """Answer JSON with the verification headers; ``raw`` is Orthanc's own body when unchanged."""
@@ -321,16 +167,12 @@ class QueryVerifier:
             output.SetHttpHeader(name, value)
         output.AnswerBuffer(raw if raw is not None else json.dumps(payload), "application/json")
 
-    def _run(self, output: Any, uri: str, request: Mapping[str, Any], body: Any) -> None:
-        requester = self._requester(uri, request)
-        with gatekeeper(self.runtime, output, uri, requester):
-            try:
-                body(requester)
-            except CoreError as exc:
-                _answer_like_orthanc(output, exc.status, str(exc), uri, request)
-            except BadRequestError as exc:
-                # These routes stand in for Orthanc's own: a client sees Orthanc's error format.
-                _answer_like_orthanc(output, 400, str(exc), uri, request)
+    def _run(self, output: Any, uri: str, request: Mapping[str, Any], body: Callable[[Requester], None]) -> None:
+        # These routes stand in for Orthanc's own: a client sees Orthanc's error format for
+        # Orthanc's errors and bad requests, the plugin's for its refusals.
+        requester = rest_requester(self.runtime, uri, request)
+        refusal = RestRefusal(output, uri, str(request.get("method", "GET")), like_orthanc=True)
+        decide(self.runtime, uri, requester, lambda: body(requester), refusal)
 
     def _answer_list(self, output: Any, answer: Any, items: list[Any], raw: Any, expanded: bool,
                      refetch: Callable[[], Any] | None) -> None:
@@ -372,10 +214,10 @@ class QueryVerifier:
             raw_body = request.get("body") or b""
             query = parse_json_object(raw_body)
             orthanc = self.runtime.orthanc
-            raw = _core(orthanc.RestApiPost, FIND_ROUTE, raw_body)
+            raw = core_call(orthanc.RestApiPost, FIND_ROUTE, raw_body)
             answered = json.loads(raw)
             if not isinstance(answered, list):
-                raise CoreError(500, "Orthanc's /tools/find answer is not a list")
+                raise OrthancCoreError(500, "Orthanc's /tools/find answer is not a list")
             level = level_of(str(query.get("Level", "")))
             expanded = self._expanded_for(query, answered, level)
             answer = self.judge(expanded, requester, "/tools/find", level)
@@ -398,17 +240,17 @@ class QueryVerifier:
         check = {key: value for key, value in query.items() if key not in _FIND_FORM_FIELDS and key != "Expand"}
         check["Expand"] = True
         orthanc = self.runtime.orthanc
-        by_id = {item.get("ID"): item for item in json.loads(_core(orthanc.RestApiPost, FIND_ROUTE, json.dumps(check)))
-                 if isinstance(item, dict)}
+        checked = json.loads(core_call(orthanc.RestApiPost, FIND_ROUTE, json.dumps(check)))
+        by_id = {item.get("ID"): item for item in checked if isinstance(item, dict)}
         plural = _PLURAL_OF[level]
         expanded = []
         for item in answered:
             resource_id = _item_id(item)
             if resource_id is None:
-                raise CoreError(500, "an item of Orthanc's /tools/find answer has no ID")
+                raise OrthancCoreError(500, "an item of Orthanc's /tools/find answer has no ID")
             found = by_id.get(resource_id)
             if found is None:
-                found = json.loads(_core(orthanc.RestApiGet, f"/{plural}/{resource_id}"))
+                found = json.loads(core_call(orthanc.RestApiGet, f"/{plural}/{resource_id}"))
             expanded.append(found)
         return expanded
 
@@ -420,12 +262,12 @@ class QueryVerifier:
             plural = request["groups"][0]
             get = dict(request.get("get") or {})
             orthanc = self.runtime.orthanc
-            raw = _core(orthanc.RestApiGet, f"/{plural}" + _query_string(
+            raw = core_call(orthanc.RestApiGet, f"/{plural}" + _query_string(
                 {k: v for k, v in get.items() if k not in _FORMAT_FLAGS}, {"expand": ""}))
             items = json.loads(raw)
             answer = self.judge(items, requester, f"/{plural}", level_of(plural))
             self._answer_list(output, answer, items, raw, "expand" in get, (
-                lambda: _core(orthanc.RestApiGet, f"/{plural}" + _query_string(get, {})))
+                lambda: core_call(orthanc.RestApiGet, f"/{plural}" + _query_string(get, {})))
                 if _wants_other_format(get) else None)
 
         self._run(output, uri, request, body)
@@ -442,7 +284,7 @@ class QueryVerifier:
                 output.SendMethodNotAllowed("GET,DELETE")
                 return
             get = dict(request.get("get") or {})
-            item = json.loads(_core(orthanc.RestApiGet, f"/{plural}/{resource_id}"))
+            item = json.loads(core_call(orthanc.RestApiGet, f"/{plural}/{resource_id}"))
             self._single(output, requester, uri, level_of(plural), item, get)
 
         self._run(output, uri, request, body)
@@ -454,7 +296,7 @@ class QueryVerifier:
         found here: the chain of parents is read before the deletion, and checked after it.
         """
         orthanc = self.runtime.orthanc
-        resource = json.loads(_core(orthanc.RestApiGet, f"/{plural}/{resource_id}"))
+        resource = json.loads(core_call(orthanc.RestApiGet, f"/{plural}/{resource_id}"))
         ancestors: list[tuple[str, str]] = []
         current, level = resource, plural
         for parent_key, parent_plural, _parent_type in _PARENTS.get(level, ()):
@@ -463,8 +305,8 @@ class QueryVerifier:
                 break
             ancestors.append((parent_plural, parent_id))
             if parent_plural != "patients":
-                current = json.loads(_core(orthanc.RestApiGet, f"/{parent_plural}/{parent_id}"))
-        _core(orthanc.RestApiDelete, uri)
+                current = json.loads(core_call(orthanc.RestApiGet, f"/{parent_plural}/{parent_id}"))
+        core_call(orthanc.RestApiDelete, uri)
         remaining = None
         for parent_plural, parent_id in ancestors:
             try:
@@ -483,7 +325,7 @@ class QueryVerifier:
             plural, resource_id, child = request["groups"]
             get = dict(request.get("get") or {})
             orthanc = self.runtime.orthanc
-            plain = json.loads(_core(orthanc.RestApiGet, f"/{plural}/{resource_id}/{child}" + _query_string(
+            plain = json.loads(core_call(orthanc.RestApiGet, f"/{plural}/{resource_id}/{child}" + _query_string(
                 {k: v for k, v in get.items() if k not in _FORMAT_FLAGS}, {})))
             level = level_of(child)
             if isinstance(plain, dict):
@@ -493,7 +335,7 @@ class QueryVerifier:
             payload: Any = list(answer.kept)
             if _wants_other_format(get):
                 allowed = {item["ID"] for item in answer.kept}
-                original = json.loads(_core(orthanc.RestApiGet, f"/{plural}/{resource_id}/{child}"
+                original = json.loads(core_call(orthanc.RestApiGet, f"/{plural}/{resource_id}/{child}"
                                             + _query_string(get, {})))
                 payload = [item for item in original if item.get("ID") in allowed]
             self._answer(output, payload, answer)
@@ -509,7 +351,7 @@ class QueryVerifier:
             raise SealMismatchError(answer.withheld[0].detail)
         payload: Any = item
         if _wants_other_format(get):
-            payload = json.loads(_core(self.runtime.orthanc.RestApiGet, (path or uri) + _query_string(get, {})))
+            payload = json.loads(core_call(self.runtime.orthanc.RestApiGet, (path or uri) + _query_string(get, {})))
         self._answer(output, payload, answer)
 
     # -- QIDO-RS (orthanc-dicomweb) -------------------------------------------------------
@@ -527,7 +369,7 @@ class QueryVerifier:
         """
         if request.method != "GET":
             return
-        match = _QIDO.fullmatch(request.uri)
+        match = QIDO_ROUTE.fullmatch(request.uri)
         if match is None:
             return
         level = level_of(match.group("level"))
@@ -537,7 +379,7 @@ class QueryVerifier:
         if match.group("series"):
             constraints["SeriesInstanceUID"] = match.group("series")
         for key, value in request.query.items():
-            name = _qido_keyword(key)
+            name = qido_keyword(key)
             if name and value and name not in constraints:
                 constraints[name] = value
         items = json.loads(self.runtime.orthanc.RestApiPost(
@@ -580,11 +422,8 @@ class QueryVerifier:
 
     def _audit_cfind(self, requester: Requester, level: str, constraints: dict[str, str], returned: int) -> None:
         """Record the C-FIND as a Query (110112) before its answers leave (raises if the store fails)."""
-        recorder = self.runtime.services.get("audit_recorder")
-        if recorder is None:
-            return
         detail = json.dumps({"level": level, "query": constraints, "returned": returned}, sort_keys=True)
-        recorder.record_query(requester, "C-FIND", detail, patient_id=constraints.get("PatientID", ""),
+        self.recorder.record_query(requester, "C-FIND", detail, patient_id=constraints.get("PatientID", ""),
                               study_uid=constraints.get("StudyInstanceUID", ""),
                               series_uid=constraints.get("SeriesInstanceUID", ""))
 
@@ -598,47 +437,40 @@ class QueryVerifier:
         self.answer_cfind(answers, query, dimse_requester(connection))
 
     def answer_cfind(self, answers: Any, query: Any, requester: Requester) -> None:
-        """Answer C-FIND from Orthanc's ``/tools/find``, filtered; raise to refuse (0xC000)."""
-        issuer_aet = requester.calling_aet
+        """Answer C-FIND from Orthanc's ``/tools/find``, filtered, behind the guard (a refusal is 0xC000)."""
+        decide(self.runtime, "C-FIND", requester, lambda: self._cfind(answers, query, requester), refuse_raise)
+
+    def _cfind(self, answers: Any, query: Any, requester: Requester) -> None:
         if self.runtime.lockdown:
             raise AccessDeniedError("orthanc-hardening is in lockdown: " + ", ".join(self.runtime.lockdown))
+        requested: dict[str, str] = {}
+        for i in range(query.GetFindQuerySize()):
+            requested[query.GetFindQueryTagName(i)] = query.GetFindQueryValue(i)
+        level_name = requested.pop("QueryRetrieveLevel", "").strip()
+        requested.pop("SpecificCharacterSet", None)
         try:
-            requested: dict[str, str] = {}
-            for i in range(query.GetFindQuerySize()):
-                requested[query.GetFindQueryTagName(i)] = query.GetFindQueryValue(i)
-            level_name = requested.pop("QueryRetrieveLevel", "").strip()
-            requested.pop("SpecificCharacterSet", None)
-            try:
-                level = level_of(level_name)
-            except ValueError as exc:
-                raise BadRequestError("QueryRetrieveLevel", f"unknown level {level_name!r}") from exc
-            constraints = {name: value for name, value in requested.items() if value not in ("", "*")}
-            orthanc = self.runtime.orthanc
-            body = {"Level": level, "Query": constraints, "Expand": True}
-            items = json.loads(orthanc.RestApiPost(FIND_ROUTE, json.dumps(body)))
-            answer = self.judge(items, requester, "C-FIND", level)
-            kept = list(answer.kept)
-            withheld_parents: list[ItemCheck] = []
-            if level in ("Series", INSTANCE):
-                withheld_parents, kept = self.judge_parent_studies(kept, level, requester, "C-FIND")
-            self._audit_cfind(requester, level, constraints, len(kept))
-            parents: dict[str, Any] = {}
-            for item in kept:
-                fields = self._cfind_fields(item, level, requested, parents)
-                fields["QueryRetrieveLevel"] = level_name.upper()
-                answers.FindAddAnswer(answer_dataset(fields))
-            if answer.withheld or withheld_parents:
-                logger.warning("C-FIND from %s: %d item(s) withheld", issuer_aet,
-                               len(answer.withheld) + len(items) - len(answer.withheld) - len(kept))
-                answers.FindMarkIncomplete()
-        except (HardeningError, ValueError, KeyError) as exc:
-            logger.warning("C-FIND from %s refused: %s", issuer_aet, exc)
-            if isinstance(exc, IntegrityError | AccessDeniedError):
-                try:
-                    security_alert(self.runtime, requester, "C-FIND", str(exc))
-                except HardeningError:
-                    logger.error("could not audit the refused C-FIND")
-            raise
+            level = level_of(level_name)
+        except ValueError as exc:
+            raise BadRequestError("QueryRetrieveLevel", f"unknown level {level_name!r}") from exc
+        constraints = {name: value for name, value in requested.items() if value not in ("", "*")}
+        orthanc = self.runtime.orthanc
+        body = {"Level": level, "Query": constraints, "Expand": True}
+        items = json.loads(orthanc.RestApiPost(FIND_ROUTE, json.dumps(body)))
+        answer = self.judge(items, requester, "C-FIND", level)
+        kept = list(answer.kept)
+        withheld_parents: list[ItemCheck] = []
+        if level in ("Series", INSTANCE):
+            withheld_parents, kept = self.judge_parent_studies(kept, level, requester, "C-FIND")
+        self._audit_cfind(requester, level, constraints, len(kept))
+        parents: dict[str, Any] = {}
+        for item in kept:
+            fields = self._cfind_fields(item, level, requested, parents)
+            fields["QueryRetrieveLevel"] = level_name.upper()
+            answers.FindAddAnswer(answer_dataset(fields))
+        if answer.withheld or withheld_parents:
+            logger.warning("C-FIND from %s: %d item(s) withheld", requester.calling_aet,
+                           len(answer.withheld) + len(items) - len(answer.withheld) - len(kept))
+            answers.FindMarkIncomplete()
 
     def _cfind_fields(self, item: Mapping[str, Any], level: str, requested: Mapping[str, str],
                       parents: dict[str, Any]) -> dict[str, str]:
@@ -675,82 +507,24 @@ class QueryVerifier:
         return found
 
 
-_QIDO = re.compile(r"/dicom-web/(?:studies/(?P<study>[^/]+)/(?:series/(?P<series>[^/]+)/)?)?(?P<level>studies|series|"
-                   r"instances)")
-_QIDO_IGNORED = frozenset({"limit", "offset", "fuzzymatching", "includefield"})
-
-
-def _qido_keyword(key: str) -> str:
-    """The DICOM keyword of a QIDO-RS match key (keyword or 8 hex digits), or ``""``."""
-    if key.lower() in _QIDO_IGNORED or "." in key:
-        return ""
-    if len(key) == 8 and all(c in "0123456789abcdefABCDEF" for c in key):
-        return str(keyword_for_tag(int(key, 16)) or "")
-    return key if tag_for_keyword(key) is not None else ""
-
-
-_FIND_SOP_CLASS = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Query/Retrieve Information Model - FIND
-_LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
-_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI",
-                       "UR", "UT"})
-
-
-def _element(tag: int, vr: str, value: bytes) -> bytes:
-    # PS3.5 §7.1.2: explicit VR little endian; values padded to even length (UI with NUL, text with space).
-    if len(value) % 2:
-        value += b"\x00" if vr in ("UI", "OB") else b" "
-    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr.encode("ascii")
-    if vr in _LONG_VRS:
-        return head + b"\x00\x00" + struct.pack("<I", len(value)) + value
-    return head + struct.pack("<H", len(value)) + value
-
-
-def answer_dataset(fields: Mapping[str, str]) -> bytes:
-    """One C-FIND answer as a small DICOM file (explicit VR little endian, UTF-8).
-
-    Encoded by hand: Orthanc's ``CreateDicom`` and pydicom both cost about a millisecond per
-    answer, which a C-FIND over a thousand studies cannot afford. Keys that are not DICOM
-    keywords are left out; a non-text key (sequences, binary numbers) is answered empty.
-    """
-    elements: dict[int, bytes] = {0x00080005: _element(0x00080005, "CS", b"ISO_IR 192")}
-    for name, value in fields.items():
-        tag = tag_for_keyword(name)
-        if tag is None or tag >> 16 == 0x0002 or tag == 0x00080005:
-            continue
-        vr = dictionary_VR(tag).split(" or ")[0]
-        encoded = value.encode("utf-8") if vr in _TEXT_VRS else b""
-        elements[tag] = _element(tag, vr, encoded)
-    body = b"".join(elements[tag] for tag in sorted(elements))
-    meta = (_element(0x00020001, "OB", b"\x00\x01") + _element(0x00020002, "UI", _FIND_SOP_CLASS.encode())
-            + _element(0x00020003, "UI", b"2.25.1") + _element(0x00020010, "UI", b"1.2.840.10008.1.2.1"))
-    return b"\x00" * 128 + b"DICM" + _element(0x00020000, "UL", struct.pack("<I", len(meta))) + meta + body
-
-
-def install(runtime: Runtime) -> None:
+def install(runtime: Runtime, storage: SealedStorage, recorder: QueryRecorder) -> QueryVerifier:
     """Install the sealed-tag catalogue, the verified REST answers and the C-FIND handler.
 
     Raises:
-        StoreUnavailableError: the tag store cannot be opened.
+        StoreUnavailableError: the tag store or the seal store cannot be opened.
     """
-    storage = runtime.services.get("sealed_storage")
-    if storage is None or "keyring" not in runtime.services:
-        logger.error("verified queries need the sealed storage; not installed")
-        return
-    try:
-        catalogue = SealedTagCatalogue(runtime, Path(storage.root), runtime.config.seal_database,
-                                       runtime.config.data_directory / "query-tags.db")
-    except sqlite3.Error as exc:
-        raise StoreUnavailableError(f"query tag store cannot be opened: {exc}") from exc
-    verifier = QueryVerifier(runtime, catalogue)
-    runtime.services["query_catalogue"] = catalogue
-    runtime.services["query_verifier"] = verifier
+    catalogue = SealedTagCatalogue(
+        SealReader(runtime.config.seal_database),
+        SQLiteTagStore(runtime.config.data_directory / "query-tags.db", runtime.config.sqlite_synchronous),
+        storage.root, storage.keyring, storage.cache, storage.take_index_tags)
+    verifier = QueryVerifier(runtime, catalogue, recorder)
     orthanc = runtime.orthanc
     orthanc.RegisterRestCallback(FIND_ROUTE, verifier.on_find)
     orthanc.RegisterRestCallback(LIST_ROUTE, verifier.on_list)
     orthanc.RegisterRestCallback(CHILD_ROUTE, verifier.on_child)
     orthanc.RegisterRestCallback(RESOURCE_ROUTE, verifier.on_resource)
     if runtime.capabilities.find_connection:
-        orthanc.RegisterFindCallback2(verifier.on_cfind_connection)
+        orthanc.RegisterFindCallback2(verifier.on_cfind_connection)  # type: ignore[attr-defined]
     else:
         orthanc.RegisterFindCallback(verifier.on_cfind)
     runtime.http_gates.append(verifier.qido_gate)
@@ -779,7 +553,7 @@ def install(runtime: Runtime) -> None:
             except HardeningError as exc:
                 logger.error("sealed tag catalogue not refreshed: %s", exc)
             if first:
-                logger.info("sealed tag catalogue: %d instances in %.1f s", len(catalogue.index),
+                logger.info("sealed tag catalogue: %d instances in %.1f s", len(catalogue),
                             time.monotonic() - started)
                 first = False
             wake.wait(5.0)
@@ -807,6 +581,4 @@ def install(runtime: Runtime) -> None:
             follower.start()
 
     runtime.change_observers.append(warm_up_on_start)
-
-
-__all__ = ["QueryVerifier", "SealedTagCatalogue", "answer_error", "install"]
+    return verifier

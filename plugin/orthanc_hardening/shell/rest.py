@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orthanc_hardening.errors import AccessDeniedError, BadRequestError
-from orthanc_hardening.identity import ADMINISTRATOR, AUDITOR, Requester, http_requester, transport_of_uri
-from orthanc_hardening.shell.guard import answer_json, gatekeeper, send_status
+from orthanc_hardening.identity import ADMINISTRATOR, AUDITOR, Requester
+from orthanc_hardening.shell.guard import RestRefusal, answer_json, decide, send_status
+from orthanc_hardening.shell.requester import rest_requester
 from orthanc_hardening.shell.runtime import Runtime
 
 
@@ -66,7 +67,7 @@ def register(
     role: str | None = None,
     name: str | None = None,
 ) -> None:
-    """Register ``pattern`` (a full-match regex) with one handler per HTTP method.
+    """Register ``pattern`` (a full-match regex) with one handler per HTTP method, behind the guard.
 
     Args:
         runtime: the plugin runtime.
@@ -78,9 +79,9 @@ def register(
     route = name or pattern
 
     def callback(output: Any, uri: str, **request: Any) -> None:
-        headers = dict(request.get("headers") or {})
-        requester = http_requester(headers, _client_ip(runtime), runtime.config, transport_of_uri(uri))
-        with gatekeeper(runtime, output, route, requester):
+        requester = rest_requester(runtime, uri, request)
+
+        def handle() -> None:
             method = str(request.get("method", "GET")).upper()
             handler = handlers.get(method)
             if handler is None:
@@ -92,11 +93,13 @@ def register(
                 uri=uri,
                 groups=tuple(request.get("groups") or ()),
                 query=dict(request.get("get") or {}),
-                headers=headers,
+                headers=dict(request.get("headers") or {}),
                 body=request.get("body") or b"",
                 requester=requester,
             )
             send(output, handler(call))
+
+        decide(runtime, route, requester, handle, RestRefusal(output))
 
     runtime.orthanc.RegisterRestCallback(pattern, callback)
 
@@ -114,12 +117,6 @@ def send(output: Any, reply: Reply) -> None:
         send_status(output, reply.status, text)
         return
     output.AnswerBuffer(reply.raw, reply.content_type)
-
-
-def _client_ip(runtime: Runtime) -> str:
-    # REST callbacks get no peer address; the HTTP filter saw it on this same thread.
-    request = runtime.current_request()
-    return request.requester.source_ip if request is not None else ""
 
 
 def int_param(query: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:

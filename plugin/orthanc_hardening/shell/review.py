@@ -1,13 +1,13 @@
 """Audit review for people and for the SIEM: the web page and the IHE ATNA syslog export.
 
-``install(runtime)``:
+``install(runtime)`` (after the audit trail is open):
 
 * serves ``GET /hardening/ui/`` and its static files (``orthanc_hardening/ui/``, shipped in the
   package, no outside assets) to auditors only;
 * adds an "Audit trail" button to the study and series pages of Orthanc Explorer
   (``orthanc.ExtendOrthancExplorer``);
 * when ``Hardening.Audit.Syslog`` is configured, starts the durable exporter
-  (``audit/export.py``) that sends every audit row as a DICOM PS3.15 A.5 audit message over
+  (``services/audit_export.py``) that sends every audit row as a DICOM PS3.15 A.5 audit message over
   syslog TLS (RFC 5424 / RFC 5425), and stops it when Orthanc stops.
 """
 
@@ -22,13 +22,14 @@ from pathlib import Path
 from orthanc_hardening.audit.atna import AuditSource, audit_message
 from orthanc_hardening.audit.chain import StoredEvent
 from orthanc_hardening.audit.event import Outcome
-from orthanc_hardening.audit.export import AuditExporter
-from orthanc_hardening.audit.store import open_store
-from orthanc_hardening.audit.syslog import TLSSyslogTransport, frame, syslog_message
+from orthanc_hardening.audit.syslog import frame, syslog_message
 from orthanc_hardening.errors import NotFoundError
 from orthanc_hardening.identity import AUDITOR
+from orthanc_hardening.services.audit_export import AuditExporter
+from orthanc_hardening.services.syslog_transport import TLSSyslogTransport
 from orthanc_hardening.shell.rest import Reply, RestCall, register
 from orthanc_hardening.shell.runtime import Runtime
+from orthanc_hardening.stores.audit_store import open_store
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +138,6 @@ def start_exporter(runtime: Runtime) -> AuditExporter | None:
         metrics.set(name, value)
 
     exporter = AuditExporter(store, transport, formatter, report=report)  # type: ignore[arg-type]
-    runtime.services["audit_exporter"] = exporter
 
     def stop() -> None:
         exporter.stop()
@@ -149,25 +149,16 @@ def start_exporter(runtime: Runtime) -> AuditExporter | None:
     return exporter
 
 
-def install(runtime: Runtime) -> None:
+def install(runtime: Runtime) -> AuditExporter | None:
     """Register the review page and the Explorer buttons; start the syslog export if configured."""
     register(runtime, UI_INDEX_ROUTE, {"GET": _serve_ui}, role=AUDITOR, name="review-ui")
     register(runtime, UI_ROUTE, {"GET": _serve_ui}, role=AUDITOR, name="review-ui")
-    extend = getattr(runtime.orthanc, "ExtendOrthancExplorer", None)
-    if extend is not None:
-        extend(EXPLORER_JS)
+    runtime.orthanc.ExtendOrthancExplorer(EXPLORER_JS)
     # The review page as the Python plugin's web page: Orthanc Explorer's plugin list and
     # Orthanc Explorer 2's settings page link to it (RootUri is relative to /app/explorer.html).
-    set_root_uri = getattr(runtime.orthanc, "SetRootUri", None)
-    if set_root_uri is not None:
-        set_root_uri(EXPLORER_ROOT_URI)
-    set_description = getattr(runtime.orthanc, "SetDescription", None)
-    if set_description is not None:
-        set_description(PLUGIN_DESCRIPTION)
-    if runtime.services.get("audit_store") is None:
-        logger.error("no audit store: the syslog export is not started")
-        return
-    start_exporter(runtime)
+    runtime.orthanc.SetRootUri(EXPLORER_ROOT_URI)
+    runtime.orthanc.SetDescription(PLUGIN_DESCRIPTION)
+    return start_exporter(runtime)
 
 
 __all__ = ["EXPLORER_JS", "UI_ROUTE", "install", "start_exporter", "syslog_formatter", "ui_file"]

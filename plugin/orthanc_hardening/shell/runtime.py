@@ -1,8 +1,8 @@
-"""The plugin's running state: configuration, stores and the hook chains the shell dispatches to.
+"""The plugin's running state: the Orthanc module, configuration, audit sink, clock, lockdown,
+and the chains that ``shell/callbacks.py`` runs from the one callback of each kind.
 
-Built once by ``shell.install``. Feature installers (``tls_gate``, ``storage``, ``audit_hooks``…)
-append their gatekeepers to the chains here; ``shell/hooks.py`` registers exactly one Orthanc
-callback of each kind and runs the chain. The ``orthanc`` module is injected, never imported.
+Built once by ``shell.install``. Features append their gatekeepers and observers to the chains;
+they receive the objects they depend on as typed arguments, never from here (``shell/plugin.py``).
 """
 
 from __future__ import annotations
@@ -14,20 +14,21 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from orthanc_hardening.audit.sink import AuditSink, MemoryAuditSink
+from orthanc_hardening.audit.sink import AuditSink
 from orthanc_hardening.config import HardeningConfig
 from orthanc_hardening.identity import HttpRequest, Requester
 from orthanc_hardening.shell.inflight import InFlightRequests
 from orthanc_hardening.shell.metrics import Metrics
-from orthanc_hardening.shell.orthanc_api import Capabilities
+from orthanc_hardening.shell.orthanc_api import Capabilities, OrthancApi, capabilities_of
 
 logger = logging.getLogger(__name__)
 
-# A gatekeeper over an HTTP request: returns None to let it through, raises
-# AccessDeniedError (or any HardeningError) to refuse it.
+# A gatekeeper over an HTTP request: returns None to let it through, raises to refuse it.
 HttpGate = Callable[[HttpRequest], None]
-# A gatekeeper over an incoming C-STORE instance: returns 0 to accept or a DIMSE status.
-CStoreGate = Callable[[Any], int]
+# An observer of HTTP requests (metrics refreshers): its errors never refuse a request.
+HttpObserver = Callable[[HttpRequest], None]
+# A gatekeeper over an incoming C-STORE instance: returns None to accept it, raises to refuse.
+CStoreGate = Callable[[Any], None]
 # An observer of Orthanc changes: (change_type, resource_type, resource_id).
 ChangeObserver = Callable[[int, int, str], None]
 
@@ -39,32 +40,31 @@ def utc_now() -> datetime:
 
 @dataclass
 class Runtime:
-    """Everything the shell's callbacks need, passed explicitly."""
+    """What every shell callback needs, passed explicitly."""
 
-    orthanc: Any
+    orthanc: OrthancApi
     config: HardeningConfig
     orthanc_config: Mapping[str, Any]
     metrics: Metrics
-    audit: AuditSink = field(default_factory=MemoryAuditSink)
+    audit: AuditSink
     clock: Callable[[], datetime] = utc_now
     # Ids of the critical posture checks that failed: non-empty means locked down (enforce).
     lockdown: tuple[str, ...] = ()
     http_gates: list[HttpGate] = field(default_factory=list)
+    http_observers: list[HttpObserver] = field(default_factory=list)
     cstore_gates: list[CStoreGate] = field(default_factory=list)
     change_observers: list[ChangeObserver] = field(default_factory=list)
     stop_actions: list[Callable[[], None]] = field(default_factory=list)
-    services: dict[str, Any] = field(default_factory=dict)
     # The HTTP requests in flight, set by the HTTP filter, so that a storage read knows who
     # asked, on the request's thread or on Orthanc 1.13's loader threads (shell/inflight.py).
     in_flight: InFlightRequests = field(default_factory=InFlightRequests)
-    _requests_lock: threading.Lock = field(default_factory=threading.Lock)
+    _stop_lock: threading.Lock = field(default_factory=threading.Lock)
     _stopped: bool = False
 
     @property
     def capabilities(self) -> Capabilities:
         """What the running Python plugin offers (``shell/orthanc_api.py``)."""
-        detected = getattr(self.orthanc, "capabilities", None)
-        return detected if isinstance(detected, Capabilities) else Capabilities.detect(self.orthanc)
+        return capabilities_of(self.orthanc)
 
     def stop(self) -> None:
         """Run the stop actions once, newest first (a feature stops before what it builds on).
@@ -73,7 +73,7 @@ class Runtime:
         without one (a failed start), when the interpreter exits: every plugin thread is
         stopped and joined before the Python plugin finalises the interpreter.
         """
-        with self._requests_lock:
+        with self._stop_lock:
             if self._stopped:
                 return
             self._stopped = True

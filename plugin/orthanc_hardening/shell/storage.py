@@ -1,102 +1,84 @@
 """The plugin as Orthanc's storage area: seal every attachment on create, verify it on every read.
 
-``install(runtime)``:
+``install(runtime, keys, cache)`` opens the seal store, reconciles what a crash may have left
+half-written, and registers the storage area: ``RegisterStorageArea3`` (range reads, Python
+plugin 7.1) where it exists, else ``RegisterStorageArea``. Files keep Orthanc's own layout
+(``StorageDirectory/xx/yy/uuid``) so an existing archive keeps working. Every callback runs
+through the guard as a gatekeeper that fails by raising (Orthanc then fails the operation).
 
-* loads the key ring (``runtime.services["keyring"]``), opens the seal store, reconciles what a
-  crash may have left half-written, and registers ``create``/``read``/``remove`` with
-  ``orthanc.RegisterStorageArea``. Files keep Orthanc's own layout
-  (``StorageDirectory/xx/yy/uuid``, ``seal/layout.py``) so an existing archive keeps working.
 * ``create`` parses the identity from the exact bytes (once per instance: the "until pixel
-  data" attachment reuses it), signs the seal, commits the seal row (SQLite WAL, ``synchronous``
-  from ``Hardening.Durability``), writes the file (fsync'ed unless Orthanc's ``SyncStorageArea``
-  is false) and runs the write hooks — all before Orthanc acknowledges the instance. Any
-  failure fails the ingest.
-* ``read`` makes one primary-key select, reads the file once, hashes it once, checks it
-  against its seal (seal records whose signature verified are cached, parsed, by their exact
-  stored bytes; a seal signed at create is cached as it is stored), applies
-  ``Hardening.UnsealedPolicy`` to legacy data, and runs the read hooks. A failure counts in
+  data" attachment reuses it), signs the seal, commits the seal row (``synchronous`` from
+  ``Hardening.Durability``), writes the file (fsync'ed unless Orthanc's ``SyncStorageArea`` is
+  false) and runs the write hooks (the audit trail's Import event) — all before Orthanc
+  acknowledges the instance. Any failure fails the ingest.
+* ``read`` makes one primary-key select, reads the file once, hashes it once and verifies it
+  (``integrity.read.verify_read``: seal, signature, unsealed policy). A failure counts in
   ``hardening_integrity_failures_total``, is recorded in the seal store and as a Security
-  Alert, and in enforce mode makes the read raise (HTTP 500/409, DIMSE failure). Monitor
-  mode serves the bytes.
-* ``runtime.services["integrity"]`` checks a whole instance before a send on a job thread.
-* Overrides of ``/{patients,studies,series}/{id}/archive|media`` and ``/tools/create-archive|
-  create-media|create-media-extended`` refuse (409) an archive with a tampered instance as a
-  whole: Orthanc itself would answer 200 with the instance silently missing.
-* REST: ``GET /hardening/instances/{id}/seal``, ``GET /hardening/keys``,
-  ``POST /hardening/keys/rotate``, ``POST /hardening/seal-existing``.
+  Alert, and in enforce mode makes the read raise (HTTP 500, DIMSE failure). Monitor mode
+  serves the bytes. The read hooks (audit, lockdown) run before the bytes are returned.
+* ``check_instance`` verifies a whole instance from disk against what the index says it is,
+  before a send on a job thread (archives, C-MOVE).
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import logging
-import os
 import threading
-import time
-import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-from orthanc_hardening.audit.event import Action, AuditEvent, EventCode, Outcome, Transport
-from orthanc_hardening.config import passphrase_from_env
+from orthanc_hardening.audit.event import Transport
 from orthanc_hardening.errors import (
-    BadRequestError,
     HardeningError,
     IntegrityError,
     NotFoundError,
-    SealInvalidError,
     SealMismatchError,
     SealMissingError,
     StoreUnavailableError,
 )
-from orthanc_hardening.identity import ADMINISTRATOR, Requester
-from orthanc_hardening.integrity.read import SignatureCache, check_read, check_unsealed, received_before
-from orthanc_hardening.request_body import parse_json_object
+from orthanc_hardening.identity import Requester
+from orthanc_hardening.integrity.legacy import is_legacy
+from orthanc_hardening.integrity.read import verify_read
 from orthanc_hardening.seal import epoch
-from orthanc_hardening.seal import keys as keymod
-from orthanc_hardening.seal.identity import NO_IDENTITY, InstanceIdentity, identify, identity_of_dataset, parse_dataset
+from orthanc_hardening.seal.identity import NO_IDENTITY, InstanceIdentity, identity_of_dataset, parse_dataset
 from orthanc_hardening.seal.index_tags import IndexTags, index_tags_digest
+from orthanc_hardening.seal.keys import KeyRing
 from orthanc_hardening.seal.layout import attachment_path
 from orthanc_hardening.seal.record import Seal, check_identity, seal_attachment
 from orthanc_hardening.seal.storage_event import READ, WRITE, StorageEvent
-from orthanc_hardening.seal.store import SQLiteSealStore
-from orthanc_hardening.shell.guard import answer_json, security_alert
-from orthanc_hardening.shell.offload import Offloader
-from orthanc_hardening.shell.rest import Reply, RestCall, register
+from orthanc_hardening.shell.guard import alert, decide, mark_audited, refuse_raise
 from orthanc_hardening.shell.runtime import Runtime
+from orthanc_hardening.stores.attachment_files import read_file, remove_file, unlink, write_file
+from orthanc_hardening.stores.seal_store import SQLiteSealStore
+from orthanc_hardening.stores.signature_cache import SignatureCache
 
 logger = logging.getLogger(__name__)
 
 DICOM = 1
 DICOM_UNTIL_PIXEL_DATA = 3
 FAILURES_METRIC = "integrity_failures_total"
-ARCHIVE_ROUTE = "/(patients|studies|series)/([^/]+)/(archive|media)"
-TOOLS_ARCHIVE_ROUTE = "/tools/(create-archive|create-media|create-media-extended)"
-JOB_ARCHIVE_ROUTE = "/jobs/([^/]+)/archive"
-JOB_POLL_SECONDS = 0.02
-JOB_TIMEOUT_SECONDS = 3600.0
 RECENT_TAGS_LIMIT = 4096
 
-ReadHook = Callable[[StorageEvent], None]
+StorageHook = Callable[[StorageEvent], None]
 
 
 @dataclass
 class SealedStorage:
-    """The storage area's state and its three callbacks (plus the integrity service)."""
+    """The storage area's state, its callbacks and the whole-instance verification."""
 
     runtime: Runtime
     root: Path
     store: SQLiteSealStore
-    keyring: keymod.KeyRing
-    cache: SignatureCache = field(default_factory=SignatureCache)
-    read_hooks: list[ReadHook] = field(default_factory=list)
-    write_hooks: list[ReadHook] = field(default_factory=list)
+    keyring: KeyRing
+    cache: SignatureCache
+    read_hooks: list[StorageHook] = field(default_factory=list)
+    write_hooks: list[StorageHook] = field(default_factory=list)
+    # The verified start of sealing (``seal/epoch.py``); "" when it does not verify.
     sealing_since: str = ""
     # Orthanc's "SyncStorageArea" (default true): fsync each file before acknowledging.
     sync: bool = True
@@ -106,9 +88,6 @@ class SealedStorage:
     _last_lock: threading.Lock = field(default_factory=threading.Lock)
     # Index tags parsed at create, by attachment uuid, for the query catalogue (bounded).
     _recent_tags: OrderedDict[str, IndexTags] = field(default_factory=OrderedDict)
-    # Archive jobs started by the overrides, checked when their archive is fetched.
-    jobs: dict[str, ArchiveJob] = field(default_factory=dict)
-    jobs_lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- create --------------------------------------------------------------------------
 
@@ -122,14 +101,14 @@ class SealedStorage:
         # without a file, which start-up reconciliation abandons (never a file without seal).
         record = self.store.put(seal)
         try:
-            _write_file(final, data, self.sync)
+            write_file(final, data, self.sync)
             event = StorageEvent(uuid, content_type, seal, "", threading.get_ident(), WRITE, True, len(data))
             for hook in self.write_hooks:
                 hook(event)
-            self.cache.remember(record, seal)
+            self.cache.remember_seal(record, seal)
         except BaseException:
             logger.error("storing attachment %s failed; undoing", uuid)
-            _unlink(final)
+            unlink(final)
             try:
                 self.store.delete(uuid, content_type)
             except StoreUnavailableError:
@@ -183,18 +162,18 @@ class SealedStorage:
         try:
             # One primary-key select; a record read before is not parsed again (the cache).
             record = self.store.get_record(uuid, content_type)
-            seal = None if record is None else self.cache.parse(record)
+            seal = None if record is None else self.cache.parse_seal(record)
             try:
-                data = _read_file(path)
+                data = read_file(path)
             except FileNotFoundError as exc:
                 if seal is None:
                     raise  # not ours and not there: Orthanc's usual "inexistent file" error
                 raise SealMismatchError(
                     f"attachment {uuid} (type {content_type}) is sealed but its file is missing"
                 ) from exc
-            check = check_read(uuid, content_type, data, seal, self.keyring, self.cache, record)
+            check = verify_read(uuid, content_type, data, seal, self.keyring, self.runtime.config.unsealed_policy,
+                                is_legacy=lambda: self.is_legacy_bytes(data), cache=self.cache, record=record)
             if check.seal is None:
-                self._check_unsealed(uuid, content_type, data)
                 self.runtime.metrics.increment("unsealed_reads_total")
                 logger.warning("served unsealed (legacy) attachment %s type %d", uuid, content_type)
         except IntegrityError as exc:
@@ -207,19 +186,18 @@ class SealedStorage:
             logger.error("seal store unavailable while reading %s", uuid)
             if self.runtime.config.is_enforcing:
                 raise
-            return path.read_bytes()
+            return read_file(path)
         event = StorageEvent(uuid, content_type, seal, "", threading.get_ident(), READ, seal is not None, len(data))
         for hook in self.read_hooks:
             hook(event)
         return data
 
-    def _check_unsealed(self, uuid: str, content_type: int, data: bytes) -> None:
-        check_unsealed(uuid, content_type, self.runtime.config.unsealed_policy, self._is_legacy(data))
-
-    def _is_legacy(self, data: bytes) -> bool:
-        """Whether Orthanc received the instance of these bytes before sealing began."""
+    def is_legacy_bytes(self, data: bytes) -> bool:
+        """Whether Orthanc received the instance of these unsealed bytes before sealing began."""
         if not self.sealing_since:
             return False
+        from orthanc_hardening.seal.identity import identify
+
         try:
             sop = identify(data).sop_instance_uid
         except ValueError:
@@ -227,12 +205,16 @@ class SealedStorage:
         instance_id = self.lookup_instance(sop)
         if instance_id is None:
             return False
+        return is_legacy(self.reception_date(instance_id), self.sealing_since)
+
+    def reception_date(self, instance_id: str) -> str | None:
+        """Orthanc's ``ReceptionDate`` metadata of an instance (``YYYYMMDDTHHMMSS``), or ``None``."""
         try:
             received = self.runtime.orthanc.RestApiGet(f"/instances/{instance_id}/metadata/ReceptionDate")
         except Exception:
-            return False
+            return None
         text = received.decode("utf-8", "replace") if isinstance(received, bytes) else str(received)
-        return received_before(text.strip(), self.sealing_since)
+        return text.strip() or None
 
     def lookup_instance(self, sop_instance_uid: str) -> str | None:
         """Orthanc's id of the instance with this SOP Instance UID, or ``None``."""
@@ -248,29 +230,33 @@ class SealedStorage:
         return None
 
     def report_failure(self, uuid: str, content_type: int, seal: Seal | None, exc: BaseException) -> None:
-        """Count, record, alert and tell the read hooks about a failed verification."""
+        """Count, record, alert and tell the read hooks about a failed verification.
+
+        ``exc`` is marked audited: the guard that sees it next records no second alert.
+        """
         problem = f"{type(exc).__name__}: {exc}"
         logger.error("integrity failure on attachment %s type %d: %s", uuid, content_type, problem)
         self.runtime.metrics.increment(FAILURES_METRIC)
-        now = self.runtime.clock()
         try:
-            self.store.record_failure(uuid, content_type, problem, now)
+            self.store.record_failure(uuid, content_type, problem, self.runtime.clock())
         except StoreUnavailableError:
             logger.error("could not record the failure of %s in the seal store", uuid)
         requester = self.runtime.current_requester(Requester(transport=Transport.INTERNAL),
                                                    seal.series_uid if seal else "")
-        try:
-            security_alert(
-                self.runtime, requester, "storage-read", problem,
-                patient_id=seal.patient_id if seal else "",
-                study_uid=seal.study_uid if seal else "",
-                series_uid=seal.series_uid if seal else "",
-            )
-        except HardeningError:
-            logger.error("could not audit the integrity failure of %s", uuid)
+        alert(self.runtime, requester, "storage-read", problem,
+              patient_id=seal.patient_id if seal else "", study_uid=seal.study_uid if seal else "",
+              series_uid=seal.series_uid if seal else "")
+        mark_audited(exc)
         event = StorageEvent(uuid, content_type, seal, problem, threading.get_ident(), READ, seal is not None, 0)
         for hook in self.read_hooks:
             hook(event)
+
+    # -- remove --------------------------------------------------------------------------
+
+    def remove(self, uuid: str, content_type: int) -> None:
+        """Delete the file and record the removal (the seal row stays as evidence)."""
+        remove_file(attachment_path(self.root, uuid))
+        self.store.mark_removed(uuid, int(content_type), self.runtime.clock())
 
     # -- the storage area with ranges (RegisterStorageArea3, Python plugin 7.1) ----------
 
@@ -299,20 +285,6 @@ class SealedStorage:
         self.remove(uuid, content_type)
         return 0
 
-    # -- remove --------------------------------------------------------------------------
-
-    def remove(self, uuid: str, content_type: int) -> None:
-        """Delete the file and record the removal (the seal row stays as evidence)."""
-        content_type = int(content_type)
-        path = attachment_path(self.root, uuid)
-        _unlink(path)
-        for directory in (path.parent, path.parent.parent):
-            try:
-                directory.rmdir()
-            except OSError:
-                break
-        self.store.mark_removed(uuid, content_type, self.runtime.clock())
-
     # -- whole instances -----------------------------------------------------------------
 
     def attachments_of(self, instance_id: str) -> list[tuple[str, int, str]]:
@@ -338,6 +310,9 @@ class SealedStorage:
         Args:
             instance_id: Orthanc's instance id.
             parents: a cache of series and study answers shared by the calls of one request.
+
+        Raises:
+            NotFoundError: Orthanc does not know the instance.
         """
         orthanc = self.runtime.orthanc
         cache = parents if parents is not None else {}
@@ -370,16 +345,14 @@ class SealedStorage:
             IntegrityError: any verification failure (also in monitor mode: callers decide).
         """
         record = self.store.get_record(uuid, content_type)
-        seal = None if record is None else self.cache.parse(record)
+        seal = None if record is None else self.cache.parse_seal(record)
         try:
-            data = _read_file(attachment_path(self.root, uuid))
+            data = read_file(attachment_path(self.root, uuid))
         except FileNotFoundError as exc:
             raise SealMismatchError(f"attachment {uuid} (type {content_type}): file is missing") from exc
-        check = check_read(uuid, content_type, data, seal, self.keyring, self.cache, record)
-        if check.seal is None:
-            self._check_unsealed(uuid, content_type, data)
-            return None
-        if expected is not None and check.seal.sop_instance_uid:
+        check = verify_read(uuid, content_type, data, seal, self.keyring, self.runtime.config.unsealed_policy,
+                            is_legacy=lambda: self.is_legacy_bytes(data), cache=self.cache, record=record)
+        if check.seal is not None and expected is not None and check.seal.sop_instance_uid:
             check_identity(check.seal, expected)
         return check.seal
 
@@ -402,7 +375,7 @@ class SealedStorage:
                 self.verify_attachment(uuid, content_type, expected)
             except IntegrityError as exc:
                 self.report_failure(uuid, content_type, self.store.get(uuid, content_type), exc)
-                raise type(exc)(f"instance {instance_id}: {exc}") from exc
+                raise mark_audited(type(exc)(f"instance {instance_id}: {exc}")) from exc
 
     def seal_report(self, instance_id: str) -> dict[str, Any]:
         """The seals of an instance's attachments and their verification now."""
@@ -426,81 +399,29 @@ class SealedStorage:
         return {"instance": instance_id, "verified": verified, "current_key": self.keyring.signer.key_id,
                 "attachments": attachments}
 
-    # -- sealing existing data -----------------------------------------------------------
+    # -- the storage-area callbacks, each behind the guard -------------------------------
 
-    def seal_existing(self, since: int, limit: int) -> dict[str, Any]:
-        """Seal the legacy attachments of up to ``limit`` instances from index ``since``."""
-        orthanc = self.runtime.orthanc
-        ids = json.loads(orthanc.RestApiGet(f"/instances?since={since}&limit={limit}"))
-        counts = {"instances": len(ids), "sealed": 0, "already_sealed": 0, "refused": 0}
-        refused = []
-        for instance_id in ids:
-            for _name, content_type, uuid in self.attachments_of(instance_id):
-                if self.store.get(uuid, content_type) is not None:
-                    counts["already_sealed"] += 1
-                    continue
-                data = attachment_path(self.root, uuid).read_bytes()
-                if not self._is_legacy(data):
-                    counts["refused"] += 1
-                    refused.append(instance_id)
-                    self.report_failure(uuid, content_type, None, SealMissingError(
-                        f"attachment {uuid} of instance {instance_id} was stored after sealing began and "
-                        "has no seal; it is not sealed now"))
-                    continue
-                try:
-                    identity = identify(data) if content_type in (DICOM, DICOM_UNTIL_PIXEL_DATA) else NO_IDENTITY
-                except ValueError:
-                    identity = NO_IDENTITY
-                seal = seal_attachment(uuid, content_type, data, identity, self.keyring.signer,
-                                       self.runtime.clock(), sealed_after_ingest=True)
-                self.store.put(seal)
-                counts["sealed"] += 1
-        return {**counts, "refused_instances": sorted(set(refused)), "next": since + len(ids),
-                "done": len(ids) < limit}
+    def guarded(self, gate: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        """``function`` as a storage-area gatekeeper: any exception refuses (re-raised) and is reported."""
 
+        def callback(*args: Any) -> Any:
+            return decide(self.runtime, gate, self._requester, lambda: function(*args), refuse_raise)
 
-# -- files --------------------------------------------------------------------------------
+        return callback
 
-
-def _write_file(final: Path, data: bytes, sync: bool) -> None:
-    """Write an attachment where Orthanc would, fsync'ed when ``SyncStorageArea`` is on.
-
-    The seal row is already committed: a crash while writing leaves a partial file with a
-    seal row that Orthanc never indexed, which start-up reconciliation removes.
-    """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        if sync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _read_file(path: Path) -> bytes:
-    """The whole file, read once into one ``bytes`` (sized by ``fstat``, no extra copy)."""
-    with open(path, "rb", buffering=0) as handle:
-        return handle.readall()
-
-
-def _unlink(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+    def _requester(self) -> Requester:
+        return self.runtime.current_requester(Requester(transport=Transport.INTERNAL))
 
 
 # -- start-up -----------------------------------------------------------------------------
 
 
-def storage_root(runtime: Runtime) -> Path:
+def storage_root(orthanc_config: Any) -> Path:
     """Orthanc's ``StorageDirectory`` (relative paths are taken from the working directory)."""
-    return Path(str(runtime.orthanc_config.get("StorageDirectory", "OrthancStorage"))).absolute()
+    return Path(str(orthanc_config.get("StorageDirectory", "OrthancStorage"))).absolute()
 
 
-def load_sealing_since(store: SQLiteSealStore, keyring: keymod.KeyRing, now: dt.datetime) -> str:
+def load_sealing_since(store: SQLiteSealStore, keyring: KeyRing, now: dt.datetime) -> str:
     """The signed time sealing began (set at the first start); ``""`` if it does not verify."""
     value = store.get_meta(epoch.META_NAME)
     if value is None:
@@ -545,326 +466,41 @@ def reconcile_index(storage: SealedStorage, suspects: Iterable[Seal], clean_thro
                 known = False
         if not known and seal.sop_instance_uid:
             logger.warning("removing attachment %s that Orthanc never indexed (interrupted ingest)", seal.uuid)
-            _unlink(attachment_path(storage.root, seal.uuid))
+            unlink(attachment_path(storage.root, seal.uuid))
             storage.store.abandon(seal.uuid, seal.content_type, storage.runtime.clock())
     storage.store.set_meta("clean_through_rowid", str(clean_through))
 
 
-# -- archives -----------------------------------------------------------------------------
-
-
-def _resource_instances(runtime: Runtime, level: str, resource_id: str) -> list[str]:
-    try:
-        answer = json.loads(runtime.orthanc.RestApiGet(f"/{level}/{resource_id}/instances"))
-    except Exception as exc:
-        raise NotFoundError(f"{level[:-1]} {resource_id} is unknown") from exc
-    return [str(item["ID"]) for item in answer]
-
-
-def _tools_instances(runtime: Runtime, body: dict[str, Any]) -> list[str]:
-    resources = body.get("Resources")
-    if not isinstance(resources, list) or not all(isinstance(r, str) for r in resources):
-        raise BadRequestError("Resources", "must be a list of Orthanc identifiers")
-    instances: list[str] = []
-    for resource in resources:
-        found = None
-        for level in ("patients", "studies", "series"):
-            try:
-                found = _resource_instances(runtime, level, resource)
-                break
-            except NotFoundError:
-                continue
-        if found is None:
-            try:
-                runtime.orthanc.RestApiGet(f"/instances/{resource}")
-                found = [resource]
-            except Exception as exc:
-                raise NotFoundError(f"resource {resource} is unknown") from exc
-        instances.extend(found)
-    return instances
-
-
-def _parse_body(body: bytes) -> dict[str, Any]:
-    return parse_json_object(body, empty_ok=True)
-
-
-class ArchiveRefusedError(IntegrityError):
-    """An archive or media was refused because instances in it do not verify."""
-
-    def __init__(self, failures: dict[str, str], message: str = "") -> None:
-        names = ", ".join(sorted(failures))
-        super().__init__(message or f"{len(failures)} instance(s) failed verification: {names}")
-        self.failures = failures
-
-
-@dataclass(frozen=True, slots=True)
-class ArchiveJob:
-    """An archive job started by the override: what it must contain, and the failure mark."""
-
-    uuids: frozenset[str]
-    instances: int
-    failure_mark: int
-
-
-def start_archive(storage: SealedStorage, uri: str, instances: list[str], job_body: dict[str, Any]) -> tuple[str, Any]:
-    """Verify every instance from disk, then start Orthanc's archive job (asynchronous).
-
-    Returns:
-        The job id and Orthanc's answer to the job creation.
+def install(runtime: Runtime, keys: KeyRing, cache: SignatureCache) -> SealedStorage:
+    """Open the seal store, reconcile, and register the storage area.
 
     Raises:
-        ArchiveRefusedError: an instance failed verification (enforce mode).
-    """
-    runtime = storage.runtime
-    failures: dict[str, str] = {}
-    uuids: set[str] = set()
-    parents: dict[str, Any] = {}
-    for instance_id in instances:
-        try:
-            attachments = storage.attachments_of(instance_id)
-            uuids.update(uuid for _n, _t, uuid in attachments)
-            storage.check_instance(instance_id, attachments, parents)
-        except IntegrityError as exc:
-            failures[instance_id] = str(exc)
-    if failures and runtime.config.is_enforcing:
-        raise ArchiveRefusedError(failures)
-    mark = storage.store.last_failure_id()
-    body = {**job_body, "Asynchronous": True}
-    body.pop("Synchronous", None)
-    answer = json.loads(runtime.orthanc.RestApiPost(uri, json.dumps(body)))
-    job_id = str(answer["ID"])
-    with storage.jobs_lock:
-        while len(storage.jobs) >= 10000:
-            storage.jobs.pop(next(iter(storage.jobs)))
-        storage.jobs[job_id] = ArchiveJob(frozenset(uuids), len(instances), mark)
-    return job_id, answer
-
-
-def archive_of_job(storage: SealedStorage, job_id: str) -> bytes:
-    """The archive of a finished job, refused if a read failed while the job ran.
-
-    Raises:
-        ArchiveRefusedError: a read of the job's instances failed, or an instance is missing.
-    """
-    runtime = storage.runtime
-    with storage.jobs_lock:
-        job = storage.jobs.get(job_id)
-    if job is not None and runtime.config.is_enforcing:
-        late = [f for f in storage.store.failures_since(job.failure_mark) if f.uuid in job.uuids]
-        if late:
-            raise ArchiveRefusedError({f.uuid: f.problem for f in late})
-    data = runtime.orthanc.RestApiGet(f"/jobs/{job_id}/archive")
-    data = data if isinstance(data, bytes) else str(data).encode("latin-1")
-    if job is not None and runtime.config.is_enforcing:
-        _check_archive_complete(data, job.instances)
-    return data
-
-
-def make_archive(storage: SealedStorage, uri: str, instances: list[str], job_body: dict[str, Any]) -> bytes:
-    """Verify every instance, build the archive as an asynchronous job, wait, return its bytes.
-
-    Raises:
-        ArchiveRefusedError: an instance failed verification (enforce mode), before or while
-            Orthanc read it for the archive, or the archive lacks an instance.
-        StoreUnavailableError: the job failed.
-    """
-    runtime = storage.runtime
-    job_id, _answer = start_archive(storage, uri, instances, job_body)
-    deadline = time.monotonic() + JOB_TIMEOUT_SECONDS
-    while True:
-        # time.sleep releases the GIL: the job thread needs it to run the storage read.
-        time.sleep(JOB_POLL_SECONDS)
-        state = json.loads(runtime.orthanc.RestApiGet(f"/jobs/{job_id}"))
-        if state.get("State") in ("Success", "Failure") or time.monotonic() > deadline:
-            break
-    if state.get("State") != "Success":
-        raise StoreUnavailableError(f"archive job {job_id} ended in state {state.get('State')}")
-    try:
-        return archive_of_job(storage, job_id)
-    finally:
-        with storage.jobs_lock:
-            storage.jobs.pop(job_id, None)
-
-
-def _check_archive_complete(data: bytes, expected: int) -> None:
-    try:
-        with zipfile.ZipFile(BytesIO(data)) as archive:
-            names = [n for n in archive.namelist() if not n.endswith("/") and not n.upper().endswith("DICOMDIR")]
-    except zipfile.BadZipFile as exc:
-        raise SealInvalidError("the archive Orthanc produced is not a ZIP file") from exc
-    if len(names) != expected:
-        raise ArchiveRefusedError({}, f"the archive holds {len(names)} of {expected} instances; refused as a whole")
-
-
-def _register_archives(runtime: Runtime, storage: SealedStorage) -> None:
-    # Archives are started and fetched from a plugin thread, never from the HTTP thread
-    # (Orthanc 1.13 crashes building a ZIP on a civetweb worker's stack: shell/offload.py).
-    offloader = Offloader()
-    runtime.stop_actions.append(offloader.stop)
-
-    def offloaded(handler: Callable[[RestCall], Reply]) -> Callable[[RestCall], Reply]:
-        def run(call: RestCall) -> Reply:
-            return offloader.run(lambda: handler(call))
-
-        return run
-
-    def resource_archive(call: RestCall) -> Reply:
-        level, resource_id, kind = call.groups
-        instances = _resource_instances(runtime, level, resource_id)
-        body = _parse_body(call.body) if call.method == "POST" else {}
-        if call.method == "GET" and call.query.get("transcode"):
-            body["Transcode"] = call.query["transcode"]
-        if call.method == "GET" and kind == "media" and "extended" in call.query:
-            body["Extended"] = True
-        uri = f"/{level}/{resource_id}/{kind}"
-        if body.get("Asynchronous") is True:
-            return Reply(start_archive(storage, uri, instances, body)[1])
-        return Reply(raw=make_archive(storage, uri, instances, body), content_type="application/zip")
-
-    def tools_archive(call: RestCall) -> Reply:
-        body = _parse_body(call.body)
-        instances = _tools_instances(runtime, body)
-        uri = f"/tools/{call.groups[0]}"
-        if body.get("Asynchronous") is True:
-            return Reply(start_archive(storage, uri, instances, body)[1])
-        return Reply(raw=make_archive(storage, uri, instances, body), content_type="application/zip")
-
-    def job_archive(call: RestCall) -> Reply:
-        return Reply(raw=archive_of_job(storage, call.groups[0]), content_type="application/zip")
-
-    register(runtime, ARCHIVE_ROUTE, {"GET": offloaded(resource_archive), "POST": offloaded(resource_archive)},
-             name="archive")
-    register(runtime, TOOLS_ARCHIVE_ROUTE, {"POST": offloaded(tools_archive)}, name="create-archive")
-    register(runtime, JOB_ARCHIVE_ROUTE, {"GET": offloaded(job_archive)}, name="job-archive")
-
-
-# -- REST ---------------------------------------------------------------------------------
-
-
-def _register_routes(runtime: Runtime, storage: SealedStorage) -> None:
-    config = runtime.config
-
-    def seal_of_instance(call: RestCall) -> Reply:
-        return Reply(storage.seal_report(call.groups[0]))
-
-    def list_keys(call: RestCall) -> Reply:
-        entries = keymod.read_registry(config.key_directory)
-        current = storage.keyring.signer.key_id
-        accepted = storage.keyring.public_keys()
-        rows = []
-        for kid in sorted(set(entries) | set(accepted)):
-            entry = entries.get(kid)
-            status = "current" if kid == current else "revoked" if entry and entry.is_revoked else "trusted"
-            rows.append({
-                "key_id": kid,
-                "status": status,
-                "algorithm": entry.algorithm if entry else "",
-                "created_at": entry.created_at if entry else "",
-                "retired_at": entry.retired_at if entry else "",
-                "revoked_at": entry.revoked_at if entry else "",
-                "source": "registry" if entry else "TrustedKeys",
-                "public_key": accepted.get(kid, b"").decode("ascii"),
-            })
-        return Reply({"current": current, "keys": rows})
-
-    def rotate(call: RestCall) -> Reply:
-        passphrase = passphrase_from_env(config, os.environ)
-        if not passphrase:
-            raise BadRequestError("passphrase", f"{config.signing_key_passphrase_env} is not set")
-        old, new = keymod.rotate_key(config.signing_key, config.key_directory, passphrase, runtime.clock())
-        storage.keyring.replace_signer(new)
-        runtime.audit.record(AuditEvent(
-            time=runtime.clock(), event=EventCode.APPLICATION_ACTIVITY, action=Action.EXECUTE,
-            outcome=Outcome.SUCCESS, transport=call.requester.transport, user=call.requester.user,
-            roles=call.requester.roles, source_ip=call.requester.source_ip, route="/hardening/keys/rotate",
-            detail=f"signing key rotated from {old.key_id} to {new.key_id}",
-        ))
-        logger.warning("signing key rotated from %s to %s", old.key_id, new.key_id)
-        return Reply({"previous": old.key_id, "current": new.key_id, "algorithm": new.algorithm})
-
-    def seal_existing(call: RestCall) -> Reply:
-        body = _parse_body(call.body)
-        since = body.get("Since", 0)
-        limit = body.get("Limit", 1000)
-        if type(since) is not int or since < 0:
-            raise BadRequestError("Since", "must be a non-negative integer")
-        if type(limit) is not int or not 1 <= limit <= 100000:
-            raise BadRequestError("Limit", "must be an integer from 1 to 100000")
-        return Reply(storage.seal_existing(since, limit))
-
-    register(runtime, "/hardening/instances/([^/]+)/seal", {"GET": seal_of_instance}, name="seal")
-    register(runtime, "/hardening/keys", {"GET": list_keys}, role=ADMINISTRATOR, name="keys")
-    register(runtime, "/hardening/keys/rotate", {"POST": rotate}, role=ADMINISTRATOR, name="keys-rotate")
-    register(runtime, "/hardening/seal-existing", {"POST": seal_existing}, role=ADMINISTRATOR, name="seal-existing")
-
-
-# -- install ------------------------------------------------------------------------------
-
-
-def _guarded(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
-    """Log unexpected errors of a storage callback, then re-raise (Orthanc fails the operation)."""
-
-    def callback(*args: Any) -> Any:
-        try:
-            return function(*args)
-        except HardeningError:
-            raise
-        except FileNotFoundError:
-            raise
-        except Exception:
-            logger.exception("storage %s failed", name)
-            raise
-
-    return callback
-
-
-def install(runtime: Runtime) -> None:
-    """Load keys, open the seal store, reconcile, and register the storage area and routes.
-
-    Raises:
-        ConfigError: a key cannot be loaded.
         StoreUnavailableError: the seal store cannot be opened.
     """
     config = runtime.config
     now = runtime.clock()
-    keyring = keymod.load_key_ring(
-        config.signing_key,
-        passphrase_from_env(config, os.environ),
-        config.key_directory,
-        config.trusted_keys,
-        now,
-    )
-    runtime.services["keyring"] = keyring
-    root = storage_root(runtime)
+    root = storage_root(runtime.orthanc_config)
     root.mkdir(parents=True, exist_ok=True)
     store = SQLiteSealStore(config.seal_database, config.sqlite_synchronous)
-    storage = SealedStorage(runtime=runtime, root=root, store=store, keyring=keyring,
+    storage = SealedStorage(runtime=runtime, root=root, store=store, keyring=keys, cache=cache,
                             sync=bool(runtime.orthanc_config.get("SyncStorageArea", True)))
-    storage.sealing_since = load_sealing_since(store, keyring, now)
+    storage.sealing_since = load_sealing_since(store, keys, now)
     clean_through = store.max_rowid()
     suspects = reconcile_files(root, store, now)
-    runtime.services["seal_store"] = store
-    runtime.services["sealed_storage"] = storage
-    runtime.services["read_hooks"] = storage.read_hooks
-    runtime.services["write_hooks"] = storage.write_hooks
-    runtime.services["integrity"] = storage
     runtime.metrics.set(FAILURES_METRIC, 0)
-
-    keyring.add_listener(lambda _signer: storage.cache.clear())
+    keys.add_listener(lambda _signer: cache.clear())
 
     if runtime.capabilities.storage_area_ranges:
         # Python plugin 7.1 (Orthanc 1.13): a storage area with range reads. Orthanc then stores
         # no "DICOM until pixel data" attachment (it reads the header as a range of the DICOM
         # file), so an ingest seals and writes one file instead of two (measured: bench/RESULTS.md).
-        runtime.orthanc.RegisterStorageArea3(
-            _guarded("create", storage.create_v3), _guarded("read", storage.read_range),
-            _guarded("remove", storage.remove_v3))
+        runtime.orthanc.RegisterStorageArea3(  # type: ignore[attr-defined]
+            storage.guarded("storage-create", storage.create_v3), storage.guarded("storage-read", storage.read_range),
+            storage.guarded("storage-remove", storage.remove_v3))
     else:
         runtime.orthanc.RegisterStorageArea(
-            _guarded("create", storage.create), _guarded("read", storage.read), _guarded("remove", storage.remove)
-        )
-    _register_routes(runtime, storage)
-    _register_archives(runtime, storage)
+            storage.guarded("storage-create", storage.create), storage.guarded("storage-read", storage.read),
+            storage.guarded("storage-remove", storage.remove))
 
     started = runtime.orthanc.ChangeType.ORTHANC_STARTED
 
@@ -874,7 +510,5 @@ def install(runtime: Runtime) -> None:
 
     runtime.change_observers.append(reconcile_on_start)
     runtime.stop_actions.append(store.mark_clean)
-    logger.info("sealed storage in %s, key %s, %d suspect rows", root, keyring.signer.key_id, len(suspects))
-
-
-__all__ = ["SealedStorage", "answer_json", "install", "make_archive"]
+    logger.info("sealed storage in %s, key %s, %d suspect rows", root, keys.signer.key_id, len(suspects))
+    return storage

@@ -9,23 +9,22 @@ Two phases, because Orthanc serves a URI with the *first* plugin route whose pat
   REST routes: in lockdown a catch-all ``(/.*)`` answering 403 JSON; otherwise the
   enforcement overrides (insecure destinations, Lua, filesystem export, run-time creation
   of modalities and peers) and ``GET /hardening/posture``.
-* ``install`` runs last, when the storage hooks and the audit store exist: in lockdown it
-  refuses every incoming C-STORE (C-STORE gate), C-FIND (find callback) and C-GET/C-MOVE
-  read (storage read hook), and records one Security Alert.
+* ``install_dimse`` runs once the storage area exists: in lockdown it refuses every incoming
+  C-STORE (C-STORE gate) and C-GET/C-MOVE read (storage read hook), and records one Security
+  Alert; the C-FIND and C-MOVE handlers refuse in lockdown themselves.
 
 Outgoing sends cannot be forwarded from a REST override (a job started from a callback
 deadlocks Orthanc, ORTHANC-NOTES.md), so in enforce mode the override routes answer 403 JSON
 only for the destinations that are insecure at start; creating an insecure destination at run
 time is refused; and an HTTP gate refuses (empty 403) any send to a destination not known to
 be secure, after re-reading Orthanc's list once. Sends that bypass HTTP (the C-MOVE callback
-uses ``orthanc.RestApiPost``) ask ``runtime.services["tls_outgoing"].check_modality(name)``
-(absent in lockdown, where C-MOVE is refused anyway). Monitor mode blocks nothing: each
-would-be refusal is a warning in the log and counts in ``hardening_tls_violations``.
+uses ``orthanc.RestApiPost``) ask ``TLSGate.outgoing.check_modality(name)``. Monitor mode blocks
+nothing: each would-be refusal is a warning in the log and counts in ``hardening_tls_violations``.
 
-Services and metrics: ``runtime.services["posture"]`` (the last ``PostureReport``),
-``["tls_outgoing"]`` (``OutgoingPolicy``); gauges ``hardening_posture_failed_checks`` and
-``hardening_certificate_days_left`` (the soonest-expiring server certificate), counters
-``hardening_tls_violations`` and ``hardening_lockdown_refusals``.
+``install_early`` returns the ``TLSGate``: the last ``PostureReport`` and the ``OutgoingPolicy``.
+Metrics: gauges ``hardening_posture_failed_checks`` and ``hardening_certificate_days_left`` (the
+soonest-expiring server certificate), counters ``hardening_tls_violations`` and
+``hardening_lockdown_refusals``.
 """
 
 from __future__ import annotations
@@ -35,17 +34,20 @@ import json
 import logging
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from orthanc_hardening.errors import AccessDeniedError
-from orthanc_hardening.identity import ADMINISTRATOR, HttpRequest, Requester, http_requester, transport_of_uri
+from orthanc_hardening.errors import AccessDeniedError, BadRequestError
+from orthanc_hardening.identity import ADMINISTRATOR, HttpRequest, Requester, transport_of_uri
 from orthanc_hardening.request_body import MAX_DEPTH, nesting_depth
-from orthanc_hardening.shell.guard import alert_for, answer_json, security_alert
-from orthanc_hardening.shell.hooks import DIMSE_NOT_AUTHORIZED
-from orthanc_hardening.shell.rest import Reply, register
+from orthanc_hardening.services import host_probe as host
+from orthanc_hardening.shell.guard import RestRefusal, alert, answer_json, decide
+from orthanc_hardening.shell.orthanc_api import core_call
+from orthanc_hardening.shell.requester import internal_requester, rest_requester
+from orthanc_hardening.shell.rest import Reply, RestCall, register
 from orthanc_hardening.shell.runtime import Runtime
-from orthanc_hardening.tls import host
+from orthanc_hardening.shell.storage import SealedStorage
 from orthanc_hardening.tls.enforcement import (
     MODALITY_DEFINITION,
     PEER_DEFINITION,
@@ -93,8 +95,6 @@ FORBIDDEN_ROUTES = (
     ("/tools/execute-script", "POST /tools/execute-script runs Lua code on the server"),
     ("/instances/([^/]+)/export", "POST /instances/{id}/export writes to the server's filesystem"),
 )
-# Orthanc error codes (OrthancException.args[0]) for answers forwarded from the core.
-_ORTHANC_STATUS = {17: 404, 11: 400, 8: 400, 4: 400, 3: 400, 2: 400}
 
 
 def evaluate_posture(runtime: Runtime, live: bool) -> PostureReport:
@@ -125,20 +125,28 @@ def evaluate_posture(runtime: Runtime, live: bool) -> PostureReport:
     return report
 
 
-def install_early(runtime: Runtime) -> None:
+@dataclass
+class TLSGate:
+    """The TLS side of the plugin: the last posture report and the rules for outgoing sends."""
+
+    report: PostureReport
+    outgoing: OutgoingPolicy
+
+
+def install_early(runtime: Runtime) -> TLSGate:
     """Evaluate the posture, decide on lockdown and register every TLS route (see module doc).
 
     Raises:
         ConfigError: a configured certificate file cannot be used; Orthanc must not start.
     """
     report = evaluate_posture(runtime, live=False)
-    runtime.services["posture"] = report
+    gate = TLSGate(report, OutgoingPolicy(runtime))
     for check in report.checks:
         if check.status is Status.FAIL:
             log = logger.error if check.is_critical_failure else logger.warning
             log("posture check %s failed (%s): %s. Fix: %s", check.id, check.severity.value, check.evidence,
                 check.remedy)
-    _keep_certificate_metric_fresh(runtime)
+    _keep_certificate_metric_fresh(runtime, gate)
     critical = tuple(c.id for c in report.critical_failures)
     if critical and runtime.config.is_enforcing:
         runtime.lockdown = critical
@@ -149,49 +157,47 @@ def install_early(runtime: Runtime) -> None:
             ", ".join(critical),
         )
         _install_lockdown_routes(runtime, report)
-        return
+        return gate
     if critical:
         logger.warning("monitor mode: critical checks failed (%s); nothing is blocked", ", ".join(critical))
-    _install_enforcement(runtime)
-    register(runtime, POSTURE_ROUTE, {"GET": lambda call: _posture_reply(runtime)}, role=ADMINISTRATOR)
+    _install_enforcement(runtime, gate.outgoing)
+
+    def posture(call: RestCall) -> Reply:
+        gate.report = evaluate_posture(runtime, live=True)
+        return Reply(gate.report.to_json(runtime.config.mode.value, runtime.lockdown))
+
+    register(runtime, POSTURE_ROUTE, {"GET": posture}, role=ADMINISTRATOR)
+    return gate
 
 
-def install(runtime: Runtime) -> None:
-    """Install the DIMSE side of the lockdown (runs after storage and audit are installed)."""
+def install_dimse(runtime: Runtime, storage: SealedStorage) -> None:
+    """Install the DIMSE side of the lockdown (every C-STORE and every C-GET/C-MOVE read refused)."""
     if not runtime.lockdown:
         return
-    runtime.cstore_gates.insert(0, lambda instance: _refuse_cstore(runtime, instance))
-    read_hooks = runtime.services.get("read_hooks")
-    if isinstance(read_hooks, list):
-        read_hooks.insert(0, lambda event: _refuse_read(runtime))
-    else:
-        logger.error("no storage read hooks: C-GET cannot be refused in lockdown")
 
-    # C-FIND: the verified-query feature (shell/query.py) owns the one find callback the
-    # Python plugin allows, and refuses in lockdown itself.
-    try:
-        security_alert(
-            runtime,
-            Requester(transport=transport_of_uri("/")),
-            "startup",
-            _lockdown_detail(runtime),
-        )
-    except Exception:
-        logger.exception("could not audit the lockdown")
+    def refuse_cstore(_instance: Any) -> None:
+        runtime.metrics.increment("lockdown_refusals")
+        raise AccessDeniedError(_lockdown_detail(runtime))
+
+    def refuse_read(_event: Any) -> None:
+        raise AccessDeniedError(_lockdown_detail(runtime))
+
+    runtime.cstore_gates.insert(0, refuse_cstore)
+    storage.read_hooks.insert(0, refuse_read)
+    alert(runtime, internal_requester(), "startup", _lockdown_detail(runtime))
 
 
-def _keep_certificate_metric_fresh(runtime: Runtime) -> None:
+def _keep_certificate_metric_fresh(runtime: Runtime, gate: TLSGate) -> None:
     # Prometheus reads the metrics over HTTP: recompute the days left at each scrape, so the
     # gauge counts down between posture reports.
-    def refresh_metric(request: HttpRequest) -> None:
+    def refresh_certificate_metric(request: HttpRequest) -> None:
         if request.uri != METRICS_ROUTE:
             return
-        report = runtime.services.get("posture")
-        not_after = getattr(report, "certificate_not_after", None)
+        not_after = gate.report.certificate_not_after
         if not_after is not None:
             runtime.metrics.set("certificate_days_left", (not_after - runtime.clock()) // dt.timedelta(days=1))
 
-    runtime.http_gates.append(refresh_metric)
+    runtime.http_observers.append(refresh_certificate_metric)
 
 
 # -- lockdown -----------------------------------------------------------------------------
@@ -217,6 +223,7 @@ def _install_lockdown_routes(runtime: Runtime, report: PostureReport) -> None:
     body = _lockdown_body(runtime, report)
 
     def refuse_everything(output: Any, uri: str, **request: Any) -> None:
+        # Every request is refused; the HTTP filter already counted and alerted it.
         answer_json(output, 403, body)
 
     runtime.orthanc.RegisterRestCallback(LOCKDOWN_ROUTE, refuse_everything)
@@ -234,25 +241,15 @@ def _first_segment(uri: str) -> str:
     return uri.lstrip("/").split("/", 1)[0]
 
 
-def _refuse_cstore(runtime: Runtime, instance: Any) -> int:
-    logger.warning("C-STORE refused (lockdown): %s", ", ".join(runtime.lockdown))
-    runtime.metrics.increment("lockdown_refusals")
-    return DIMSE_NOT_AUTHORIZED
-
-
-def _refuse_read(runtime: Runtime) -> None:
-    raise AccessDeniedError(_lockdown_detail(runtime))
-
-
 # -- enforcement --------------------------------------------------------------------------
 
 
 class OutgoingPolicy:
     """Orthanc's modalities, peers and DICOMweb servers as last read, and the sending rules.
 
-    Published as ``runtime.services["tls_outgoing"]``: code that sends on Orthanc's behalf
-    without an HTTP request (the C-MOVE callback sends through ``orthanc.RestApiPost``, which
-    bypasses the HTTP filter and the REST overrides) calls ``check_modality`` first.
+    Code that sends on Orthanc's behalf without an HTTP request (the C-MOVE callback sends
+    through ``orthanc.RestApiPost``, which bypasses the HTTP filter and the REST overrides)
+    calls ``check_modality`` first.
     """
 
     def __init__(self, runtime: Runtime) -> None:
@@ -305,9 +302,7 @@ class OutgoingPolicy:
             raise AccessDeniedError(verdict.reason)
 
 
-def _install_enforcement(runtime: Runtime) -> None:
-    policy = OutgoingPolicy(runtime)
-    runtime.services["tls_outgoing"] = policy
+def _install_enforcement(runtime: Runtime, policy: OutgoingPolicy) -> None:
     enforcing = runtime.config.is_enforcing
     # Routes whose refusal a REST override answers with JSON; the gate lets exactly these
     # through (matched on the raw URI, as Orthanc matches the override) and refuses the rest.
@@ -353,9 +348,10 @@ def _register_insecure_destination(runtime: Runtime, destination: Destination) -
     verdict = judge_request("POST", f"{prefix}{destination.name}/store", only)
 
     def refuse(output: Any, uri: str, **request: Any) -> None:
-        requester = _requester(runtime, request)
-        alert_for(runtime, AccessDeniedError(verdict.reason), requester, uri)
-        answer_json(output, 403, verdict.body)
+        def deny() -> None:
+            raise AccessDeniedError(verdict.reason, answer=verdict.body)
+
+        decide(runtime, uri, rest_requester(runtime, uri, request), deny, RestRefusal(output))
 
     runtime.orthanc.RegisterRestCallback(pattern, refuse)
     return re.compile(pattern)
@@ -363,13 +359,13 @@ def _register_insecure_destination(runtime: Runtime, destination: Destination) -
 
 def _register_forbidden(runtime: Runtime, pattern: str, reason: str) -> None:
     def refuse(output: Any, uri: str, **request: Any) -> None:
-        method = str(request.get("method", "GET")).upper()
-        if method != "POST":
-            output.SendMethodNotAllowed("POST")
-            return
-        detail = f"{reason} and is refused in enforce mode"
-        alert_for(runtime, AccessDeniedError(detail), _requester(runtime, request), uri)
-        answer_json(output, 403, {"error": "forbidden", "detail": detail})
+        def deny() -> None:
+            if str(request.get("method", "GET")).upper() != "POST":
+                output.SendMethodNotAllowed("POST")
+                return
+            raise AccessDeniedError(f"{reason} and is refused in enforce mode")
+
+        decide(runtime, uri, rest_requester(runtime, uri, request), deny, RestRefusal(output))
 
     runtime.orthanc.RegisterRestCallback(pattern, refuse)
 
@@ -384,61 +380,38 @@ def _register_definition_override(runtime: Runtime, state: OutgoingPolicy, patte
 
     def callback(output: Any, uri: str, **request: Any) -> None:
         method = str(request.get("method", "GET")).upper()
-        requester = _requester(runtime, request)
-        try:
+        requester = rest_requester(runtime, uri, request)
+
+        def forward() -> None:
             if method == "PUT":
                 name = (request.get("groups") or ("",))[0]
                 body = request.get("body") or b""
                 if nesting_depth(body) > MAX_DEPTH:
                     # Neither json here nor Orthanc's parser should see a body built to
                     # exhaust the HTTP thread's stack.
-                    answer_json(output, 400, {"error": "bad request",
-                                              "detail": f"body: is nested deeper than {MAX_DEPTH} levels"})
-                    return
+                    raise BadRequestError("body", f"is nested deeper than {MAX_DEPTH} levels")
                 verdict, destination = judge_definition(kind, name, body)
                 if not verdict.allowed:
                     _violation(runtime, verdict, requester, uri)
                     if runtime.config.is_enforcing:
-                        alert_for(runtime, AccessDeniedError(verdict.reason), requester, uri)
-                        answer_json(output, 403, verdict.body)
-                        return
-                answer = orthanc.RestApiPut(uri, body)
+                        raise AccessDeniedError(verdict.reason, answer=verdict.body)
+                answer = core_call(orthanc.RestApiPut, uri, body)
                 if destination is not None:
                     state.add(destination)
             elif method == "GET":
                 query = dict(request.get("get") or {})
-                answer = orthanc.RestApiGet(uri + ("?" + urlencode(query) if query else ""))
+                answer = core_call(orthanc.RestApiGet, uri + ("?" + urlencode(query) if query else ""))
             elif method == "DELETE":
-                answer = orthanc.RestApiDelete(uri)
+                answer = core_call(orthanc.RestApiDelete, uri)
                 answer = answer if answer is not None else b"{}"
             else:
                 output.SendMethodNotAllowed("GET,PUT,DELETE")
                 return
-        except Exception as exc:
-            _answer_core_error(output, exc)
-            return
-        output.AnswerBuffer(answer if answer is not None else b"{}", "application/json")
+            output.AnswerBuffer(answer if answer is not None else b"{}", "application/json")
+
+        decide(runtime, uri, requester, forward, RestRefusal(output))
 
     orthanc.RegisterRestCallback(pattern, callback)
-
-
-def _answer_core_error(output: Any, exc: Exception) -> None:
-    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
-    status = _ORTHANC_STATUS.get(code, 500) if code is not None else 500
-    detail = str(exc.args[1]) if len(exc.args) > 1 else "Orthanc refused the request"
-    answer_json(output, status, {"error": "bad request" if status == 400 else "error", "detail": detail})
-
-
-def _posture_reply(runtime: Runtime) -> Reply:
-    report = evaluate_posture(runtime, live=True)
-    runtime.services["posture"] = report
-    return Reply(report.to_json(runtime.config.mode.value, runtime.lockdown))
-
-
-def _requester(runtime: Runtime, request: Mapping[str, Any]) -> Requester:
-    current = runtime.current_request()
-    ip = current.requester.source_ip if current is not None else ""
-    return http_requester(dict(request.get("headers") or {}), ip, runtime.config)
 
 
 def _rest_json(runtime: Runtime, uri: str) -> dict[str, Any] | None:

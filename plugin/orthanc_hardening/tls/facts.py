@@ -1,7 +1,7 @@
 """Facts about the host that the posture checks need, as plain data.
 
 The posture checks are pure: they never stat a file, read a certificate or load a library.
-``tls/host.py`` gathers these facts (inside Orthanc or from the command line) and passes them
+``services/host_probe.py`` gathers these facts (inside Orthanc or from the command line) and passes them
 in, so that unit tests can describe any host with a few literals.
 """
 

@@ -1,7 +1,7 @@
 """The security posture of an Orthanc configuration: one result per check.
 
 Pure: ``inspect_posture`` reads the Orthanc configuration mapping, the parsed ``Hardening``
-section and the host facts gathered by ``tls/host.py`` (file modes, certificate bytes, the
+section and the host facts gathered by ``services/host_probe.py`` (file modes, certificate bytes, the
 libssl probe), and the time ``now``. It never raises on a weak configuration: it reports.
 ``check_certificate_files`` is the raising counterpart for start-up (a configured certificate
 that cannot be read is a configuration error). Evidence never carries a password or key.

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from orthanc_hardening import timefmt
 from orthanc_hardening.audit import chain
 from orthanc_hardening.audit.chain import Checkpoint, StoredEvent, inspect_chain, link, make_checkpoint, verify_chain
 from orthanc_hardening.errors import AuditChainError
@@ -157,4 +158,4 @@ def test_forged_checkpoint_signature_is_refused(signer: Signer, keyring: KeyRing
 
 def test_naive_time_is_a_caller_bug() -> None:
     with pytest.raises(ValueError):
-        chain.format_time(datetime(2026, 1, 1))
+        timefmt.format_time(datetime(2026, 1, 1))

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from orthanc_hardening.audit.store import SQLiteAuditStore
-from orthanc_hardening.audit.writer import AuditWriter
 from orthanc_hardening.cli import main
 from orthanc_hardening.seal.keys import Signer, public_pem
+from orthanc_hardening.services.audit_writer import AuditWriter
+from orthanc_hardening.stores.audit_store import SQLiteAuditStore
 from tests.unit.audit.conftest import FixedClock, make_event
 
 

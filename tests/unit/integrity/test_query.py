@@ -15,8 +15,8 @@ from orthanc_hardening.integrity.query import (
     SealedTagIndex,
     Verdict,
     action_for,
-    check_item,
     filter_answer,
+    inspect_item,
     level_of,
     orthanc_id,
     sealed_instance_tags,
@@ -67,7 +67,7 @@ def test_orthanc_id_is_sha1_in_groups() -> None:
 
 def test_untouched_study_is_ok(study) -> None:
     index, pairs = study
-    check = check_item("Study", orthanc_study(*pairs[0]), index)
+    check = inspect_item("Study", orthanc_study(*pairs[0]), index)
     assert check.verdict is Verdict.OK
 
 
@@ -77,7 +77,7 @@ def test_patient_tag_edited_in_index_is_a_mismatch(study, tag: str) -> None:
     index, pairs = study
     item = orthanc_study(*pairs[0])
     item["PatientMainDicomTags"][tag] = "Attacker^Edit"
-    check = check_item("Study", item, index)
+    check = inspect_item("Study", item, index)
     assert check.verdict is Verdict.MISMATCH
     assert check.differing == (tag,)
     assert "Attacker" not in check.detail and tag in check.detail
@@ -88,13 +88,13 @@ def test_study_uid_edited_in_index_still_finds_its_seal(study) -> None:
     index, pairs = study
     item = orthanc_study(*pairs[0])
     item["MainDicomTags"]["StudyInstanceUID"] = "9.9.9"
-    assert check_item("Study", item, index).verdict is Verdict.MISMATCH
+    assert inspect_item("Study", item, index).verdict is Verdict.MISMATCH
 
 
 def test_unknown_resource_is_unsealed(study) -> None:
     index, _ = study
     item = {"ID": orthanc_id("nobody", "1"), "MainDicomTags": {}, "PatientMainDicomTags": {}}
-    assert check_item("Study", item, index).verdict is Verdict.UNSEALED
+    assert inspect_item("Study", item, index).verdict is Verdict.UNSEALED
 
 
 def test_every_level_is_checked(study) -> None:
@@ -105,24 +105,24 @@ def test_every_level_is_checked(study) -> None:
     instance = {"ID": orthanc_id(seal.patient_id, seal.study_uid, seal.series_uid, seal.sop_instance_uid),
                 "MainDicomTags": dict(tags["Instance"])}
     for level, item in (("Patient", patient), ("Series", series), ("Instance", instance)):
-        assert check_item(level, item, index).verdict is Verdict.OK
+        assert inspect_item(level, item, index).verdict is Verdict.OK
         edited = copy.deepcopy(item)
         first = next(iter(edited["MainDicomTags"]))
         edited["MainDicomTags"][first] += "X"
-        assert check_item(level, edited, index).verdict is Verdict.MISMATCH
+        assert inspect_item(level, edited, index).verdict is Verdict.MISMATCH
 
 
 def test_study_tags_of_any_sealed_instance_are_accepted(study) -> None:
     index, pairs = study
     # Instances of one study disagree on InstanceNumber only; study level is the same for both.
-    assert check_item("Study", orthanc_study(*pairs[1]), index).verdict is Verdict.OK
+    assert inspect_item("Study", orthanc_study(*pairs[1]), index).verdict is Verdict.OK
 
 
 def test_padding_is_normalised(study) -> None:
     index, pairs = study
     item = orthanc_study(*pairs[0])
     item["PatientMainDicomTags"]["PatientName"] += " "
-    assert check_item("Study", item, index).verdict is Verdict.OK
+    assert inspect_item("Study", item, index).verdict is Verdict.OK
 
 
 @pytest.mark.attack
@@ -140,10 +140,10 @@ def test_removing_an_instance_keeps_the_others(study) -> None:
     seal0, _ = pairs[0]
     index.remove(orthanc_id(seal0.patient_id, seal0.study_uid, seal0.series_uid, seal0.sop_instance_uid))
     assert len(index) == 1
-    assert check_item("Study", orthanc_study(*pairs[0]), index).verdict is Verdict.OK
+    assert inspect_item("Study", orthanc_study(*pairs[0]), index).verdict is Verdict.OK
     for seal, _ in pairs[1:]:
         index.remove(orthanc_id(seal.patient_id, seal.study_uid, seal.series_uid, seal.sop_instance_uid))
-    assert check_item("Study", orthanc_study(*pairs[0]), index).verdict is Verdict.UNSEALED
+    assert inspect_item("Study", orthanc_study(*pairs[0]), index).verdict is Verdict.UNSEALED
 
 
 @pytest.mark.parametrize(("verdict", "mode", "policy", "action"), [
@@ -199,8 +199,8 @@ def test_removing_an_instance_forgets_only_the_tags_no_other_instance_carries() 
         return orthanc_id(seal.patient_id, seal.study_uid, seal.series_uid, seal.sop_instance_uid)
 
     index.remove(instance_id(pairs[2][0]))  # the only one named Doe^B
-    assert check_item("Study", orthanc_study(*pairs[2]), index).verdict is Verdict.MISMATCH
+    assert inspect_item("Study", orthanc_study(*pairs[2]), index).verdict is Verdict.MISMATCH
     index.remove(instance_id(pairs[0][0]))  # Doe^A is still carried by the second instance
-    assert check_item("Study", orthanc_study(*pairs[0]), index).verdict is Verdict.OK
+    assert inspect_item("Study", orthanc_study(*pairs[0]), index).verdict is Verdict.OK
     index.add(sealed_instance_tags(*pairs[2]))
-    assert check_item("Study", orthanc_study(*pairs[2]), index).verdict is Verdict.OK
+    assert inspect_item("Study", orthanc_study(*pairs[2]), index).verdict is Verdict.OK

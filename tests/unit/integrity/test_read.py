@@ -8,14 +8,21 @@ import pytest
 
 from orthanc_hardening.config import UnsealedPolicy
 from orthanc_hardening.errors import SealInvalidError, SealMismatchError, SealMissingError, UnknownKeyError
-from orthanc_hardening.integrity.read import SignatureCache, check_read, check_unsealed, received_before
+from orthanc_hardening.integrity.legacy import check_unsealed, received_before
+from orthanc_hardening.integrity.read import verify_read
 from orthanc_hardening.seal.identity import InstanceIdentity
 from orthanc_hardening.seal.keys import KeyRing
 from orthanc_hardening.seal.record import seal_attachment
+from orthanc_hardening.stores.signature_cache import SignatureCache
 from tests.unit.seal.conftest import NOW, fixed_signer
 
 UUID = "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9"
 DATA = b"DICOM bytes" * 100
+
+
+def check_read(uuid, content_type, data, seal, ring, cache=None, record=None, legacy=True):
+    return verify_read(uuid, content_type, data, seal, ring, UnsealedPolicy.SERVE_AND_FLAG, lambda: legacy,
+                       cache, record)
 
 
 class CountingRing:
@@ -64,6 +71,14 @@ def test_unsealed_read_reports_no_seal():
     assert result.seal is None and not result.is_sealed
 
 
+@pytest.mark.attack
+def test_unsealed_read_of_data_stored_after_sealing_began_raises():
+    with pytest.raises(SealMissingError, match="stored after sealing began"):
+        check_read(UUID, 1, DATA, None, KeyRing(fixed_signer()), legacy=False)
+    with pytest.raises(SealMissingError, match="UnsealedPolicy is refuse"):
+        verify_read(UUID, 1, DATA, None, KeyRing(fixed_signer()), UnsealedPolicy.REFUSE, lambda: True)
+
+
 @pytest.mark.parametrize(
     ("policy", "legacy", "refused"),
     [
@@ -93,26 +108,26 @@ def test_cache_parses_a_verified_record_once_and_stays_bounded(sealed):
     signer, seal = sealed
     ring, cache = CountingRing(KeyRing(signer)), SignatureCache(limit=2)
     record = seal.to_bytes()
-    parsed = cache.parse(record)
+    parsed = cache.parse_seal(record)
     assert parsed == seal and parsed is not seal  # not verified yet: parsed from the bytes
     check_read(UUID, 1, DATA, parsed, ring, cache, record)
-    assert cache.parse(record) is parsed and ring.calls == 1
+    assert cache.parse_seal(record) is parsed and ring.calls == 1
     others = [seal_attachment(f"{UUID[:-1]}{i}", 1, DATA, InstanceIdentity(), signer, NOW) for i in range(3)]
     for other in others:
-        cache.verify(other, ring)
+        cache.verify_seal(other, ring)
     assert len(cache) == 2
-    assert cache.parse(record) is not parsed  # the least recently used record was dropped
+    assert cache.parse_seal(record) is not parsed  # the least recently used record was dropped
 
 
 @pytest.mark.attack
 def test_remembered_seal_does_not_cover_an_edited_record(sealed):
     signer, seal = sealed
     ring, cache = CountingRing(KeyRing(signer)), SignatureCache()
-    cache.remember(seal.to_bytes(), seal)
-    check_read(UUID, 1, DATA, cache.parse(seal.to_bytes()), ring, cache, seal.to_bytes())
+    cache.remember_seal(seal.to_bytes(), seal)
+    check_read(UUID, 1, DATA, cache.parse_seal(seal.to_bytes()), ring, cache, seal.to_bytes())
     assert ring.calls == 0
     edited = dataclasses.replace(seal, patient_id="X")
     record = edited.to_bytes()
     with pytest.raises(SealInvalidError):
-        check_read(UUID, 1, DATA, cache.parse(record), ring, cache, record)
+        check_read(UUID, 1, DATA, cache.parse_seal(record), ring, cache, record)
     assert ring.calls == 1

@@ -14,8 +14,8 @@ from orthanc_hardening.integrity.scrub import (
     FindingKind,
     IndexedAttachment,
     Progress,
-    check_file,
     count_by_kind,
+    inspect_file,
     manifest_findings,
     plan_scrub,
 )
@@ -70,7 +70,7 @@ def test_resumed_plan_skips_finished_files() -> None:
 def test_good_file_passes() -> None:
     data = b"dicom bytes"
     seal = seal_of(1, data)
-    assert check_file(att(1), hashlib.sha256(data).hexdigest(), len(data), seal, KEYRING) is None
+    assert inspect_file(att(1), hashlib.sha256(data).hexdigest(), len(data), seal, KEYRING) is None
 
 
 @pytest.mark.attack
@@ -78,7 +78,7 @@ def test_flipped_byte_is_tampered() -> None:
     data = b"dicom bytes"
     seal = seal_of(1, data)
     bad = b"dicom bytez"
-    finding = check_file(att(1), hashlib.sha256(bad).hexdigest(), len(bad), seal, KEYRING)
+    finding = inspect_file(att(1), hashlib.sha256(bad).hexdigest(), len(bad), seal, KEYRING)
     assert finding is not None and finding.kind is FindingKind.TAMPERED and finding.uuid == "uuid-1"
 
 
@@ -87,7 +87,7 @@ def test_seal_of_untrusted_key_is_tampered() -> None:
     data = b"x"
     stranger = Signer.of(ed25519.Ed25519PrivateKey.from_private_bytes(b"\x05" * 32))
     seal = seal_attachment("uuid-1", 1, data, InstanceIdentity("1.2", "1.2.0", "1.2.1", "P", ""), stranger, NOW)
-    finding = check_file(att(1), hashlib.sha256(data).hexdigest(), 1, seal, KEYRING)
+    finding = inspect_file(att(1), hashlib.sha256(data).hexdigest(), 1, seal, KEYRING)
     assert finding is not None and finding.kind is FindingKind.TAMPERED and "untrusted" in finding.detail
 
 
@@ -96,12 +96,12 @@ def test_index_pointing_at_another_instances_file_is_tampered() -> None:
     data = b"x"
     seal = seal_of(1, data)
     swapped = dataclasses.replace(att(1), sop_instance_uid="1.2.99")
-    finding = check_file(swapped, hashlib.sha256(data).hexdigest(), 1, seal, KEYRING)
+    finding = inspect_file(swapped, hashlib.sha256(data).hexdigest(), 1, seal, KEYRING)
     assert finding is not None and finding.kind is FindingKind.TAMPERED and "1.2.99" in finding.detail
 
 
 def test_seal_gone_since_planning_is_unsealed() -> None:
-    finding = check_file(att(1), "0" * 64, 1, None, KEYRING)
+    finding = inspect_file(att(1), "0" * 64, 1, None, KEYRING)
     assert finding is not None and finding.kind is FindingKind.UNSEALED
 
 

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from orthanc_hardening.errors import ConfigError, SealInvalidError, UnknownKeyError
 from orthanc_hardening.seal import keys as keymod
 from orthanc_hardening.seal.keys import KeyRing, Signer
+from orthanc_hardening.stores import key_files
 from tests.unit.seal.conftest import NOW, fixed_signer
 
 PASS = b"correct horse"
@@ -28,9 +29,9 @@ def write_key(path, private_key, passphrase=PASS):
 @pytest.mark.parametrize("algorithm", keymod.ALGORITHMS)
 def test_generate_load_sign_verify_each_algorithm(tmp_path, algorithm):
     path = tmp_path / "key.pem"
-    made = keymod.generate_key(path, PASS, algorithm)
+    made = key_files.generate_key(path, PASS, algorithm)
     assert oct(path.stat().st_mode & 0o777) == "0o600"
-    loaded = keymod.load_signing_key(path, PASS)
+    loaded = key_files.load_signing_key(path, PASS)
     assert (loaded.key_id, loaded.algorithm) == (made.key_id, algorithm)
     ring = KeyRing(loaded)
     ring.verify(loaded.key_id, b"data", loaded.sign(b"data"))
@@ -47,23 +48,23 @@ def test_key_id_is_first_16_hex_of_sha256_of_der_spki():
 
 def test_unreadable_key_file_names_the_config_key(tmp_path):
     with pytest.raises(ConfigError, match="cannot read") as caught:
-        keymod.load_signing_key(tmp_path / "missing.pem", PASS)
+        key_files.load_signing_key(tmp_path / "missing.pem", PASS)
     assert caught.value.key == "Hardening.SigningKey"
 
 
 def test_wrong_passphrase_is_refused(tmp_path):
     path = write_key(tmp_path / "k.pem", ed25519.Ed25519PrivateKey.generate())
     with pytest.raises(ConfigError, match="wrong passphrase") as caught:
-        keymod.load_signing_key(path, b"wrong")
+        key_files.load_signing_key(path, b"wrong")
     assert caught.value.key == "Hardening.SigningKey"
     with pytest.raises(ConfigError, match="no passphrase"):
-        keymod.load_signing_key(path, None)
+        key_files.load_signing_key(path, None)
 
 
 def test_unencrypted_key_is_refused(tmp_path):
     path = write_key(tmp_path / "k.pem", ed25519.Ed25519PrivateKey.generate(), passphrase=None)
     with pytest.raises(ConfigError, match="not an encrypted"):
-        keymod.load_signing_key(path, PASS)
+        key_files.load_signing_key(path, PASS)
 
 
 @pytest.mark.parametrize("private_key", [ec.generate_private_key(ec.SECP384R1()),
@@ -72,14 +73,14 @@ def test_unencrypted_key_is_refused(tmp_path):
 def test_unsupported_algorithm_is_refused(tmp_path, private_key):
     path = write_key(tmp_path / "k.pem", private_key)
     with pytest.raises(ConfigError, match="unsupported key algorithm"):
-        keymod.load_signing_key(path, PASS)
+        key_files.load_signing_key(path, PASS)
 
 
 def test_not_a_key_is_refused(tmp_path):
     path = tmp_path / "k.pem"
     path.write_bytes(b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n")
     with pytest.raises(ConfigError):
-        keymod.load_signing_key(path, PASS)
+        key_files.load_signing_key(path, PASS)
 
 
 @pytest.mark.attack
@@ -109,49 +110,49 @@ def test_replace_signer_keeps_previous_trusted_and_notifies():
 
 def test_rotation_replaces_key_file_and_keeps_old_public_key_trusted(tmp_path):
     key_path, directory = tmp_path / "seal-key.pem", tmp_path / "keys"
-    original = keymod.generate_key(key_path, PASS)
-    old, new = keymod.rotate_key(key_path, directory, PASS, NOW)
+    original = key_files.generate_key(key_path, PASS)
+    old, new = key_files.rotate_key(key_path, directory, PASS, NOW)
     assert old.key_id == original.key_id and new.key_id != old.key_id
-    assert keymod.load_signing_key(key_path, PASS).key_id == new.key_id  # same passphrase
+    assert key_files.load_signing_key(key_path, PASS).key_id == new.key_id  # same passphrase
     registry = json.loads((directory / "registry.json").read_text())
     by_id = {k["key_id"]: k for k in registry["keys"]}
     assert by_id[old.key_id]["retired_at"] == "2026-01-02T03:04:05.678901Z"
     assert by_id[new.key_id]["retired_at"] == ""
-    ring = keymod.load_key_ring(key_path, PASS, directory, (), NOW)
+    ring = key_files.load_key_ring(key_path, PASS, directory, (), NOW)
     assert ring.signer.key_id == new.key_id
     ring.verify(old.key_id, b"x", old.sign(b"x"))
-    keymod.revoke_key(directory, old.key_id, NOW)
-    ring = keymod.load_key_ring(key_path, PASS, directory, (), NOW)
+    key_files.revoke_key(directory, old.key_id, NOW)
+    ring = key_files.load_key_ring(key_path, PASS, directory, (), NOW)
     with pytest.raises(UnknownKeyError):
         ring.verify(old.key_id, b"x", old.sign(b"x"))
     with pytest.raises(ConfigError, match="not in the key registry"):
-        keymod.revoke_key(directory, "0" * 16, NOW)
+        key_files.revoke_key(directory, "0" * 16, NOW)
 
 
 def test_trusted_keys_files_are_trusted(tmp_path):
     key_path = tmp_path / "seal-key.pem"
-    keymod.generate_key(key_path, PASS)
+    key_files.generate_key(key_path, PASS)
     other = Signer.of(ed25519.Ed25519PrivateKey.generate())
     pub = tmp_path / "old.pub.pem"
     pub.write_bytes(keymod.public_pem(other.public_key))
-    ring = keymod.load_key_ring(key_path, PASS, tmp_path / "keys", [pub], NOW)
+    ring = key_files.load_key_ring(key_path, PASS, tmp_path / "keys", [pub], NOW)
     ring.verify(other.key_id, b"x", other.sign(b"x"))
     bad = tmp_path / "bad.pem"
     bad.write_text("not a key")
     with pytest.raises(ConfigError) as caught:
-        keymod.load_key_ring(key_path, PASS, tmp_path / "keys", [pub, bad], NOW)
+        key_files.load_key_ring(key_path, PASS, tmp_path / "keys", [pub, bad], NOW)
     assert caught.value.key == "Hardening.TrustedKeys[1]"
 
 
 @pytest.mark.attack
 def test_registry_file_holding_another_key_is_refused(tmp_path):
     key_path, directory = tmp_path / "seal-key.pem", tmp_path / "keys"
-    keymod.generate_key(key_path, PASS)
-    old, _new = keymod.rotate_key(key_path, directory, PASS, NOW)
+    key_files.generate_key(key_path, PASS)
+    old, _new = key_files.rotate_key(key_path, directory, PASS, NOW)
     intruder = Signer.of(ed25519.Ed25519PrivateKey.generate())
     (directory / f"{old.key_id}.pub.pem").write_bytes(keymod.public_pem(intruder.public_key))
     with pytest.raises(ConfigError, match="holds another key"):
-        keymod.load_key_ring(key_path, PASS, directory, (), NOW)
+        key_files.load_key_ring(key_path, PASS, directory, (), NOW)
 
 
 def test_misuse_is_a_value_error(tmp_path):
@@ -160,4 +161,4 @@ def test_misuse_is_a_value_error(tmp_path):
     with pytest.raises(ValueError, match="passphrase"):
         keymod.encrypt_private_key(ed25519.Ed25519PrivateKey.generate(), b"")
     with pytest.raises(FileExistsError):
-        keymod.generate_key(write_key(tmp_path / "k.pem", ed25519.Ed25519PrivateKey.generate()), PASS)
+        key_files.generate_key(write_key(tmp_path / "k.pem", ed25519.Ed25519PrivateKey.generate()), PASS)

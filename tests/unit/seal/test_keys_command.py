@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from orthanc_hardening.cli import main
-from orthanc_hardening.seal import keys as keymod
+from orthanc_hardening.stores import key_files
 
 
 def test_keys_generate_rotate_list_with_env_passphrase(tmp_path, monkeypatch, capsys):
@@ -13,7 +13,7 @@ def test_keys_generate_rotate_list_with_env_passphrase(tmp_path, monkeypatch, ca
     key = tmp_path / "seal-key.pem"
     assert main(["keys", "generate", "--out", str(key)]) == 0
     made = json.loads(capsys.readouterr().out)
-    assert keymod.load_signing_key(key, b"s3cret").key_id == made["key_id"]
+    assert key_files.load_signing_key(key, b"s3cret").key_id == made["key_id"]
     assert main(["keys", "generate", "--out", str(key)]) == 2  # refuses to overwrite
     capsys.readouterr()
     config = tmp_path / "orthanc.json"

@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 
 from orthanc_hardening.audit.event import EventCode, Outcome, Transport
-from orthanc_hardening.audit.sink import MemoryAuditSink
 from orthanc_hardening.config import HardeningConfig
 from orthanc_hardening.errors import AccessDeniedError
 from orthanc_hardening.identity import HttpRequest, Requester
 from orthanc_hardening.shell.audit_hooks import AuditHooks
+from orthanc_hardening.shell.cmove import MoveHandler
 from orthanc_hardening.shell.metrics import Metrics
 from orthanc_hardening.shell.runtime import Runtime
-from tests.unit.fakes import FakeOrthanc
+from tests.unit.fakes import FakeOrthanc, MemoryAuditSink
 
 STUDY = "11111111-11111111-11111111-11111111-11111111"
 SERIES = ["22222222-22222222-22222222-22222222-2222222" + str(i) for i in range(3)]
@@ -60,8 +60,13 @@ def orthanc() -> FakeOrthanc:
 @pytest.fixture
 def hooks(orthanc: FakeOrthanc) -> AuditHooks:
     runtime = Runtime(orthanc=orthanc, config=HardeningConfig(auditors=("alice",)),
-                      orthanc_config={"DicomAet": "HARDENED"}, metrics=Metrics(None))
-    return AuditHooks(runtime, writer=None, reader=None)  # type: ignore[arg-type]
+                      orthanc_config={"DicomAet": "HARDENED"}, metrics=Metrics(None), audit=MemoryAuditSink())
+    return AuditHooks(runtime, writer=None, reader=None, keyring=None)  # type: ignore[arg-type]
+
+
+def moves(hooks: AuditHooks) -> MoveHandler:
+    # The checks these tests reach refuse before the destination's TLS or the instances are looked at.
+    return MoveHandler(hooks.runtime, hooks, outgoing=None, storage=None)  # type: ignore[arg-type]
 
 
 def sink(hooks: AuditHooks) -> MemoryAuditSink:
@@ -117,7 +122,7 @@ def test_cstore_import_carries_the_calling_aet(hooks: AuditHooks) -> None:
     done: list[None] = []
 
     def dicom_thread() -> None:  # a DICOM server thread: the filter never saw an HTTP request here
-        assert hooks.cstore_gate(FakeInstance()) == 0
+        assert hooks.cstore_gate(FakeInstance()) is None  # accepted: a gate refuses by raising
         hooks.write_hook(FakeStorageEvent())
         done.append(None)
 
@@ -162,7 +167,7 @@ def test_job_thread_reads_are_not_taken_for_cget(hooks: AuditHooks, orthanc: Fak
 def test_cmove_in_lockdown_is_refused_and_alerted(hooks: AuditHooks) -> None:
     hooks.runtime.lockdown = ("https-disabled",)
     with pytest.raises(AccessDeniedError, match="locked down"):
-        hooks.on_move(Level="STUDY", StudyInstanceUID="1.2.3", OriginatorAET="EVIL", TargetAET="EVIL",
+        moves(hooks).on_move(Level="STUDY", StudyInstanceUID="1.2.3", OriginatorAET="EVIL", TargetAET="EVIL",
                       SourceAET="HARDENED")
     (event,) = sink(hooks).events
     assert (event.event, event.calling_aet) == (EventCode.SECURITY_ALERT, "EVIL")
@@ -173,5 +178,5 @@ def test_cmove_to_unknown_destination_is_refused(hooks: AuditHooks, orthanc: Fak
     orthanc.rest[("POST", "/tools/find")] = [INSTANCE]
     orthanc.rest[("GET", "/modalities?expand")] = {"pacs": {"AET": "PACS"}}
     with pytest.raises(AccessDeniedError, match="not a configured modality"):
-        hooks.on_move(Level="STUDY", StudyInstanceUID="1.2.3", OriginatorAET="SCU", TargetAET="ELSEWHERE")
+        moves(hooks).on_move(Level="STUDY", StudyInstanceUID="1.2.3", OriginatorAET="SCU", TargetAET="ELSEWHERE")
     assert [e.event for e in sink(hooks).events] == [EventCode.SECURITY_ALERT]

@@ -8,7 +8,6 @@ import datetime as dt
 import pytest
 
 from orthanc_hardening.audit.event import EventCode, Transport
-from orthanc_hardening.audit.sink import MemoryAuditSink
 from orthanc_hardening.config import HardeningConfig
 from orthanc_hardening.errors import (
     AccessDeniedError,
@@ -18,11 +17,12 @@ from orthanc_hardening.errors import (
     StoreUnavailableError,
 )
 from orthanc_hardening.identity import ADMINISTRATOR, HttpRequest
-from orthanc_hardening.shell.hooks import DIMSE_PROCESSING_FAILURE, install_hooks
+from orthanc_hardening.shell.callbacks import install_callbacks as install_hooks
+from orthanc_hardening.shell.guard import DIMSE_NOT_AUTHORIZED, DIMSE_PROCESSING_FAILURE
 from orthanc_hardening.shell.metrics import Metrics
 from orthanc_hardening.shell.rest import Reply, int_param, register
 from orthanc_hardening.shell.runtime import Runtime
-from tests.unit.fakes import ChangeType, FakeOrthanc, FakeOutput
+from tests.unit.fakes import ChangeType, FakeOrthanc, FakeOutput, MemoryAuditSink
 
 NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
 
@@ -126,12 +126,26 @@ def test_http_filter_runs_gates_and_fails_closed(runtime: Runtime) -> None:
     assert http_filter("/tools/execute-script", method=2, ip="127.0.0.1", headers=basic("bob")) is False
     assert runtime.audit.last().event is EventCode.SECURITY_ALERT  # type: ignore[attr-defined]
     assert http_filter("/boom", method=1, ip="127.0.0.1", headers={}) is False
+    # A gate that fails unexpectedly refuses, and the security officer hears of it.
+    alert = runtime.audit.last()  # type: ignore[attr-defined]
+    assert (alert.event, alert.route) == (EventCode.SECURITY_ALERT, "HTTP /boom")
+    assert "internal error (RuntimeError)" in alert.detail
+
+
+def test_http_observer_failure_never_refuses(runtime: Runtime) -> None:
+    runtime.http_observers.append(lambda request: 1 // 0)
+    install_hooks(runtime)
+    assert runtime.orthanc.http_filter("/system", method=1, ip="127.0.0.1", headers=basic("bob")) is True
+    assert runtime.metrics.value("observer_failures_total") == 1
 
 
 def test_cstore_filter_returns_first_refusal_and_fails_closed(runtime: Runtime) -> None:
-    runtime.cstore_gates.extend([lambda i: 0, lambda i: 0x0124, lambda i: 0])
+    def refuse(_instance: object) -> None:
+        raise AccessDeniedError("not this modality")
+
+    runtime.cstore_gates.extend([lambda i: None, refuse, lambda i: None])
     install_hooks(runtime)
-    assert runtime.orthanc.cstore_filter(object()) == 0x0124
+    assert runtime.orthanc.cstore_filter(object()) == DIMSE_NOT_AUTHORIZED
     runtime.cstore_gates[:] = [lambda i: 1 // 0]
     assert runtime.orthanc.cstore_filter(object()) == DIMSE_PROCESSING_FAILURE
 

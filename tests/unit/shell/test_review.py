@@ -7,13 +7,12 @@ import datetime as dt
 
 import pytest
 
-from orthanc_hardening.audit.sink import MemoryAuditSink
 from orthanc_hardening.config import HardeningConfig
 from orthanc_hardening.errors import NotFoundError
 from orthanc_hardening.shell import review
 from orthanc_hardening.shell.metrics import Metrics
 from orthanc_hardening.shell.runtime import Runtime
-from tests.unit.fakes import FakeOrthanc, FakeOutput
+from tests.unit.fakes import FakeOrthanc, FakeOutput, MemoryAuditSink
 
 NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
 
@@ -69,6 +68,5 @@ def test_explorer_gets_buttons_for_study_and_series(runtime: Runtime) -> None:
 
 
 def test_no_exporter_without_syslog_configuration(runtime: Runtime) -> None:
-    review.install(runtime)
-    assert "audit_exporter" not in runtime.services
+    assert review.install(runtime) is None
     assert runtime.stop_actions == []

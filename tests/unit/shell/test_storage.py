@@ -9,16 +9,18 @@ import json
 import pytest
 
 from orthanc_hardening.audit.event import EventCode
-from orthanc_hardening.audit.sink import MemoryAuditSink
 from orthanc_hardening.config import Durability, HardeningConfig, Mode
 from orthanc_hardening.errors import AccessDeniedError, SealInvalidError, SealMismatchError, SealMissingError
-from orthanc_hardening.seal import keys as keymod
+from orthanc_hardening.shell import archives as archives_module
+from orthanc_hardening.shell import seal_routes
 from orthanc_hardening.shell import storage as storage_module
+from orthanc_hardening.shell.archives import ArchiveJob, ArchiveRefusedError, archive_of_job
 from orthanc_hardening.shell.metrics import Metrics
 from orthanc_hardening.shell.runtime import Runtime
-from orthanc_hardening.shell.storage import ArchiveJob, ArchiveRefusedError, archive_of_job
+from orthanc_hardening.stores import key_files
+from orthanc_hardening.stores.signature_cache import SignatureCache
 from tests.support.dicom import make_instance
-from tests.unit.fakes import FakeOrthanc
+from tests.unit.fakes import FakeOrthanc, MemoryAuditSink
 
 NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 UUID = "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9"
@@ -28,7 +30,7 @@ PASS = "unit passphrase"
 @pytest.fixture
 def runtime(tmp_path, monkeypatch):
     monkeypatch.setenv("HARDENING_KEY_PASSPHRASE", PASS)
-    keymod.generate_key(tmp_path / "key.pem", PASS.encode())
+    key_files.generate_key(tmp_path / "key.pem", PASS.encode())
     orthanc = FakeOrthanc()
     config = HardeningConfig(data_directory=tmp_path / "data", signing_key=tmp_path / "key.pem",
                              administrators=("admin",))
@@ -37,16 +39,18 @@ def runtime(tmp_path, monkeypatch):
 
 
 def installed(runtime):
-    storage_module.install(runtime)
-    return runtime.services["sealed_storage"]
+    keys = key_files.load_key_ring(runtime.config.signing_key, PASS.encode(), runtime.config.key_directory, (), NOW)
+    storage = storage_module.install(runtime, keys, SignatureCache())
+    seal_routes.install(runtime, storage)
+    return storage
 
 
 def test_create_then_read_round_trips_and_runs_hooks(runtime, tmp_path):
     storage = installed(runtime)
     create, read, remove = runtime.orthanc.storage_area
     events = []
-    runtime.services["write_hooks"].append(events.append)
-    runtime.services["read_hooks"].append(events.append)
+    storage.write_hooks.append(events.append)
+    storage.read_hooks.append(events.append)
     data = make_instance(patient_id="U-1")
     create(UUID, 1, data)
     path = tmp_path / "storage" / UUID[:2] / UUID[2:4] / UUID
@@ -75,7 +79,7 @@ def test_tampered_read_raises_counts_alerts_and_tells_hooks(runtime, tmp_path):
     storage = installed(runtime)
     create, read, _remove = runtime.orthanc.storage_area
     events = []
-    runtime.services["read_hooks"].append(events.append)
+    storage.read_hooks.append(events.append)
     data = make_instance()
     create(UUID, 1, data)
     path = tmp_path / "storage" / UUID[:2] / UUID[2:4] / UUID
@@ -115,14 +119,14 @@ def test_deleted_seal_row_of_recent_instance_is_refused(runtime):
 
 
 def test_read_hook_refusal_fails_the_read(runtime):
-    installed(runtime)
+    storage = installed(runtime)
     create, read, _remove = runtime.orthanc.storage_area
     create(UUID, 1, make_instance())
 
     def locked(event):
         raise AccessDeniedError("locked down")
 
-    runtime.services["read_hooks"].append(locked)
+    storage.read_hooks.append(locked)
     with pytest.raises(AccessDeniedError):
         read(UUID, 1)
 
@@ -134,7 +138,7 @@ def test_failed_write_hook_undoes_file_and_seal(runtime, tmp_path):
     def audit_down(event):
         raise RuntimeError("audit store down")
 
-    runtime.services["write_hooks"].append(audit_down)
+    storage.write_hooks.append(audit_down)
     with pytest.raises(RuntimeError):
         create(UUID, 1, make_instance())
     assert not (tmp_path / "storage" / UUID[:2] / UUID[2:4] / UUID).exists()
@@ -144,11 +148,12 @@ def test_failed_write_hook_undoes_file_and_seal(runtime, tmp_path):
 @pytest.mark.attack
 def test_archive_is_refused_when_a_read_failed_while_the_job_ran(runtime):
     storage = installed(runtime)
+    archives = archives_module.Archives(storage)
     mark = storage.store.last_failure_id()
-    storage.jobs["job-1"] = ArchiveJob(frozenset({UUID}), 1, mark)
+    archives.remember("job-1", ArchiveJob(frozenset({UUID}), 1, mark))
     storage.store.record_failure(UUID, 1, "SealMismatchError: changed during the job", NOW)
     with pytest.raises(ArchiveRefusedError, match="1 instance"):
-        archive_of_job(storage, "job-1")
+        archive_of_job(archives, "job-1")
 
 
 @pytest.mark.attack
@@ -160,10 +165,11 @@ def test_archive_missing_an_instance_is_refused(runtime):
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("A/1.dcm", b"x")
-    storage.jobs["job-2"] = ArchiveJob(frozenset({UUID}), 2, storage.store.last_failure_id())
+    archives = archives_module.Archives(storage)
+    archives.remember("job-2", ArchiveJob(frozenset({UUID}), 2, storage.store.last_failure_id()))
     runtime.orthanc.rest[("GET", "/jobs/job-2/archive")] = buffer.getvalue()
     with pytest.raises(ArchiveRefusedError, match="1 of 2 instances"):
-        archive_of_job(storage, "job-2")
+        archive_of_job(archives, "job-2")
 
 
 def test_keys_route_requires_administrator_and_lists_current(runtime):

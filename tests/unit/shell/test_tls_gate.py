@@ -11,15 +11,15 @@ from typing import Any
 import pytest
 
 from orthanc_hardening.audit.event import EventCode
-from orthanc_hardening.audit.sink import MemoryAuditSink
 from orthanc_hardening.commands.devsetup import DevFiles, ensure_pki
 from orthanc_hardening.config import load_config
 from orthanc_hardening.errors import AccessDeniedError, ConfigError
 from orthanc_hardening.shell import tls_gate
-from orthanc_hardening.shell.hooks import DIMSE_NOT_AUTHORIZED, install_hooks
+from orthanc_hardening.shell.callbacks import install_callbacks
+from orthanc_hardening.shell.guard import DIMSE_NOT_AUTHORIZED
 from orthanc_hardening.shell.metrics import Metrics
 from orthanc_hardening.shell.runtime import Runtime
-from tests.unit.fakes import ChangeType, FakeOrthanc, FakeOutput, ResourceType
+from tests.unit.fakes import ChangeType, FakeOrthanc, FakeOutput, MemoryAuditSink, ResourceType
 from tests.unit.tls.conftest import NOW, secure_config
 
 PLAIN = {"AET": "PLAIN", "Host": "127.0.0.1", "Port": 11112, "UseDicomTls": False}
@@ -44,14 +44,25 @@ def make_runtime(config: dict[str, Any], tmp_path: Path, mode: str = "enforce") 
         audit=MemoryAuditSink(),
         clock=lambda: NOW,
     )
-    runtime.services["read_hooks"] = []
     return runtime
 
 
+class StorageStandIn:
+    """What the DIMSE side of the lockdown needs from the storage area: its read hooks."""
+
+    def __init__(self) -> None:
+        self.read_hooks: list[Any] = []
+
+
+STARTED: dict[int, tuple[tls_gate.TLSGate, StorageStandIn]] = {}
+
+
 def start(runtime: Runtime) -> FakeOrthanc:
-    tls_gate.install_early(runtime)
-    tls_gate.install(runtime)
-    install_hooks(runtime)
+    gate = tls_gate.install_early(runtime)
+    storage = StorageStandIn()
+    tls_gate.install_dimse(runtime, storage)  # type: ignore[arg-type]
+    STARTED[id(runtime)] = (gate, storage)
+    install_callbacks(runtime)
     orthanc: FakeOrthanc = runtime.orthanc
     assert orthanc.on_change is not None
     orthanc.on_change(ChangeType.ORTHANC_STARTED, ResourceType.NONE, "")  # as Orthanc does once up
@@ -115,7 +126,7 @@ def test_plaintext_association_store_is_refused_in_lockdown(secure: dict[str, An
     orthanc = start(runtime)
     assert orthanc.cstore_filter is not None and orthanc.cstore_filter(object()) == DIMSE_NOT_AUTHORIZED
     with pytest.raises(AccessDeniedError, match="lockdown"):
-        runtime.services["read_hooks"][0](object())
+        STARTED[id(runtime)][1].read_hooks[0](object())
     assert runtime.audit.last().event is EventCode.SECURITY_ALERT  # type: ignore[attr-defined]
 
 
@@ -302,7 +313,7 @@ def test_dicomweb_server_over_http_is_refused_by_the_gate(secure: dict[str, Any]
 def test_move_target_without_tls_is_refused(secure: dict[str, Any], tmp_path: Path) -> None:
     runtime = make_runtime(secure, tmp_path)
     start(runtime)
-    policy = runtime.services["tls_outgoing"]
+    policy = STARTED[id(runtime)][0].outgoing
     policy.check_modality("TLSMOD")
     with pytest.raises(AccessDeniedError, match="PLAIN"):
         policy.check_modality("PLAIN")
@@ -311,7 +322,7 @@ def test_move_target_without_tls_is_refused(secure: dict[str, Any], tmp_path: Pa
 def test_move_target_without_tls_is_only_logged_in_monitor_mode(secure: dict[str, Any], tmp_path: Path) -> None:
     runtime = make_runtime(secure, tmp_path, mode="monitor")
     start(runtime)
-    runtime.services["tls_outgoing"].check_modality("PLAIN")
+    STARTED[id(runtime)][0].outgoing.check_modality("PLAIN")
     assert runtime.metrics.value("tls_violations") == 1
 
 

@@ -10,10 +10,10 @@ import pytest
 
 from orthanc_hardening.audit.chain import verify_chain
 from orthanc_hardening.audit.query import AuditQuery
-from orthanc_hardening.audit.store import SQLiteAuditStore, open_store
-from orthanc_hardening.audit.writer import AuditWriter
 from orthanc_hardening.errors import StoreUnavailableError
 from orthanc_hardening.seal.keys import KeyRing, Signer
+from orthanc_hardening.services.audit_writer import AuditWriter
+from orthanc_hardening.stores.audit_store import SQLiteAuditStore, open_store
 from tests.unit.audit.conftest import FixedClock, make_event
 
 

@@ -1,32 +1,25 @@
-"""The scrub runner (resume without re-reading), C-FIND answer encoding and small shell helpers."""
+"""The scrub runner (resume without re-reading, cached signatures) and the progress line."""
 
 from __future__ import annotations
 
-import io
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pydicom
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from orthanc_hardening.commands.scrub import progress_line
 from orthanc_hardening.errors import SealInvalidError
-from orthanc_hardening.integrity.scrub import Progress
+from orthanc_hardening.integrity.scrub import IndexedInstance, Progress
 from orthanc_hardening.seal.identity import InstanceIdentity
 from orthanc_hardening.seal.keys import KeyRing, Signer
 from orthanc_hardening.seal.manifest import build_manifest
 from orthanc_hardening.seal.record import seal_attachment
-from orthanc_hardening.seal.store import SQLiteSealStore
-from orthanc_hardening.shell.query import _qido_keyword, answer_dataset
-from orthanc_hardening.shell.scrub import (
-    CachingVerifier,
-    IndexedInstance,
-    ManifestStore,
-    ScrubRunner,
-    ScrubState,
-    SealReader,
-)
+from orthanc_hardening.services.scrub_runner import ScrubRunner
+from orthanc_hardening.stores.manifest_store import ManifestStore
+from orthanc_hardening.stores.scrub_state import ScrubState
+from orthanc_hardening.stores.seal_store import SealReader, SQLiteSealStore
+from orthanc_hardening.stores.signature_cache import SignatureCache
 
 NOW = datetime(2026, 1, 2, tzinfo=UTC)
 SIGNER = Signer.of(ed25519.Ed25519PrivateKey.from_private_bytes(bytes(range(32))))
@@ -112,7 +105,7 @@ def test_caching_verifier_verifies_once_and_never_caches_failures() -> None:
             if signature == b"bad":
                 raise SealInvalidError("bad")
 
-    verifier = CachingVerifier(Ring())
+    verifier = SignatureCache().verifier_for(Ring())
     verifier.verify("k", b"d", b"good")
     verifier.verify("k", b"d", b"good")
     assert calls == ["k"]
@@ -120,21 +113,6 @@ def test_caching_verifier_verifies_once_and_never_caches_failures() -> None:
         with pytest.raises(SealInvalidError):
             verifier.verify("k", b"d", b"bad")
     assert len(calls) == 3
-
-
-def test_cfind_answer_is_a_valid_dicom_file() -> None:
-    data = answer_dataset({"PatientName": "Doe^Jäne", "StudyInstanceUID": "1.2.3", "QueryRetrieveLevel": "STUDY",
-                           "Rows": "5", "ReferencedSOPSequence": "", "NotAKeyword": "x"})
-    dataset = pydicom.dcmread(io.BytesIO(data))
-    assert str(dataset.PatientName) == "Doe^Jäne" and dataset.StudyInstanceUID == "1.2.3"
-    assert dataset.QueryRetrieveLevel == "STUDY" and dataset.SpecificCharacterSet == "ISO_IR 192"
-    assert len(dataset) == 6 and dataset.Rows is None
-
-
-def test_qido_keys() -> None:
-    assert _qido_keyword("PatientName") == "PatientName"
-    assert _qido_keyword("00100020") == "PatientID"
-    assert _qido_keyword("limit") == "" and _qido_keyword("includefield") == "" and _qido_keyword("Nonsense") == ""
 
 
 def test_progress_line() -> None:
@@ -145,14 +123,14 @@ def test_progress_line() -> None:
 @pytest.mark.attack
 def test_forged_seal_row_is_caught_on_a_cached_rerun(archive) -> None:
     root, base, _index = archive
-    verified: set[bytes] = set()
-    first = runner_for(archive, verified_records=verified)
+    verified = SignatureCache()
+    first = runner_for(archive, cache=verified)
     assert first.run(first.state.start_run(NOW, {}))["findings"] == []
     assert len(verified) == 6
     stranger = Signer.of(ed25519.Ed25519PrivateKey.from_private_bytes(b"\x09" * 32))
     data = (root / uuid_of(2)[:2] / uuid_of(2)[2:4] / uuid_of(2)).read_bytes()
     forged = seal_attachment(uuid_of(2), 1, data, InstanceIdentity("1.2", "1.2.1", "1.2.1.2", "P", ""), stranger, NOW)
     SQLiteSealStore(base / "seals.db").put(forged)
-    second = runner_for(archive, verified_records=verified)
+    second = runner_for(archive, cache=verified)
     report = second.run(second.state.start_run(NOW, {}))
     assert [(f["kind"], f["uuid"]) for f in report["findings"]] == [("tampered", uuid_of(2))]

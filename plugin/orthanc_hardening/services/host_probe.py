@@ -8,7 +8,7 @@ The libssl probe repeats what Debian's civetweb 1.15 does when HTTPS is on:
 ``dlopen("libssl.so")`` with the process's library path, then ``dlsym`` of
 ``SSL_get_peer_certificate`` (absent from OpenSSL 3, see ORTHANC-NOTES.md). Run inside
 Orthanc it sees exactly Orthanc's ``LD_LIBRARY_PATH``; run as ``python -m
-orthanc_hardening.tls.host`` it prints the probe as JSON, so that the offline command can
+orthanc_hardening.services.host_probe`` it prints the probe as JSON, so that the offline command can
 probe under another library path.
 """
 
@@ -147,7 +147,7 @@ def probe_libssl_with(library_path: str | None, civetweb: str) -> LibsslFacts:
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
     result = subprocess.run(
-        [sys.executable, "-m", "orthanc_hardening.tls.host", civetweb],
+        [sys.executable, "-m", "orthanc_hardening.services.host_probe", civetweb],
         capture_output=True,
         text=True,
         env=env,

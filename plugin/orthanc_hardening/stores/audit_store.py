@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from orthanc_hardening.audit.chain import Checkpoint, StoredEvent, event_from_fields, format_time, row_fields
+from orthanc_hardening.audit.chain import Checkpoint, StoredEvent, event_from_fields, row_fields
 from orthanc_hardening.audit.event import Action, AuditEvent, EventCode, Outcome, Transport
 from orthanc_hardening.audit.query import AuditQuery
 from orthanc_hardening.errors import StoreUnavailableError
+from orthanc_hardening.timefmt import format_time
 
 SCHEMA_VERSION = 1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

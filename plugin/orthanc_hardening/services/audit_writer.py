@@ -26,10 +26,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from orthanc_hardening.audit.chain import Signer, StoredEvent, link, make_checkpoint
+from orthanc_hardening.audit.chain import StoredEvent, link, make_checkpoint
 from orthanc_hardening.audit.event import AuditEvent
-from orthanc_hardening.audit.store import AuditStore
 from orthanc_hardening.errors import StoreUnavailableError
+from orthanc_hardening.seal.keys import SigningKey
+from orthanc_hardening.stores.audit_store import AuditStore
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class AuditWriter:
     def __init__(
         self,
         store: AuditStore,
-        signer: Callable[[], Signer],
+        signer: Callable[[], SigningKey],
         clock: Callable[[], datetime],
         checkpoint_every: int = 1000,
         checkpoint_seconds: float = 60.0,

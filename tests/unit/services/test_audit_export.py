@@ -8,9 +8,9 @@ import pytest
 
 from orthanc_hardening.audit.chain import StoredEvent
 from orthanc_hardening.audit.event import Action, AuditEvent, EventCode, Outcome, Transport
-from orthanc_hardening.audit.export import AuditExporter
-from orthanc_hardening.audit.store import SQLiteAuditStore
 from orthanc_hardening.errors import StoreUnavailableError
+from orthanc_hardening.services.audit_export import AuditExporter
+from orthanc_hardening.stores.audit_store import SQLiteAuditStore
 
 NOW = datetime(2026, 3, 4, tzinfo=UTC)
 

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Protocol
 
 from orthanc_hardening.errors import StoreUnavailableError
-from orthanc_hardening.seal.record import Seal, format_time
+from orthanc_hardening.seal.record import Seal
+from orthanc_hardening.timefmt import format_time
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS seals (
@@ -291,3 +292,55 @@ class MemorySealStore:
 
     def last_failure_id(self) -> int:
         return len(self.failures)
+
+
+class SealReader:
+    """Read-only access to the seal store's rows (for the scrub and offline tools)."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=30)
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(f"seal store {path} cannot be opened: {exc}") from exc
+        self._lock = threading.Lock()
+
+    def stored_keys(self) -> list[tuple[str, int]]:
+        with self._lock:
+            return [(str(u), int(t)) for u, t in
+                    self._db.execute("SELECT uuid, content_type FROM seals WHERE state = 'stored'")]
+
+    def get(self, uuid: str, content_type: int) -> Seal | None:
+        """The stored seal of an attachment (state ``stored``), or ``None``.
+
+        Raises:
+            SealInvalidError: the row is malformed.
+        """
+        return self.get_with_record(uuid, content_type)[0]
+
+    def get_with_record(self, uuid: str, content_type: int) -> tuple[Seal | None, bytes]:
+        """Like ``get``, with the stored record's exact bytes (``b""`` when there is none).
+
+        Raises:
+            SealInvalidError: the row is malformed.
+        """
+        with self._lock:
+            row = self._db.execute("SELECT record FROM seals WHERE uuid = ? AND content_type = ? AND state = 'stored'",
+                                   (uuid, content_type)).fetchone()
+        if row is None:
+            return None, b""
+        record = bytes(row[0])
+        return Seal.from_bytes(record), record
+
+    def stored_after(self, rowid: int, content_type: int) -> list[tuple[int, bytes]]:
+        """``(rowid, record)`` of the stored seals of ``content_type`` written after ``rowid``, in order.
+
+        Raises:
+            StoreUnavailableError: the store cannot be read.
+        """
+        try:
+            with self._lock:
+                return [(int(r), bytes(rec)) for r, rec in self._db.execute(
+                    "SELECT rowid, record FROM seals WHERE rowid > ? AND content_type = ? AND state = 'stored' "
+                    "ORDER BY rowid", (rowid, content_type))]
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(f"seal store cannot be read: {exc}") from exc

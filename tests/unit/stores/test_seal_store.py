@@ -7,7 +7,7 @@ import pytest
 from orthanc_hardening.errors import SealInvalidError, StoreUnavailableError
 from orthanc_hardening.seal.identity import InstanceIdentity
 from orthanc_hardening.seal.record import seal_attachment
-from orthanc_hardening.seal.store import ABANDONED, REMOVED, STORED, SQLiteSealStore
+from orthanc_hardening.stores.seal_store import ABANDONED, REMOVED, STORED, SQLiteSealStore
 from tests.unit.seal.conftest import NOW, fixed_signer
 
 UUIDS = ["0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f" + str(i) for i in range(4)]

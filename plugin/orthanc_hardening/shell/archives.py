@@ -1,0 +1,252 @@
+"""Archives and media refused as a whole when an instance in them does not verify.
+
+Orthanc answers a series or study archive whose storage read fails with 200 and the instance
+silently missing (Orthanc 1.10 to 1.13). So the plugin overrides every archive and media route —
+``/{patients,studies,series}/{id}/archive|media``, ``/tools/create-archive|create-media|
+create-media-extended`` and ``/jobs/{id}/archive`` of the jobs started through them — verifies
+every instance from disk first (``SealedStorage.check_instance``: seal, signature, identity),
+then has Orthanc build its own archive as an asynchronous job (a synchronous job started from
+a callback deadlocks Orthanc), and refuses with 409 JSON naming the instances when a read
+failed while the job ran or the archive lacks an instance.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from io import BytesIO
+from typing import Any
+
+from orthanc_hardening.errors import (
+    BadRequestError,
+    IntegrityError,
+    NotFoundError,
+    SealInvalidError,
+    StoreUnavailableError,
+)
+from orthanc_hardening.request_body import parse_json_object
+from orthanc_hardening.shell.offload import Offloader
+from orthanc_hardening.shell.rest import Reply, RestCall, register
+from orthanc_hardening.shell.runtime import Runtime
+from orthanc_hardening.shell.storage import SealedStorage
+
+ARCHIVE_ROUTE = "/(patients|studies|series)/([^/]+)/(archive|media)"
+TOOLS_ARCHIVE_ROUTE = "/tools/(create-archive|create-media|create-media-extended)"
+JOB_ARCHIVE_ROUTE = "/jobs/([^/]+)/archive"
+JOB_POLL_SECONDS = 0.02
+JOB_TIMEOUT_SECONDS = 3600.0
+JOBS_REMEMBERED = 10_000
+
+
+@dataclass
+class Archives:
+    """The archive jobs the overrides started, checked when their archive is fetched."""
+
+    storage: SealedStorage
+    _jobs: dict[str, ArchiveJob] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def remember(self, job_id: str, job: ArchiveJob) -> None:
+        with self._lock:
+            while len(self._jobs) >= JOBS_REMEMBERED:
+                self._jobs.pop(next(iter(self._jobs)))
+            self._jobs[job_id] = job
+
+    def job(self, job_id: str) -> ArchiveJob | None:
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def forget(self, job_id: str) -> None:
+        with self._lock:
+            self._jobs.pop(job_id, None)
+
+
+
+
+def _resource_instances(runtime: Runtime, level: str, resource_id: str) -> list[str]:
+    try:
+        answer = json.loads(runtime.orthanc.RestApiGet(f"/{level}/{resource_id}/instances"))
+    except Exception as exc:
+        raise NotFoundError(f"{level[:-1]} {resource_id} is unknown") from exc
+    return [str(item["ID"]) for item in answer]
+
+
+def _tools_instances(runtime: Runtime, body: dict[str, Any]) -> list[str]:
+    resources = body.get("Resources")
+    if not isinstance(resources, list) or not all(isinstance(r, str) for r in resources):
+        raise BadRequestError("Resources", "must be a list of Orthanc identifiers")
+    instances: list[str] = []
+    for resource in resources:
+        found = None
+        for level in ("patients", "studies", "series"):
+            try:
+                found = _resource_instances(runtime, level, resource)
+                break
+            except NotFoundError:
+                continue
+        if found is None:
+            try:
+                runtime.orthanc.RestApiGet(f"/instances/{resource}")
+                found = [resource]
+            except Exception as exc:
+                raise NotFoundError(f"resource {resource} is unknown") from exc
+        instances.extend(found)
+    return instances
+
+
+def _parse_body(body: bytes) -> dict[str, Any]:
+    return parse_json_object(body, empty_ok=True)
+
+
+class ArchiveRefusedError(IntegrityError):
+    """An archive or media was refused because instances in it do not verify."""
+
+    def __init__(self, failures: dict[str, str], message: str = "") -> None:
+        names = ", ".join(sorted(failures))
+        super().__init__(message or f"{len(failures)} instance(s) failed verification: {names}")
+        self.failures = failures
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveJob:
+    """An archive job started by the override: what it must contain, and the failure mark."""
+
+    uuids: frozenset[str]
+    instances: int
+    failure_mark: int
+
+
+def start_archive(archives: Archives, uri: str, instances: list[str], job_body: dict[str, Any]) -> tuple[str, Any]:
+    """Verify every instance from disk, then start Orthanc's archive job (asynchronous).
+
+    Returns:
+        The job id and Orthanc's answer to the job creation.
+
+    Raises:
+        ArchiveRefusedError: an instance failed verification (enforce mode).
+    """
+    storage = archives.storage
+    runtime = storage.runtime
+    failures: dict[str, str] = {}
+    uuids: set[str] = set()
+    parents: dict[str, Any] = {}
+    for instance_id in instances:
+        try:
+            attachments = storage.attachments_of(instance_id)
+            uuids.update(uuid for _n, _t, uuid in attachments)
+            storage.check_instance(instance_id, attachments, parents)
+        except IntegrityError as exc:
+            failures[instance_id] = str(exc)
+    if failures and runtime.config.is_enforcing:
+        raise ArchiveRefusedError(failures)
+    mark = storage.store.last_failure_id()
+    body = {**job_body, "Asynchronous": True}
+    body.pop("Synchronous", None)
+    answer = json.loads(runtime.orthanc.RestApiPost(uri, json.dumps(body)))
+    job_id = str(answer["ID"])
+    archives.remember(job_id, ArchiveJob(frozenset(uuids), len(instances), mark))
+    return job_id, answer
+
+
+def archive_of_job(archives: Archives, job_id: str) -> bytes:
+    """The archive of a finished job, refused if a read failed while the job ran.
+
+    Raises:
+        ArchiveRefusedError: a read of the job's instances failed, or an instance is missing.
+    """
+    storage = archives.storage
+    runtime = storage.runtime
+    job = archives.job(job_id)
+    if job is not None and runtime.config.is_enforcing:
+        late = [f for f in storage.store.failures_since(job.failure_mark) if f.uuid in job.uuids]
+        if late:
+            raise ArchiveRefusedError({f.uuid: f.problem for f in late})
+    data = runtime.orthanc.RestApiGet(f"/jobs/{job_id}/archive")
+    data = data if isinstance(data, bytes) else str(data).encode("latin-1")
+    if job is not None and runtime.config.is_enforcing:
+        _check_archive_complete(data, job.instances)
+    return data
+
+
+def make_archive(archives: Archives, uri: str, instances: list[str], job_body: dict[str, Any]) -> bytes:
+    """Verify every instance, build the archive as an asynchronous job, wait, return its bytes.
+
+    Raises:
+        ArchiveRefusedError: an instance failed verification (enforce mode), before or while
+            Orthanc read it for the archive, or the archive lacks an instance.
+        StoreUnavailableError: the job failed.
+    """
+    runtime = archives.storage.runtime
+    job_id, _answer = start_archive(archives, uri, instances, job_body)
+    deadline = time.monotonic() + JOB_TIMEOUT_SECONDS
+    while True:
+        # time.sleep releases the GIL: the job thread needs it to run the storage read.
+        time.sleep(JOB_POLL_SECONDS)
+        state = json.loads(runtime.orthanc.RestApiGet(f"/jobs/{job_id}"))
+        if state.get("State") in ("Success", "Failure") or time.monotonic() > deadline:
+            break
+    if state.get("State") != "Success":
+        raise StoreUnavailableError(f"archive job {job_id} ended in state {state.get('State')}")
+    try:
+        return archive_of_job(archives, job_id)
+    finally:
+        archives.forget(job_id)
+
+
+def _check_archive_complete(data: bytes, expected: int) -> None:
+    try:
+        with zipfile.ZipFile(BytesIO(data)) as archive:
+            names = [n for n in archive.namelist() if not n.endswith("/") and not n.upper().endswith("DICOMDIR")]
+    except zipfile.BadZipFile as exc:
+        raise SealInvalidError("the archive Orthanc produced is not a ZIP file") from exc
+    if len(names) != expected:
+        raise ArchiveRefusedError({}, f"the archive holds {len(names)} of {expected} instances; refused as a whole")
+
+
+def install(runtime: Runtime, storage: SealedStorage) -> Archives:
+    """Register the archive and media overrides (refused as a whole when an instance fails)."""
+    archives = Archives(storage)
+    # Archives are started and fetched from a plugin thread, never from the HTTP thread
+    # (Orthanc 1.13 crashes building a ZIP on a civetweb worker's stack: shell/offload.py).
+    offloader = Offloader()
+    runtime.stop_actions.append(offloader.stop)
+
+    def offloaded(handler: Callable[[RestCall], Reply]) -> Callable[[RestCall], Reply]:
+        def run(call: RestCall) -> Reply:
+            return offloader.run(lambda: handler(call))
+
+        return run
+
+    def resource_archive(call: RestCall) -> Reply:
+        level, resource_id, kind = call.groups
+        instances = _resource_instances(runtime, level, resource_id)
+        body = _parse_body(call.body) if call.method == "POST" else {}
+        if call.method == "GET" and call.query.get("transcode"):
+            body["Transcode"] = call.query["transcode"]
+        if call.method == "GET" and kind == "media" and "extended" in call.query:
+            body["Extended"] = True
+        uri = f"/{level}/{resource_id}/{kind}"
+        if body.get("Asynchronous") is True:
+            return Reply(start_archive(archives, uri, instances, body)[1])
+        return Reply(raw=make_archive(archives, uri, instances, body), content_type="application/zip")
+
+    def tools_archive(call: RestCall) -> Reply:
+        body = _parse_body(call.body)
+        instances = _tools_instances(runtime, body)
+        uri = f"/tools/{call.groups[0]}"
+        if body.get("Asynchronous") is True:
+            return Reply(start_archive(archives, uri, instances, body)[1])
+        return Reply(raw=make_archive(archives, uri, instances, body), content_type="application/zip")
+
+    def job_archive(call: RestCall) -> Reply:
+        return Reply(raw=archive_of_job(archives, call.groups[0]), content_type="application/zip")
+
+    register(runtime, ARCHIVE_ROUTE, {"GET": offloaded(resource_archive), "POST": offloaded(resource_archive)},
+             name="archive")
+    register(runtime, TOOLS_ARCHIVE_ROUTE, {"POST": offloaded(tools_archive)}, name="create-archive")
+    register(runtime, JOB_ARCHIVE_ROUTE, {"GET": offloaded(job_archive)}, name="job-archive")
+    return archives

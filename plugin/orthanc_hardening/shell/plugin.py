@@ -1,0 +1,96 @@
+"""Typed wiring: every feature built at start from the objects it needs, in one place.
+
+Each feature's ``install`` takes the features it depends on as typed arguments and returns its
+own object; nothing is looked up by name, so a missing or failed dependency is an error at start
+(Orthanc does not serve), never a silently skipped check. The order is the order of dependence:
+
+1. the key ring (``stores/key_files.py``) and the signature cache;
+2. the audit trail (every later feature records into it; a Security Alert needs it first);
+3. the TLS gate, *before any other route* (Orthanc serves a URI with the first plugin route that
+   matches: the lockdown catch-all must win);
+4. the storage area (seals, verification), then what builds on it: archives, the seal and key
+   routes, the audit hooks, verified queries and C-FIND, manifests and the scrub, C-MOVE, the
+   DIMSE side of the lockdown;
+5. the review page and the syslog export; last, the shared callbacks (HTTP filter, C-STORE
+   filter, change callback) that run the chains the features filled.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from orthanc_hardening.config import HardeningConfig, passphrase_from_env
+from orthanc_hardening.seal.keys import KeyRing
+from orthanc_hardening.services.audit_export import AuditExporter
+from orthanc_hardening.shell import archives, audit_hooks, cmove, query, review, scrub, seal_routes, storage, tls_gate
+from orthanc_hardening.shell.audit_hooks import AuditHooks, AuditTrail
+from orthanc_hardening.shell.callbacks import install_callbacks
+from orthanc_hardening.shell.cmove import MoveHandler
+from orthanc_hardening.shell.metrics import Metrics
+from orthanc_hardening.shell.orthanc_api import OrthancApi
+from orthanc_hardening.shell.query import QueryVerifier
+from orthanc_hardening.shell.runtime import Runtime, utc_now
+from orthanc_hardening.shell.scrub import ManifestService, ScrubService
+from orthanc_hardening.shell.storage import SealedStorage
+from orthanc_hardening.shell.tls_gate import TLSGate
+from orthanc_hardening.stores import key_files
+from orthanc_hardening.stores.signature_cache import SignatureCache
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """Every feature of the running plugin (for tests and for reading; built once by ``build``)."""
+
+    runtime: Runtime
+    keys: KeyRing
+    cache: SignatureCache
+    trail: AuditTrail
+    tls: TLSGate
+    storage: SealedStorage
+    archives: archives.Archives
+    audit: AuditHooks
+    queries: QueryVerifier
+    manifests: ManifestService
+    scrub: ScrubService
+    moves: MoveHandler
+    exporter: AuditExporter | None
+
+
+def load_keys(config: HardeningConfig, env: Mapping[str, str], runtime_clock: Any = utc_now) -> KeyRing:
+    """The key ring: the signing key (decrypted with its passphrase) and the trusted keys.
+
+    Raises:
+        ConfigError: a key cannot be loaded.
+    """
+    return key_files.load_key_ring(config.signing_key, passphrase_from_env(config, env), config.key_directory,
+                                   config.trusted_keys, runtime_clock())
+
+
+def build(orthanc: OrthancApi, config: HardeningConfig, orthanc_config: Mapping[str, Any]) -> Plugin:
+    """Build and register every feature (see the module docstring for the order).
+
+    Raises:
+        ConfigError: the configuration or a key is unusable.
+        StoreUnavailableError: a store cannot be opened.
+    """
+    keys = load_keys(config, os.environ)
+    cache = SignatureCache()
+    trail = audit_hooks.open_trail(orthanc, config, keys, utc_now)
+    runtime = Runtime(orthanc=orthanc, config=config, orthanc_config=orthanc_config, metrics=Metrics(orthanc),
+                      audit=trail.sink, clock=utc_now)
+    tls = tls_gate.install_early(runtime)
+    sealed = storage.install(runtime, keys, cache)
+    archive_routes = archives.install(runtime, sealed)
+    seal_routes.install(runtime, sealed)
+    hooks = audit_hooks.install(runtime, trail, sealed)
+    queries = query.install(runtime, sealed, hooks)
+    manifests, scrubber = scrub.install(runtime, sealed)
+    moves = cmove.install(runtime, hooks, tls.outgoing, sealed)
+    tls_gate.install_dimse(runtime, sealed)
+    exporter = review.install(runtime)
+    install_callbacks(runtime)
+    return Plugin(runtime, keys, cache, trail, tls, sealed, archive_routes, hooks, queries, manifests, scrubber,
+                  moves, exporter)

@@ -1,0 +1,60 @@
+"""The index SQLite file of a stopped Orthanc, read only (the offline scrub and seal-existing).
+
+Reads only the columns every Orthanc 1.10 to 1.13 index has (``Resources``, ``MainDicomTags``,
+``DicomIdentifiers``, ``AttachedFiles``), by name, so a newer schema with more columns is read
+the same way.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from orthanc_hardening.errors import NotFoundError
+from orthanc_hardening.integrity.scrub import IndexedInstance
+
+
+class SQLiteIndex:
+    """The index SQLite file of a (stopped) Orthanc 1.x, read only."""
+
+    def __init__(self, path: Path) -> None:
+        if not Path(path).is_file():
+            raise NotFoundError(f"Orthanc index {path} does not exist")
+        self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=30)
+
+    # Orthanc's SQLite schema numbers resource types from 1 (patient) to 4 (instance).
+    _STUDY, _INSTANCE = 2, 4
+
+    def _tag(self, internal: int, group: int, element: int) -> str:
+        for table in ("MainDicomTags", "DicomIdentifiers"):
+            row = self._db.execute(f"SELECT value FROM {table} WHERE id = ? AND tagGroup = ? AND tagElement = ?",
+                                   (internal, group, element)).fetchone()
+            if row is not None:
+                return str(row[0])
+        return ""
+
+    def _rows(self, study_filter: str = "", args: tuple[Any, ...] = ()) -> list[IndexedInstance]:
+        query = f"""
+            SELECT i.internalId, i.publicId, st.publicId, se.internalId
+            FROM Resources i JOIN Resources se ON i.parentId = se.internalId
+                             JOIN Resources st ON se.parentId = st.internalId
+            WHERE i.resourceType = {self._INSTANCE} {study_filter} ORDER BY i.publicId"""
+        result = []
+        for internal, public, study, series in self._db.execute(query, args).fetchall():
+            attachments = {int(t): str(u) for t, u in
+                           self._db.execute("SELECT fileType, uuid FROM AttachedFiles WHERE id = ?", (internal,))}
+            result.append(IndexedInstance(str(public), str(study), self._tag(series, 0x0020, 0x000E),
+                                          self._tag(internal, 0x0008, 0x0018), attachments))
+        return result
+
+    def instances(self) -> Iterator[IndexedInstance]:
+        yield from self._rows()
+
+    def study_instances(self, study_id: str) -> list[IndexedInstance] | None:
+        exists = self._db.execute("SELECT 1 FROM Resources WHERE publicId = ? AND resourceType = ?",
+                                  (study_id, self._STUDY)).fetchone()
+        if exists is None:
+            return None
+        return self._rows("AND st.publicId = ?", (study_id,))

@@ -1,0 +1,125 @@
+"""The one cache of signatures that verified, so that a hot path only hashes bytes.
+
+Every signed record the plugin checks again and again — a seal on each read, the seals and
+manifests the scrub re-reads, the records the sealed-tag catalogue loads — goes through one
+``SignatureCache``:
+
+* ``verify(verifier, key_id, data, signature)`` verifies a signature unless these exact bytes
+  (key id, signed data, signature) verified before; ``verifier_for(keyring)`` is the same as a
+  ``Verifier`` for code that takes one;
+* ``parse_seal(record)`` returns the seal parsed from stored record bytes that verified before
+  (no JSON parsing, no re-encoding on a hot read); ``verify_seal`` verifies and remembers it.
+
+Keyed by the exact bytes, so a changed row or record is verified again. Bounded (least recently
+used entries are dropped). Cleared when the key ring changes: a withdrawn key must fail at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+
+from orthanc_hardening.seal.keys import Verifier
+from orthanc_hardening.seal.record import Seal, verify_seal_signature
+
+DEFAULT_LIMIT = 262_144
+
+
+class SignatureCache:
+    """Signatures that verified (see the module docstring). Thread-safe."""
+
+    def __init__(self, limit: int = DEFAULT_LIMIT) -> None:
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._signatures: OrderedDict[bytes, None] = OrderedDict()
+        self._seals: OrderedDict[bytes, Seal] = OrderedDict()
+
+    # -- any signature --------------------------------------------------------------------
+
+    def verify(self, verifier: Verifier, key_id: str, data: bytes, signature: bytes) -> None:
+        """Verify ``signature`` over ``data`` by ``key_id``, unless these exact bytes verified before.
+
+        Raises:
+            UnknownKeyError: the key is neither current nor trusted.
+            SealInvalidError: the signature does not verify.
+        """
+        digest = hashlib.sha256(key_id.encode("ascii", "replace") + b"\x00" + signature + b"\x00" + data).digest()
+        with self._lock:
+            if digest in self._signatures:
+                self._signatures.move_to_end(digest)
+                return
+        verifier.verify(key_id, data, signature)
+        with self._lock:
+            self._signatures[digest] = None
+            while len(self._signatures) > self._limit:
+                self._signatures.popitem(last=False)
+
+    def verifier_for(self, verifier: Verifier) -> Verifier:
+        """``verifier`` with this cache in front of it."""
+        return _CachedVerifier(self, verifier)
+
+    # -- seal records -----------------------------------------------------------------------
+
+    def parse_seal(self, record: bytes) -> Seal:
+        """The seal stored as ``record``: the one that verified before, else parsed now (unverified).
+
+        Raises:
+            SealInvalidError: the record is not a well-formed seal.
+        """
+        with self._lock:
+            seal = self._seals.get(record)
+            if seal is not None:
+                self._seals.move_to_end(record)
+                return seal
+        return Seal.from_bytes(record)
+
+    def is_verified_seal(self, record: bytes) -> bool:
+        """Whether the seal stored as ``record`` verified before."""
+        with self._lock:
+            return record in self._seals
+
+    def verify_seal(self, seal: Seal, verifier: Verifier, record: bytes | None = None) -> None:
+        """Verify ``seal``'s signature unless this exact record verified before; remember it.
+
+        Args:
+            seal: the seal.
+            verifier: the trusted keys.
+            record: the stored bytes ``seal`` was parsed from (defaults to its canonical encoding).
+
+        Raises:
+            UnknownKeyError: the key is neither current nor trusted.
+            SealInvalidError: the signature does not verify.
+        """
+        key = seal.to_bytes() if record is None else record
+        if self.is_verified_seal(key):
+            return
+        verify_seal_signature(seal, verifier)
+        self.remember_seal(key, seal)
+
+    def remember_seal(self, record: bytes, seal: Seal) -> None:
+        """Add a seal this process has just signed, as the store holds it (``record``)."""
+        with self._lock:
+            self._seals[record] = seal
+            self._seals.move_to_end(record)
+            while len(self._seals) > self._limit:
+                self._seals.popitem(last=False)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._seals) + len(self._signatures)
+
+    def clear(self) -> None:
+        """Forget everything (the key ring changed)."""
+        with self._lock:
+            self._seals.clear()
+            self._signatures.clear()
+
+
+class _CachedVerifier:
+    def __init__(self, cache: SignatureCache, verifier: Verifier) -> None:
+        self._cache = cache
+        self._verifier = verifier
+
+    def verify(self, kid: str, data: bytes, signature: bytes) -> None:
+        self._cache.verify(self._verifier, kid, data, signature)
