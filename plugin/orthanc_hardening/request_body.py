@@ -41,6 +41,25 @@ def nesting_depth(text: bytes) -> int:
     return deepest
 
 
+def parse_json_value(body: bytes | str, name: str = "body", max_depth: int = MAX_DEPTH) -> Any:
+    """Parse a request body that must be JSON (any value), refusing what could exhaust a stack.
+
+    Raises:
+        BadRequestError: empty, too large, too deeply nested, or not JSON.
+    """
+    raw = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+    if not raw.strip():
+        raise BadRequestError(name, "must be JSON, not empty")
+    if len(raw) > MAX_BODY_BYTES:
+        raise BadRequestError(name, f"is larger than {MAX_BODY_BYTES} bytes")
+    if nesting_depth(raw) > max_depth:
+        raise BadRequestError(name, f"is nested deeper than {max_depth} levels")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise BadRequestError(name, "must be JSON") from exc
+
+
 def parse_json_object(
     body: bytes | str, name: str = "body", empty_ok: bool = False, max_depth: int = MAX_DEPTH
 ) -> dict[str, Any]:
@@ -63,14 +82,7 @@ def parse_json_object(
         if empty_ok:
             return {}
         raise BadRequestError(name, "must be a JSON object, not empty")
-    if len(raw) > MAX_BODY_BYTES:
-        raise BadRequestError(name, f"is larger than {MAX_BODY_BYTES} bytes")
-    if nesting_depth(raw) > max_depth:
-        raise BadRequestError(name, f"is nested deeper than {max_depth} levels")
-    try:
-        parsed = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        raise BadRequestError(name, "must be a JSON object") from exc
+    parsed = parse_json_value(raw, name, max_depth)
     if not isinstance(parsed, dict):
         raise BadRequestError(name, "must be a JSON object")
     return parsed

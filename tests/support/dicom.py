@@ -29,8 +29,19 @@ def make_instance(
     study_description: str = "Chest CT",
     series_description: str = "Axial",
     seed: int | None = None,
+    accession_number: str | None = None,
+    study_date: str = "20260101",
+    character_set: str | None = None,
+    with_sequence: bool = False,
+    with_private_tag: bool = False,
+    body_part: str | None = None,
 ) -> bytes:
-    """Return the bytes of one synthetic image instance (Explicit VR Little Endian, 16-bit)."""
+    """Return the bytes of one synthetic image instance (Explicit VR Little Endian, 16-bit).
+
+    ``character_set`` sets Specific Character Set (e.g. ``ISO_IR 100``, ``ISO_IR 192``), and the
+    names are encoded in it; ``with_sequence`` adds a Request Attributes Sequence (0040,0275);
+    ``with_private_tag`` a private creator block.
+    """
     sop_class = _SOP_CLASSES[modality]
     sop_uid = sop_uid or new_uid()
     meta = FileMetaDataset()
@@ -40,6 +51,8 @@ def make_instance(
 
     ds = Dataset()
     ds.file_meta = meta
+    if character_set:
+        ds.SpecificCharacterSet = character_set
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = sop_uid
     ds.PatientID = patient_id
@@ -49,9 +62,9 @@ def make_instance(
     ds.StudyInstanceUID = study_uid or new_uid()
     ds.SeriesInstanceUID = series_uid or new_uid()
     ds.StudyID = "1"
-    ds.StudyDate = "20260101"
+    ds.StudyDate = study_date
     ds.StudyTime = "120000"
-    ds.AccessionNumber = "ACC" + patient_id[-6:]
+    ds.AccessionNumber = accession_number if accession_number is not None else "ACC" + patient_id[-6:]
     ds.StudyDescription = study_description
     ds.SeriesDescription = series_description
     ds.Modality = modality
@@ -71,6 +84,16 @@ def make_instance(
     ds.PixelRepresentation = 0
     ds.RescaleIntercept = -1024
     ds.RescaleSlope = 1
+    if body_part:
+        ds.BodyPartExamined = body_part
+    if with_sequence:
+        item = Dataset()
+        item.RequestedProcedureID = "RP-" + patient_id[-4:]
+        item.ScheduledProcedureStepID = "SPS-1"
+        ds.RequestAttributesSequence = [item]
+    if with_private_tag:
+        block = ds.private_block(0x0009, "ORTHANC-HARDENING TEST", create=True)
+        block.add_new(0x01, "LO", "private value")
     generator = random.Random(seed if seed is not None else sop_uid)
     ds.PixelData = generator.randbytes(rows * cols * 2)
     buffer = io.BytesIO()

@@ -17,7 +17,9 @@ from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import (
     CTImageStorage,
     MRImageStorage,
+    PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
@@ -76,15 +78,24 @@ def c_store(server: OrthancServer, files: list[bytes], tls: bool = True) -> list
     return statuses
 
 
-def c_find(server: OrthancServer, query: Dataset, tls: bool = True) -> tuple[int, list[Dataset]]:
-    """C-FIND (study root); return the final status and the matches."""
+MODELS = {
+    "study": (StudyRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelGet,
+              StudyRootQueryRetrieveInformationModelMove),
+    "patient": (PatientRootQueryRetrieveInformationModelFind, PatientRootQueryRetrieveInformationModelGet,
+                PatientRootQueryRetrieveInformationModelMove),
+}
+
+
+def c_find(server: OrthancServer, query: Dataset, tls: bool = True, model: str = "study") -> tuple[int, list[Dataset]]:
+    """C-FIND (study root, or ``model="patient"``); return the final status and the matches."""
+    find = MODELS[model][0]
     ae = _ae()
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    ae.add_requested_context(find)
     assoc = _associate(ae, server, tls)
     matches: list[Dataset] = []
     final = -1
     try:
-        for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
+        for status, identifier in assoc.send_c_find(query, find):
             if not status or "Status" not in status:
                 continue
             final = int(status.Status)
@@ -102,9 +113,18 @@ def _study_query(study_uid: str) -> Dataset:
     return query
 
 
-def c_get(server: OrthancServer, study_uid: str, tls: bool = True,
-          transfer_syntaxes: tuple[str, ...] = (ExplicitVRLittleEndian,)) -> RetrieveResult:
-    """C-GET a whole study; the received instances are kept as encoded datasets.
+def _collect(result: RetrieveResult, responses: Any) -> None:
+    for status, _identifier in responses:
+        if status and "Status" in status:
+            result.status = int(status.Status)
+            result.responses.append(result.status)
+            result.failed = int(getattr(status, "NumberOfFailedSuboperations", result.failed) or 0)
+            result.completed = int(getattr(status, "NumberOfCompletedSuboperations", result.completed) or 0)
+
+
+def c_get_query(server: OrthancServer, query: Dataset, tls: bool = True, model: str = "study",
+                transfer_syntaxes: tuple[str, ...] = (ExplicitVRLittleEndian,)) -> RetrieveResult:
+    """C-GET what ``query`` names; the received instances are kept as encoded datasets.
 
     The storage contexts propose only ``transfer_syntaxes`` (by default the explicit VR little
     endian of the test data): with several proposed, Orthanc 1.13 accepts implicit VR and
@@ -117,41 +137,42 @@ def c_get(server: OrthancServer, study_uid: str, tls: bool = True,
         result.received[str(event.request.AffectedSOPInstanceUID)] = event.encoded_dataset()
         return 0x0000
 
+    get = MODELS[model][1]
     ae = _ae()
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    ae.add_requested_context(PatientRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(get)
     roles = []
     for sop_class in STORAGE:
         ae.add_requested_context(sop_class, list(transfer_syntaxes))
         roles.append(build_role(sop_class, scp_role=True))
     assoc = _associate(ae, server, tls, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
     try:
-        for status, _identifier in assoc.send_c_get(_study_query(study_uid), StudyRootQueryRetrieveInformationModelGet):
-            if status and "Status" in status:
-                result.status = int(status.Status)
-                result.responses.append(result.status)
-                result.failed = int(getattr(status, "NumberOfFailedSuboperations", result.failed) or 0)
-                result.completed = int(getattr(status, "NumberOfCompletedSuboperations", result.completed) or 0)
+        _collect(result, assoc.send_c_get(query, get))
+    finally:
+        assoc.release()
+    return result
+
+
+def c_get(server: OrthancServer, study_uid: str, tls: bool = True,
+          transfer_syntaxes: tuple[str, ...] = (ExplicitVRLittleEndian,)) -> RetrieveResult:
+    """C-GET a whole study (see ``c_get_query``)."""
+    return c_get_query(server, _study_query(study_uid), tls, transfer_syntaxes=transfer_syntaxes)
+
+
+def c_move_query(server: OrthancServer, query: Dataset, destination: str = CLIENT_AET, tls: bool = True,
+                 model: str = "study") -> RetrieveResult:
+    """C-MOVE what ``query`` names to ``destination``; returns the final status and counts."""
+    move = MODELS[model][2]
+    result = RetrieveResult(status=-1)
+    ae = _ae()
+    ae.add_requested_context(move)
+    assoc = _associate(ae, server, tls)
+    try:
+        _collect(result, assoc.send_c_move(query, destination, move))
     finally:
         assoc.release()
     return result
 
 
 def c_move(server: OrthancServer, study_uid: str, destination: str = CLIENT_AET, tls: bool = True) -> RetrieveResult:
-    """C-MOVE a whole study to ``destination``; returns the final status and counts."""
-    result = RetrieveResult(status=-1)
-    ae = _ae()
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
-    assoc = _associate(ae, server, tls)
-    try:
-        for status, _identifier in assoc.send_c_move(
-            _study_query(study_uid), destination, StudyRootQueryRetrieveInformationModelMove
-        ):
-            if status and "Status" in status:
-                result.status = int(status.Status)
-                result.responses.append(result.status)
-                result.failed = int(getattr(status, "NumberOfFailedSuboperations", result.failed) or 0)
-                result.completed = int(getattr(status, "NumberOfCompletedSuboperations", result.completed) or 0)
-    finally:
-        assoc.release()
-    return result
+    """C-MOVE a whole study to ``destination`` (see ``c_move_query``)."""
+    return c_move_query(server, _study_query(study_uid), destination, tls)

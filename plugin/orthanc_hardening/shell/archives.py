@@ -22,14 +22,13 @@ from io import BytesIO
 from typing import Any
 
 from orthanc_hardening.errors import (
-    BadRequestError,
     IntegrityError,
-    NotFoundError,
     SealInvalidError,
     StoreUnavailableError,
 )
-from orthanc_hardening.request_body import parse_json_object
+from orthanc_hardening.request_body import parse_json_object, parse_json_value
 from orthanc_hardening.shell.offload import Offloader
+from orthanc_hardening.shell.orthanc_api import OrthancCoreError, core_call
 from orthanc_hardening.shell.rest import Reply, RestCall, register
 from orthanc_hardening.shell.runtime import Runtime
 from orthanc_hardening.shell.storage import SealedStorage
@@ -40,6 +39,7 @@ JOB_ARCHIVE_ROUTE = "/jobs/([^/]+)/archive"
 JOB_POLL_SECONDS = 0.02
 JOB_TIMEOUT_SECONDS = 3600.0
 JOBS_REMEMBERED = 10_000
+LEVELS = ("patients", "studies", "series", "instances")
 
 
 @dataclass
@@ -67,39 +67,60 @@ class Archives:
 
 
 
+def _instances_of(runtime: Runtime, levels: tuple[str, ...], resource_id: str) -> list[str] | None:
+    """The instances below a resource of the first of ``levels`` that knows the id (``None``: none)."""
+    for level in levels:
+        if level == "instances":
+            try:
+                runtime.orthanc.RestApiGet(f"/instances/{resource_id}")
+            except Exception:
+                continue
+            return [resource_id]
+        try:
+            answer = json.loads(runtime.orthanc.RestApiGet(f"/{level}/{resource_id}/instances"))
+        except Exception:
+            continue
+        return [str(item["ID"]) for item in answer]
+    return None
+
+
 def _resource_instances(runtime: Runtime, level: str, resource_id: str) -> list[str]:
-    try:
-        answer = json.loads(runtime.orthanc.RestApiGet(f"/{level}/{resource_id}/instances"))
-    except Exception as exc:
-        raise NotFoundError(f"{level[:-1]} {resource_id} is unknown") from exc
-    return [str(item["ID"]) for item in answer]
+    """The instances an archive of ``/{level}/{id}`` holds.
+
+    Orthanc serves an id of any level under any level's archive route (a series id under
+    ``/studies/{id}/archive``), so the id is looked up at its own level first, then at the others.
+
+    Raises:
+        OrthancCoreError: no resource has this id (Orthanc's "Unknown resource").
+    """
+    levels = (level, *(other for other in LEVELS if other != level))
+    found = _instances_of(runtime, levels, resource_id)
+    if found is None:
+        raise OrthancCoreError.of(17)
+    return found
 
 
-def _tools_instances(runtime: Runtime, body: dict[str, Any]) -> list[str]:
-    resources = body.get("Resources")
+def _tools_instances(runtime: Runtime, body: Any) -> list[str]:
+    """The instances of ``/tools/create-archive|media`` (a list of ids, or ``{"Resources": [...]}``).
+
+    Raises:
+        OrthancCoreError: not a list of ids (Orthanc's "Bad file format"), or an unknown id.
+    """
+    resources = body if isinstance(body, list) else body.get("Resources") if isinstance(body, dict) else None
     if not isinstance(resources, list) or not all(isinstance(r, str) for r in resources):
-        raise BadRequestError("Resources", "must be a list of Orthanc identifiers")
+        raise OrthancCoreError.of(15, "Expected a list of strings (Orthanc identifiers)")
     instances: list[str] = []
     for resource in resources:
-        found = None
-        for level in ("patients", "studies", "series"):
-            try:
-                found = _resource_instances(runtime, level, resource)
-                break
-            except NotFoundError:
-                continue
+        found = _instances_of(runtime, LEVELS, resource)
         if found is None:
-            try:
-                runtime.orthanc.RestApiGet(f"/instances/{resource}")
-                found = [resource]
-            except Exception as exc:
-                raise NotFoundError(f"resource {resource} is unknown") from exc
+            raise OrthancCoreError.of(17)
         instances.extend(found)
     return instances
 
 
-def _parse_body(body: bytes) -> dict[str, Any]:
-    return parse_json_object(body, empty_ok=True)
+def _job_body(body: Any) -> dict[str, Any]:
+    """The archive job's body as an object (Orthanc reads a bare list as its ``Resources``)."""
+    return {"Resources": body} if isinstance(body, list) else dict(body)
 
 
 class ArchiveRefusedError(IntegrityError):
@@ -146,7 +167,7 @@ def start_archive(archives: Archives, uri: str, instances: list[str], job_body: 
     mark = storage.store.last_failure_id()
     body = {**job_body, "Asynchronous": True}
     body.pop("Synchronous", None)
-    answer = json.loads(runtime.orthanc.RestApiPost(uri, json.dumps(body)))
+    answer = json.loads(core_call(runtime.orthanc.RestApiPost, uri, json.dumps(body)))
     job_id = str(answer["ID"])
     archives.remember(job_id, ArchiveJob(frozenset(uuids), len(instances), mark))
     return job_id, answer
@@ -223,8 +244,8 @@ def install(runtime: Runtime, storage: SealedStorage) -> Archives:
 
     def resource_archive(call: RestCall) -> Reply:
         level, resource_id, kind = call.groups
+        body = parse_json_object(call.body, empty_ok=True) if call.method == "POST" else {}
         instances = _resource_instances(runtime, level, resource_id)
-        body = _parse_body(call.body) if call.method == "POST" else {}
         if call.method == "GET" and call.query.get("transcode"):
             body["Transcode"] = call.query["transcode"]
         if call.method == "GET" and kind == "media" and "extended" in call.query:
@@ -232,21 +253,26 @@ def install(runtime: Runtime, storage: SealedStorage) -> Archives:
         uri = f"/{level}/{resource_id}/{kind}"
         if body.get("Asynchronous") is True:
             return Reply(start_archive(archives, uri, instances, body)[1])
-        return Reply(raw=make_archive(archives, uri, instances, body), content_type="application/zip")
+        return Reply(raw=make_archive(archives, uri, instances, body), content_type="application/zip",
+                     headers={"Content-Disposition": f'filename="{resource_id}.zip"'})
 
     def tools_archive(call: RestCall) -> Reply:
-        body = _parse_body(call.body)
+        body = parse_json_value(call.body)
         instances = _tools_instances(runtime, body)
+        job = _job_body(body)
         uri = f"/tools/{call.groups[0]}"
-        if body.get("Asynchronous") is True:
-            return Reply(start_archive(archives, uri, instances, body)[1])
-        return Reply(raw=make_archive(archives, uri, instances, body), content_type="application/zip")
+        if job.get("Asynchronous") is True:
+            return Reply(start_archive(archives, uri, instances, job)[1])
+        return Reply(raw=make_archive(archives, uri, instances, job), content_type="application/zip",
+                     headers={"Content-Disposition": 'filename="Archive.zip"'})
 
     def job_archive(call: RestCall) -> Reply:
-        return Reply(raw=archive_of_job(archives, call.groups[0]), content_type="application/zip")
+        return Reply(raw=archive_of_job(archives, call.groups[0]), content_type="application/zip",
+                     headers={"Content-Disposition": 'filename="Archive.zip"'})
 
     register(runtime, ARCHIVE_ROUTE, {"GET": offloaded(resource_archive), "POST": offloaded(resource_archive)},
-             name="archive")
-    register(runtime, TOOLS_ARCHIVE_ROUTE, {"POST": offloaded(tools_archive)}, name="create-archive")
-    register(runtime, JOB_ARCHIVE_ROUTE, {"GET": offloaded(job_archive)}, name="job-archive")
+             name="archive", like_orthanc=True)
+    register(runtime, TOOLS_ARCHIVE_ROUTE, {"POST": offloaded(tools_archive)}, name="create-archive",
+             like_orthanc=True)
+    register(runtime, JOB_ARCHIVE_ROUTE, {"GET": offloaded(job_archive)}, name="job-archive", like_orthanc=True)
     return archives

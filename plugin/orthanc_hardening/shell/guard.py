@@ -60,6 +60,8 @@ _STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
 # "inexistent file"; the scrub names such index entries).
 _NOT_ALERTED = (BadRequestError, ConfigError, NotFoundError, OrthancCoreError, FileNotFoundError)
 OBSERVER_FAILURES = "observer_failures_total"
+# What Orthanc itself answers JSON with (a client comparing headers sees no difference).
+JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 GATE_FAILURES = "gate_failures_total"
 
 # DIMSE statuses a refused C-STORE gets (PS3.4 Annex B / PS3.7 Annex C).
@@ -117,9 +119,9 @@ def answer_json(output: Any, status: int, payload: Any) -> None:
     """Answer a REST callback with JSON and an HTTP status."""
     body = json.dumps(payload, ensure_ascii=True, sort_keys=True, indent=2)
     if status == 200:
-        output.AnswerBuffer(body, "application/json")
+        output.AnswerBuffer(body, JSON_CONTENT_TYPE)
         return
-    output.SetHttpHeader("Content-Type", "application/json")
+    output.SetHttpHeader("Content-Type", JSON_CONTENT_TYPE)
     send_status(output, status, body)
 
 
@@ -129,36 +131,45 @@ def answer_error(output: Any, exc: BaseException) -> None:
     answer_json(output, status, error_body(exc))
 
 
-_REASONS = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 409: "Conflict", 415: "Unsupported Media Type",
-            500: "Internal Server Error", 503: "Service Unavailable"}
+_REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 409: "Conflict",
+            415: "Unsupported Media Type", 416: "Requested Range Not Satisfiable", 500: "Internal Server Error",
+            501: "Not Implemented", 503: "Service Unavailable", 507: "Insufficient Storage"}
 
 
-def answer_like_orthanc(output: Any, exc: BaseException, uri: str, method: str) -> None:
+def orthanc_json(value: dict[str, Any]) -> str:
+    """A flat JSON object as Orthanc writes it (jsoncpp's styled writer: sorted keys, tabs)."""
+    lines = [f"\t{json.dumps(key)} : {json.dumps(value[key], ensure_ascii=False)}" for key in sorted(value)]
+    return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
+def answer_like_orthanc(output: Any, exc: BaseException, uri: str, method: str, describe: bool = True) -> None:
     """Answer an error of an overridden core route the way Orthanc itself does.
 
-    Orthanc answers an unknown resource with an empty 404 and other errors with its JSON
-    error object (``HttpDescribeErrors``); our own refusals (integrity, access) keep the
-    plugin's ``{"error", "detail"}`` form, which names the reason.
+    Orthanc answers its errors with the HTTP status of the error code and, when
+    ``HttpDescribeErrors`` is on (its default), a JSON object naming the code (no
+    ``Content-Type``). Our own refusals (integrity, access) keep the plugin's
+    ``{"error", "detail"}`` form, which names the reason.
     """
-    if not isinstance(exc, OrthancCoreError | BadRequestError):
+    if isinstance(exc, BadRequestError):
+        exc = OrthancCoreError.of(8, str(exc))
+    if not isinstance(exc, OrthancCoreError):
         answer_error(output, exc)
         return
-    status = exc.status if isinstance(exc, OrthancCoreError) else 400
-    if status == 404:
-        output.SendHttpStatusCode(404)
+    if not describe:
+        output.SendHttpStatusCode(exc.status)
         return
-    detail = str(exc)
-    body = {
-        "Details": detail,
-        "HttpError": _REASONS.get(status, "Error"),
-        "HttpStatus": status,
-        "Message": detail,
+    body: dict[str, Any] = {
+        "HttpError": _REASONS.get(exc.status, "Error"),
+        "HttpStatus": exc.status,
+        "Message": exc.description,
         "Method": method.upper(),
-        "OrthancError": detail,
-        "OrthancStatus": exc.code if isinstance(exc, OrthancCoreError) else 8,
+        "OrthancError": exc.description,
+        "OrthancStatus": exc.code,
         "Uri": uri,
     }
-    answer_json(output, status, body)
+    if str(exc) and str(exc) != exc.description:
+        body["Details"] = str(exc)
+    send_status(output, exc.status, orthanc_json(body))
 
 
 # -- the guard ------------------------------------------------------------------------------
@@ -265,14 +276,16 @@ def refuse_raise(exc: BaseException) -> Any:
 class RestRefusal:
     """A REST route's refusal: the plugin's JSON error (or, ``like_orthanc``, Orthanc's own form)."""
 
-    def __init__(self, output: Any, uri: str = "", method: str = "GET", like_orthanc: bool = False) -> None:
+    def __init__(self, output: Any, uri: str = "", method: str = "GET", like_orthanc: bool = False,
+                 describe: bool = True) -> None:
         self.output = output
         self.uri = uri
         self.method = method
         self.like_orthanc = like_orthanc
+        self.describe = describe
 
     def __call__(self, exc: BaseException) -> None:
         if self.like_orthanc:
-            answer_like_orthanc(self.output, exc, self.uri, self.method)
+            answer_like_orthanc(self.output, exc, self.uri, self.method, self.describe)
         else:
             answer_error(self.output, exc)

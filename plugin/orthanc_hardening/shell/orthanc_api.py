@@ -134,17 +134,35 @@ ORTHANC_ERROR_STATUS = {
 }
 
 
+# Orthanc's description of the error codes the plugin answers itself (OrthancCPlugin.h).
+ORTHANC_ERROR_DESCRIPTION = {
+    -1: "Internal error", 1: "Error encountered within the plugin engine", 3: "Parameter out of range",
+    7: "Accessing an inexistent item", 8: "Bad request", 13: "Inexistent file", 15: "Bad file format",
+    17: "Unknown resource", 20: "Corrupted file (e.g. inconsistent MD5 hash)",
+}
+
+
 class OrthancCoreError(Exception):
-    """Orthanc's core refused a call the plugin forwarded (``RestApi*``).
+    """Orthanc's core refused a call the plugin forwarded (``RestApi*``), or would refuse it.
 
     ``code`` is Orthanc's ``ErrorCode`` (``-1`` when unknown), ``status`` the HTTP status Orthanc
-    answers with it, the message Orthanc's description.
+    answers with it, ``description`` Orthanc's text for the code; the message is the detail
+    (the description itself for a forwarded call: the Python plugin passes no more).
     """
 
     def __init__(self, status: int, detail: str, code: int = -1) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
+
+    @property
+    def description(self) -> str:
+        return ORTHANC_ERROR_DESCRIPTION.get(self.code, str(self))
+
+    @classmethod
+    def of(cls, code: int, detail: str = "") -> OrthancCoreError:
+        """The error Orthanc answers with ``code`` (and ``detail``, when it has one)."""
+        return cls(ORTHANC_ERROR_STATUS.get(code, 500), detail or ORTHANC_ERROR_DESCRIPTION.get(code, ""), code)
 
 
 def core_call(function: Callable[..., T], *args: Any) -> T:

@@ -39,9 +39,17 @@ from orthanc_hardening.integrity.cfind import QIDO_ROUTE, answer_dataset, qido_k
 from orthanc_hardening.integrity.query import INSTANCE, FilteredAnswer, ItemCheck, Verdict, level_of
 from orthanc_hardening.request_body import parse_json_object
 from orthanc_hardening.services.tag_catalogue import SealedTagCatalogue
-from orthanc_hardening.shell.guard import RestRefusal, answer_json, decide, refuse_raise, security_alert
+from orthanc_hardening.shell.guard import (
+    JSON_CONTENT_TYPE,
+    RestRefusal,
+    answer_json,
+    decide,
+    refuse_raise,
+    security_alert,
+)
 from orthanc_hardening.shell.orthanc_api import OrthancCoreError, core_call
 from orthanc_hardening.shell.requester import rest_requester
+from orthanc_hardening.shell.rest import describe_errors
 from orthanc_hardening.shell.runtime import Runtime
 from orthanc_hardening.shell.storage import SealedStorage
 from orthanc_hardening.stores.seal_store import SealReader
@@ -165,13 +173,14 @@ class QueryVerifier:
         """Answer JSON with the verification headers; ``raw`` is Orthanc's own body when unchanged."""
         for name, value in answer.headers.items():
             output.SetHttpHeader(name, value)
-        output.AnswerBuffer(raw if raw is not None else json.dumps(payload), "application/json")
+        output.AnswerBuffer(raw if raw is not None else json.dumps(payload), JSON_CONTENT_TYPE)
 
     def _run(self, output: Any, uri: str, request: Mapping[str, Any], body: Callable[[Requester], None]) -> None:
         # These routes stand in for Orthanc's own: a client sees Orthanc's error format for
         # Orthanc's errors and bad requests, the plugin's for its refusals.
         requester = rest_requester(self.runtime, uri, request)
-        refusal = RestRefusal(output, uri, str(request.get("method", "GET")), like_orthanc=True)
+        refusal = RestRefusal(output, uri, str(request.get("method", "GET")), like_orthanc=True,
+                              describe=describe_errors(self.runtime))
         decide(self.runtime, uri, requester, lambda: body(requester), refusal)
 
     def _answer_list(self, output: Any, answer: Any, items: list[Any], raw: Any, expanded: bool,
@@ -284,7 +293,13 @@ class QueryVerifier:
                 output.SendMethodNotAllowed("GET,DELETE")
                 return
             get = dict(request.get("get") or {})
-            item = json.loads(core_call(orthanc.RestApiGet, f"/{plural}/{resource_id}"))
+            try:
+                item = json.loads(core_call(orthanc.RestApiGet, f"/{plural}/{resource_id}"))
+            except OrthancCoreError as exc:
+                if exc.status != 404:
+                    raise
+                output.SendHttpStatusCode(404)  # Orthanc answers an unknown resource with an empty 404
+                return
             self._single(output, requester, uri, level_of(plural), item, get)
 
         self._run(output, uri, request, body)

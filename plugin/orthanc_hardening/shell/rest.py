@@ -12,7 +12,7 @@ from typing import Any
 
 from orthanc_hardening.errors import AccessDeniedError, BadRequestError
 from orthanc_hardening.identity import ADMINISTRATOR, AUDITOR, Requester
-from orthanc_hardening.shell.guard import RestRefusal, answer_json, decide, send_status
+from orthanc_hardening.shell.guard import JSON_CONTENT_TYPE, RestRefusal, answer_json, decide, send_status
 from orthanc_hardening.shell.requester import rest_requester
 from orthanc_hardening.shell.runtime import Runtime
 
@@ -37,7 +37,7 @@ class Reply:
     payload: Any = None
     status: int = 200
     raw: bytes | str | None = None
-    content_type: str = "application/json"
+    content_type: str = JSON_CONTENT_TYPE
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -66,6 +66,7 @@ def register(
     handlers: Mapping[str, Handler],
     role: str | None = None,
     name: str | None = None,
+    like_orthanc: bool = False,
 ) -> None:
     """Register ``pattern`` (a full-match regex) with one handler per HTTP method, behind the guard.
 
@@ -75,6 +76,8 @@ def register(
         handlers: ``{"GET": fn, "POST": fn}``; other methods get 405.
         role: role required for every method, or ``None`` for any authenticated user.
         name: route name used in audit events and logs (defaults to the pattern).
+        like_orthanc: the route stands in for one of Orthanc's own: its bad requests and
+            Orthanc's errors are answered in Orthanc's error form.
     """
     route = name or pattern
 
@@ -99,7 +102,9 @@ def register(
             )
             send(output, handler(call))
 
-        decide(runtime, route, requester, handle, RestRefusal(output))
+        refusal = RestRefusal(output, uri, str(request.get("method", "GET")), like_orthanc,
+                              describe_errors(runtime))
+        decide(runtime, route, requester, handle, refusal)
 
     runtime.orthanc.RegisterRestCallback(pattern, callback)
 
@@ -117,6 +122,11 @@ def send(output: Any, reply: Reply) -> None:
         send_status(output, reply.status, text)
         return
     output.AnswerBuffer(reply.raw, reply.content_type)
+
+
+def describe_errors(runtime: Runtime) -> bool:
+    """Orthanc's ``HttpDescribeErrors`` (default true): whether its errors carry a JSON body."""
+    return bool(runtime.orthanc_config.get("HttpDescribeErrors", True))
 
 
 def int_param(query: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:

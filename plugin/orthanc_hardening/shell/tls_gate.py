@@ -42,7 +42,7 @@ from orthanc_hardening.errors import AccessDeniedError, BadRequestError
 from orthanc_hardening.identity import ADMINISTRATOR, HttpRequest, Requester, transport_of_uri
 from orthanc_hardening.request_body import MAX_DEPTH, nesting_depth
 from orthanc_hardening.services import host_probe as host
-from orthanc_hardening.shell.guard import RestRefusal, alert, answer_json, decide
+from orthanc_hardening.shell.guard import JSON_CONTENT_TYPE, RestRefusal, alert, answer_json, decide
 from orthanc_hardening.shell.orthanc_api import core_call
 from orthanc_hardening.shell.requester import internal_requester, rest_requester
 from orthanc_hardening.shell.rest import Reply, RestCall, register
@@ -407,7 +407,7 @@ def _register_definition_override(runtime: Runtime, state: OutgoingPolicy, patte
             else:
                 output.SendMethodNotAllowed("GET,PUT,DELETE")
                 return
-            output.AnswerBuffer(answer if answer is not None else b"{}", "application/json")
+            output.AnswerBuffer(answer if answer is not None else b"{}", JSON_CONTENT_TYPE)
 
         decide(runtime, uri, requester, forward, RestRefusal(output))
 

@@ -1,0 +1,138 @@
+"""Orthanc's REST API answers the same with the plugin (monitor mode, and enforce mode on
+untampered data): every route the plugin overrides or filters, every level and form.
+
+Each case is one request sent to the three servers; the normalised answers must be equal
+(``compare.py``). The deliberate differences are in ``DELIBERATE`` (and the README).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from orthanc_hardening.integrity.query import orthanc_id
+from tests.compat.compare import Answer, describe
+from tests.compat.conftest import STUDIES, Trio
+from tests.support.server import OrthancServer, orthanc_version
+
+P1 = orthanc_id("CMP-1")
+P3 = orthanc_id("CMP-3")
+S1 = orthanc_id("CMP-1", STUDIES[0][3])
+S4 = orthanc_id("CMP-3", STUDIES[3][3])
+SE1 = orthanc_id("CMP-1", STUDIES[0][3], STUDIES[0][3] + ".1")
+SE4 = orthanc_id("CMP-3", STUDIES[3][3], STUDIES[3][3] + ".2")
+I1 = orthanc_id("CMP-1", STUDIES[0][3], STUDIES[0][3] + ".1", STUDIES[0][3] + ".1.1")
+I3 = orthanc_id("CMP-2", STUDIES[2][3], STUDIES[2][3] + ".1", STUDIES[2][3] + ".1.2")
+UNKNOWN = "00000000-00000000-00000000-00000000-00000000"
+
+# Response headers only the hardened servers send, on purpose (README, "Drop-in").
+DELIBERATE_HEADERS = ("X-Hardening-Withheld", "X-Hardening-Flagged")
+
+GETS = [
+    # Resource lists, every level, every form.
+    "/patients", "/studies", "/series", "/instances",
+    "/patients?expand", "/studies?expand", "/series?expand", "/instances?expand",
+    "/studies?expand&since=1&limit=2", "/studies?since=0&limit=1", "/series?expand&full", "/studies?expand&short",
+    "/patients?expand&requestedTags=PatientName;NumberOfPatientRelatedStudies",
+    # One resource, every level.
+    f"/patients/{P1}", f"/studies/{S1}", f"/series/{SE1}", f"/instances/{I1}",
+    f"/studies/{S4}?full", f"/series/{SE4}?short", f"/instances/{I3}?simplify",
+    # Children and parents.
+    f"/patients/{P1}/studies", f"/patients/{P1}/series", f"/patients/{P1}/instances",
+    f"/studies/{S1}/series", f"/studies/{S1}/instances", f"/studies/{S1}/patient",
+    f"/series/{SE1}/instances", f"/series/{SE1}/study", f"/series/{SE1}/patient",
+    f"/instances/{I1}/series", f"/instances/{I1}/study", f"/instances/{I1}/patient",
+    f"/studies/{S1}/series?expand", f"/patients/{P3}/studies?full",
+    # Unknown ids and other-level ids.
+    f"/patients/{UNKNOWN}", f"/studies/{UNKNOWN}", f"/series/{UNKNOWN}", f"/instances/{UNKNOWN}",
+    f"/studies/{SE1}", f"/studies/{UNKNOWN}/series", f"/studies/{P1}/series",
+    # Bytes and tags of instances.
+    f"/instances/{I1}/file", f"/instances/{I1}/tags", f"/instances/{I1}/simplified-tags",
+    f"/instances/{I3}/tags?short", f"/instances/{I1}/frames/0/raw", f"/instances/{I1}/preview",
+    f"/instances/{I1}/attachments/dicom/data", f"/instances/{I1}/metadata?expand",
+    # Archives and media, every level, other-level ids, parameters.
+    f"/studies/{S1}/archive", f"/series/{SE1}/archive", f"/patients/{P1}/archive", f"/studies/{S4}/media",
+    f"/studies/{SE1}/archive", f"/patients/{I1}/media", f"/studies/{UNKNOWN}/archive",
+    f"/studies/{S1}/archive?transcode=1.2.840.10008.1.2", f"/studies/{S1}/archive?transcode=nonsense",
+    f"/studies/{S1}/media?extended",
+]
+
+FINDS: list[Any] = [
+    {"Level": "Patient", "Query": {}},
+    {"Level": "Study", "Query": {"PatientID": "CMP-1"}, "Expand": True},
+    {"Level": "Study", "Query": {"StudyDate": "20240101-20251231"}},
+    {"Level": "Study", "Query": {"PatientName": "*oe*"}, "Expand": True},
+    {"Level": "Study", "Query": {"PatientName": "doe*"}, "CaseSensitive": False},
+    {"Level": "Study", "Query": {"PatientName": "doe*"}, "CaseSensitive": True},
+    {"Level": "Study", "Query": {"AccessionNumber": "*"}},
+    {"Level": "Study", "Query": {"ModalitiesInStudy": "MR"}},
+    {"Level": "Series", "Query": {"Modality": "CT\\MR"}, "Expand": True, "Limit": 2},
+    {"Level": "Series", "Query": {"Modality": "CT"}, "Since": 1, "Limit": 1},
+    {"Level": "Instance", "Query": {"SOPInstanceUID": STUDIES[2][3] + ".1.2"}, "Expand": True},
+    {"Level": "Instance", "Query": {"InstanceNumber": "2"}, "Expand": True, "Short": True},
+    {"Level": "Study", "Query": {}, "Expand": True, "Full": True},
+    {"Level": "Study", "Query": {}, "Expand": True, "RequestedTags": ["NumberOfStudyRelatedInstances"]},
+    {"Level": "Study", "Query": {}, "OrderBy": [{"Type": "DicomTag", "Key": "StudyDate", "Direction": "DESC"}]},
+    {"Level": "Study", "Query": {}, "ResponseContent": ["MainDicomTags", "Children"]},
+    {"Level": "Study", "Query": {"BodyPartExamined": "CHEST"}, "Expand": True},
+    {"Level": "Nonsense", "Query": {}},
+    {"Query": {}},
+    [],
+    "not json",
+]
+
+POSTS: list[tuple[str, Any]] = [
+    ("/tools/lookup", STUDIES[0][3]),
+    ("/tools/lookup", "1.2.3.nothing"),
+    ("/tools/create-archive", {"Resources": [S1, SE4]}),
+    ("/tools/create-archive", [S1, I3]),
+    ("/tools/create-media", [P3]),
+    ("/tools/create-media-extended", {"Resources": [SE1]}),
+    ("/tools/create-archive", {"Resources": [UNKNOWN]}),
+    ("/tools/create-archive", {"Resources": "not a list"}),
+    ("/tools/create-archive", {"Resources": [S1], "Transcode": "nonsense"}),
+    (f"/studies/{S1}/archive", {}),
+    (f"/studies/{S1}/archive", {"Transcode": "nonsense"}),
+]
+
+
+def answers(trio: Trio, method: str, path: str, body: Any = None) -> list[Answer]:
+    found = []
+    for server in trio.all:
+        kwargs: dict[str, Any] = {}
+        if body is not None:
+            kwargs["data"] = body.encode() if isinstance(body, str) else json.dumps(body)
+        found.append(Answer.of(server.request(method, path, **kwargs)))
+    return found
+
+
+def assert_same(trio: Trio, method: str, path: str, body: Any = None) -> None:
+    plain, monitor, enforce = answers(trio, method, path, body)
+    assert monitor == plain, f"monitor differs on {method} {path}:\n plain   {describe(plain)}\n monitor {describe(monitor)}"
+    assert enforce == plain, f"enforce differs on {method} {path}:\n plain   {describe(plain)}\n enforce {describe(enforce)}"
+
+
+@pytest.mark.parametrize("path", GETS)
+def test_get_answers_like_plain_orthanc(trio: Trio, path: str) -> None:
+    assert_same(trio, "GET", path)
+
+
+@pytest.mark.parametrize("body", FINDS, ids=lambda b: json.dumps(b)[:60])
+def test_find_answers_like_plain_orthanc(trio: Trio, body: Any) -> None:
+    assert_same(trio, "POST", "/tools/find", body)
+
+
+@pytest.mark.parametrize(("path", "body"), POSTS, ids=lambda v: json.dumps(v)[:50] if not isinstance(v, str) else v)
+def test_post_answers_like_plain_orthanc(trio: Trio, path: str, body: Any) -> None:
+    assert_same(trio, "POST", path, body)
+
+
+def test_the_servers_run_the_same_orthanc(trio: Trio) -> None:
+    versions = {server.get("/system").json()["Version"] for server in trio.all}
+    assert versions == {".".join(map(str, orthanc_version()))}
+
+
+def server_of(trio: Trio) -> OrthancServer:
+    return trio.plain
