@@ -1,23 +1,61 @@
 #!/bin/bash
-# Container entry point of the orthanc service: add the per-instance keys devsetup generated
-# (RegisteredUsers with the random passwords) to the configuration, export the signing-key
-# passphrase, then hand over to the image's own entry point (which merges /etc/orthanc/*.json
-# and the ORTHANC__* variables and starts Orthanc).
+# Entry point of the orthanc service (ENTRYPOINT of docker/Dockerfile, CMD ["/tmp/orthanc.json"]).
+#
+# Runs before the image's own entry point, which builds Orthanc's configuration from
+# /etc/orthanc/*.json and the ORTHANC__* variables and starts Orthanc. It adds what the init
+# service generated for this deployment:
+# - the accounts of credentials.json (RegisteredUsers), the PostgreSQL password (PostgreSQL.Password)
+#   and the audit database URL with that password (Hardening.Audit.Database), as one JSON
+#   document in ORTHANC_JSON: the image types every ORTHANC__* value with json.loads, so a
+#   password such as 20261201 would reach Orthanc as a number, while ORTHANC_JSON keeps strings
+#   strings (docker/instance_config.py);
+# - the signing key's passphrase, in HARDENING_KEY_PASSPHRASE (the plugin reads it there);
+# - private data directories (Docker creates volume mount points with mode 0755).
+# Then it hands its one argument to the image's entry point, which expects exactly one.
+#
+# Paths default to the image's; the end-to-end test (tests/integration/test_docker_deployment.py)
+# points them at a temporary tree.
 set -euo pipefail
-: "${HARDENING_HOME:?}"
-if [[ ! -f "$HARDENING_HOME/credentials.json" ]]; then
-    echo "entrypoint: $HARDENING_HOME has no credentials.json — the init service must run first" >&2
+
+HARDENING_HOME="${HARDENING_HOME:-/var/lib/orthanc-hardening}"
+image_entrypoint="${HARDENING_IMAGE_ENTRYPOINT:-/docker-entrypoint.sh}"
+db_password_file="${HARDENING_DB_PASSWORD_FILE:-/run/hardening/db/password}"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+fail() {
+    echo "orthanc-hardening entrypoint: $*" >&2
     exit 1
+}
+
+if [[ $# -ne 1 ]]; then
+    echo "orthanc-hardening entrypoint: expected exactly one argument, the configuration file the image" \
+        "generates (CMD [\"/tmp/orthanc.json\"] in docker/Dockerfile), got $#" >&2
+    exit 2
 fi
-python3 - "$HARDENING_HOME/credentials.json" /tmp/hardening-users.json <<'PY'
-import json, os, sys
-users = json.load(open(sys.argv[1]))
-fd = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-with os.fdopen(fd, "w") as out:
-    json.dump(users, out)
-PY
-export ORTHANC__REGISTERED_USERS="$(cat /tmp/hardening-users.json)"
-rm -f /tmp/hardening-users.json
-HARDENING_KEY_PASSPHRASE="$(cat "$HARDENING_HOME/keys/passphrase")"
+for file in "$HARDENING_HOME/credentials.json" "$HARDENING_HOME/keys/passphrase" "$HARDENING_HOME/keys/seal-key.pem"; do
+    [[ -f "$file" ]] || fail "$file is missing: the init service creates it (docker compose up runs it first)"
+done
+
+# Orthanc's storage and the plugin's data (orthanc.json: ${HARDENING_HOME}/storage and
+# ${HARDENING_HOME}/hardening) hold patient data, seals and the audit spool.
+chmod 0700 "$HARDENING_HOME"
+for directory in "$HARDENING_HOME/storage" "$HARDENING_HOME/hardening"; do
+    mkdir -p "$directory"
+    chmod 0700 "$directory"
+done
+
+arguments=(--credentials "$HARDENING_HOME/credentials.json")
+if [[ -n "${HARDENING_AUDIT_DATABASE:-}" || -e "$db_password_file" ]]; then
+    [[ -f "$db_password_file" ]] || fail "$db_password_file is missing: the init service creates it"
+    arguments+=(--db-password-file "$db_password_file")
+fi
+if [[ -n "${HARDENING_AUDIT_DATABASE:-}" ]]; then
+    arguments+=(--audit-database "$HARDENING_AUDIT_DATABASE")
+fi
+ORTHANC_JSON="$(python3 "$here/instance_config.py" "${arguments[@]}")"
+export ORTHANC_JSON
+
+HARDENING_KEY_PASSPHRASE="$(<"$HARDENING_HOME/keys/passphrase")"
 export HARDENING_KEY_PASSPHRASE
-exec /docker-entrypoint.sh "$@"
+
+exec "$image_entrypoint" "$@"
