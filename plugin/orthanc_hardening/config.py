@@ -179,6 +179,26 @@ def load_config(orthanc_config: Mapping[str, Any]) -> HardeningConfig:
     )
 
 
+def check_python_threads(orthanc_config: Mapping[str, Any], loader_threads: bool) -> None:
+    """Check that the Python plugin lets Orthanc's loader threads run while the plugin calls Orthanc.
+
+    Orthanc 1.13 reads files for ``/tools/find``, C-FIND and archives on loader threads, which
+    call the plugin's storage area. Unless ``Python.AllowThreads`` is true, the Python plugin keeps
+    Python's lock during every call into Orthanc, so a plugin call that needs such a read waits
+    forever for a thread that waits for that lock: every Python callback of Orthanc then hangs.
+
+    Raises:
+        ConfigError: Orthanc 1.13 or later and ``Python.AllowThreads`` is not ``true``.
+    """
+    if not loader_threads:
+        return
+    python = orthanc_config.get("Python", {})
+    if not isinstance(python, Mapping) or python.get("AllowThreads") is not True:
+        raise ConfigError("Python.AllowThreads", "must be true on Orthanc 1.13 and later (its loader threads "
+                                                 "read files through this plugin while the plugin waits for "
+                                                 "Orthanc); add \"Python\": {\"AllowThreads\": true}")
+
+
 def _audit(raw: Any, data_directory: Path) -> AuditConfig:
     key = f"{SECTION}.Audit"
     section = _mapping(raw, key)

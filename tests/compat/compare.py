@@ -13,7 +13,7 @@ import io
 import json
 import re
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pydicom
@@ -59,8 +59,19 @@ def _dicomdir(data: bytes) -> Any:
     """A DICOMDIR's records without the UIDs Orthanc makes afresh for each media (file-set,
     media storage SOP instance): what a reader relies on is the directory records."""
     dicomdir = pydicom.dcmread(io.BytesIO(data))
-    return [{str(element.tag): str(element.value) for element in record}
+    return [{str(element.tag): _record_value(element) for element in record}
             for record in dicomdir.DirectoryRecordSequence]
+
+
+# Byte offsets between DICOMDIR records shift with the length of the fresh UIDs in its header;
+# what they say is whether a record has a next sibling or children.
+_RECORD_OFFSETS = frozenset({0x00041400, 0x00041420})
+
+
+def _record_value(element: Any) -> str:
+    if element.tag in _RECORD_OFFSETS:
+        return "linked" if element.value else "none"
+    return str(element.value)
 
 
 @dataclass(frozen=True)
@@ -70,6 +81,8 @@ class Answer:
     status: int
     headers: tuple[tuple[str, str], ...]
     body: Any
+    # Every header's name, compared on its own (``extra_headers``).
+    names: frozenset[str] = field(default=frozenset(), compare=False)
 
     @classmethod
     def of(cls, response: requests.Response) -> Answer:
@@ -83,13 +96,25 @@ class Answer:
                 body = normalise_json(response.json())
             except ValueError:
                 body = response.content
+            if response.url.endswith("/metadata") and isinstance(body, list):
+                body = sorted(body, key=_instance_key)
         elif content_type.startswith("multipart/"):
             body = _multipart_parts(content_type, response.content)
         elif content_type.startswith("application/zip"):
             body = _zip_members(response.content)
         else:
             body = response.content
-        return cls(response.status_code, headers, body)
+        return cls(response.status_code, headers, body, frozenset(name.lower() for name in response.headers))
+
+
+def _instance_key(item: Any) -> tuple[str, str]:
+    """WADO-RS metadata in instance order: orthanc-dicomweb reads instances on worker threads
+    and lists them as they finish, so even plain Orthanc gives no order to rely on."""
+    def value(tag: str) -> str:
+        found = item.get(tag, {}).get("Value", [""]) if isinstance(item, dict) else [""]
+        return str(found[0]) if found else ""
+
+    return value("0020000E"), value("00080018")
 
 
 def _error_body(content: bytes) -> Any:
@@ -110,6 +135,15 @@ def _normalise_header(name: str, value: str) -> str:
     if name == "content-disposition":
         return UUID.sub("<attachment uuid>", value)
     return value
+
+
+# Headers that name the transport or the body's size, not what the answer says.
+TRANSPORT_HEADERS = frozenset({"date", "connection", "keep-alive", "content-length", "transfer-encoding"})
+
+
+def header_differences(plain: Answer, other: Answer) -> set[str]:
+    """Header names one answer has and the other has not (transport headers aside)."""
+    return set((plain.names ^ other.names) - TRANSPORT_HEADERS)
 
 
 def describe(answer: Answer, limit: int = 600) -> str:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
+from tests.compat import timing
 from tests.integration.conftest import pki, start_orthanc, start_orthanc_module  # noqa: F401 - fixtures
 from tests.support.dicom import make_instance
 from tests.support.server import DICOMWEB_PLUGIN, PYTHON_PLUGIN, OrthancServer
@@ -78,7 +80,7 @@ def start_trio(start) -> Trio:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
-def trio(pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trio]:  # type: ignore[no-untyped-def]
+def trio(pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trio]:  # type: ignore[no-untyped-def]  # noqa: F811
     from tests.integration.conftest import _factory
 
     factory = _factory(pki, tmp_path_factory)
@@ -93,3 +95,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "/compat/" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for line in timing.report():
+        terminalreporter.write_line(line)

@@ -2,7 +2,7 @@
 untampered data): every route the plugin overrides or filters, every level and form.
 
 Each case is one request sent to the three servers; the normalised answers must be equal
-(``compare.py``). The deliberate differences are in ``DELIBERATE`` (and the README).
+(``compare.py``). The deliberate differences are listed in ``deliberate.py`` (and the README).
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from orthanc_hardening.integrity.query import orthanc_id
-from tests.compat.compare import Answer, describe
+from tests.compat import deliberate, timing
+from tests.compat.compare import Answer, describe, header_differences
 from tests.compat.conftest import STUDIES, Trio
 from tests.support.server import OrthancServer, orthanc_version
 
@@ -27,8 +28,6 @@ I1 = orthanc_id("CMP-1", STUDIES[0][3], STUDIES[0][3] + ".1", STUDIES[0][3] + ".
 I3 = orthanc_id("CMP-2", STUDIES[2][3], STUDIES[2][3] + ".1", STUDIES[2][3] + ".1.2")
 UNKNOWN = "00000000-00000000-00000000-00000000-00000000"
 
-# Response headers only the hardened servers send, on purpose (README, "Drop-in").
-DELIBERATE_HEADERS = ("X-Hardening-Withheld", "X-Hardening-Flagged")
 
 GETS = [
     # Resource lists, every level, every form.
@@ -100,18 +99,24 @@ POSTS: list[tuple[str, Any]] = [
 
 def answers(trio: Trio, method: str, path: str, body: Any = None) -> list[Answer]:
     found = []
-    for server in trio.all:
+    kind = "DICOMweb" if path.startswith(("/dicom-web", "/wado")) else \
+        "archives and media" if any(part in path for part in ("/archive", "/media", "/create-")) else "REST"
+    for name, server in zip(timing.SERVERS, trio.all, strict=True):
         kwargs: dict[str, Any] = {}
         if body is not None:
             kwargs["data"] = body.encode() if isinstance(body, str) else json.dumps(body)
-        found.append(Answer.of(server.request(method, path, **kwargs)))
+        response = timing.timed(kind, name, lambda: server.request(method, path, **kwargs))  # noqa: B023
+        found.append(Answer.of(response))
     return found
 
 
 def assert_same(trio: Trio, method: str, path: str, body: Any = None) -> None:
     plain, monitor, enforce = answers(trio, method, path, body)
-    assert monitor == plain, f"monitor differs on {method} {path}:\n plain   {describe(plain)}\n monitor {describe(monitor)}"
-    assert enforce == plain, f"enforce differs on {method} {path}:\n plain   {describe(plain)}\n enforce {describe(enforce)}"
+    for name, answer in (("monitor", monitor), ("enforce", enforce)):
+        assert answer == plain, (f"{name} differs on {method} {path}:\n plain   {describe(plain)}\n"
+                                 f" {name:<7} {describe(answer)}")
+        unexpected = header_differences(plain, answer) - deliberate.extra_headers(path)
+        assert not unexpected, f"{name} headers differ on {method} {path}: {sorted(unexpected)}"
 
 
 @pytest.mark.parametrize("path", GETS)

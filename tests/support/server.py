@@ -407,6 +407,8 @@ def base_config(home: Path, pki: Pki, credentials: Mapping[str, str], modality_p
         "Plugins": [PYTHON_PLUGIN],
         "PythonScript": str(PLUGIN_SCRIPT),
         "PythonVerbose": False,
+        # Orthanc 1.13 deadlocks without it (config.check_python_threads); older plugins ignore it.
+        "Python": {"AllowThreads": True},
         "Hardening": {
             "Mode": "enforce",
             "DataDirectory": str(home / "hardening"),
@@ -445,6 +447,7 @@ def make_server(
     if not plugin:
         # Plain Orthanc: same TLS and accounts, no plugin (a test may still load its own).
         merged.pop("PythonScript", None)
+        merged.pop("Python", None)
         merged.pop("Hardening", None)
         merged["Plugins"] = [p for p in merged.get("Plugins", []) if p != PYTHON_PLUGIN]
     if config:

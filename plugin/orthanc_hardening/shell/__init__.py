@@ -12,7 +12,7 @@ import json
 import logging
 from typing import Any
 
-from orthanc_hardening.config import load_config
+from orthanc_hardening.config import check_python_threads, load_config
 from orthanc_hardening.errors import ConfigError, StoreUnavailableError
 from orthanc_hardening.shell.guard import use_capabilities
 from orthanc_hardening.shell.logsink import install_logging
@@ -41,6 +41,7 @@ def install(orthanc: Any) -> Plugin:
     orthanc_config = json.loads(orthanc.GetConfiguration())
     try:
         config = load_config(orthanc_config)
+        check_python_threads(orthanc_config, orthanc.capabilities.loader_threads)
         plugin = build(orthanc, config, orthanc_config)
     except ConfigError as exc:
         orthanc.LogError(f"orthanc-hardening refuses to start: {exc.key}: {exc.problem}")

@@ -5,9 +5,11 @@ silently missing (Orthanc 1.10 to 1.13). So the plugin overrides every archive a
 ``/{patients,studies,series}/{id}/archive|media``, ``/tools/create-archive|create-media|
 create-media-extended`` and ``/jobs/{id}/archive`` of the jobs started through them — verifies
 every instance from disk first (``SealedStorage.check_instance``: seal, signature, identity),
-then has Orthanc build its own archive as an asynchronous job (a synchronous job started from
-a callback deadlocks Orthanc), and refuses with 409 JSON naming the instances when a read
-failed while the job ran or the archive lacks an instance.
+then has Orthanc build its own archive, and refuses with 409 JSON naming the instances when a
+read failed while Orthanc built it or the archive lacks an instance. A ``GET`` is answered by
+Orthanc's own synchronous ``GET`` where the Python plugin releases Python's lock while the
+plugin waits (``Runtime.threads_released``); otherwise, and for every ``POST``, by an
+asynchronous job (a synchronous one would wait for a job thread that waits for Python's lock).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any
+from urllib.parse import urlencode
 
 from orthanc_hardening.errors import (
     IntegrityError,
@@ -84,20 +87,15 @@ def _instances_of(runtime: Runtime, levels: tuple[str, ...], resource_id: str) -
     return None
 
 
-def _resource_instances(runtime: Runtime, level: str, resource_id: str) -> list[str]:
-    """The instances an archive of ``/{level}/{id}`` holds.
+def _resource_instances(runtime: Runtime, level: str, resource_id: str) -> list[str] | None:
+    """The instances an archive of ``/{level}/{id}`` holds (``None``: no resource has this id).
 
-    Orthanc serves an id of any level under any level's archive route (a series id under
-    ``/studies/{id}/archive``), so the id is looked up at its own level first, then at the others.
-
-    Raises:
-        OrthancCoreError: no resource has this id (Orthanc's "Unknown resource").
+    Orthanc 1.10 serves an id of any level under any level's archive route (a series id under
+    ``/studies/{id}/archive``), so the id is looked up at its own level first, then at the others;
+    later versions refuse it themselves when asked.
     """
     levels = (level, *(other for other in LEVELS if other != level))
-    found = _instances_of(runtime, levels, resource_id)
-    if found is None:
-        raise OrthancCoreError.of(17)
-    return found
+    return _instances_of(runtime, levels, resource_id)
 
 
 def _tools_instances(runtime: Runtime, body: Any) -> list[str]:
@@ -141,17 +139,16 @@ class ArchiveJob:
     failure_mark: int
 
 
-def start_archive(archives: Archives, uri: str, instances: list[str], job_body: dict[str, Any]) -> tuple[str, Any]:
-    """Verify every instance from disk, then start Orthanc's archive job (asynchronous).
+def verify_instances(storage: SealedStorage, instances: list[str]) -> tuple[frozenset[str], int]:
+    """Verify every instance of an archive from disk, before Orthanc reads it.
 
     Returns:
-        The job id and Orthanc's answer to the job creation.
+        The uuids of their attachments and the mark of the last read failure so far (the reads
+        that fail while Orthanc builds the archive come after it).
 
     Raises:
         ArchiveRefusedError: an instance failed verification (enforce mode).
     """
-    storage = archives.storage
-    runtime = storage.runtime
     failures: dict[str, str] = {}
     uuids: set[str] = set()
     parents: dict[str, Any] = {}
@@ -162,14 +159,61 @@ def start_archive(archives: Archives, uri: str, instances: list[str], job_body: 
             storage.check_instance(instance_id, attachments, parents)
         except IntegrityError as exc:
             failures[instance_id] = str(exc)
-    if failures and runtime.config.is_enforcing:
+    if failures and storage.runtime.config.is_enforcing:
         raise ArchiveRefusedError(failures)
-    mark = storage.store.last_failure_id()
+    return frozenset(uuids), storage.store.last_failure_id()
+
+
+def check_archive(storage: SealedStorage, data: bytes, uuids: frozenset[str], mark: int, instances: int) -> None:
+    """Refuse an archive Orthanc built if a read of its instances failed meanwhile, or one is missing.
+
+    Raises:
+        ArchiveRefusedError: a read failed after ``mark``, or the archive lacks an instance (enforce mode).
+    """
+    if not storage.runtime.config.is_enforcing:
+        return
+    late = [f for f in storage.store.failures_since(mark) if f.uuid in uuids]
+    if late:
+        raise ArchiveRefusedError({f.uuid: f.problem for f in late})
+    _check_archive_complete(data, instances)
+
+
+def fetch_archive(archives: Archives, uri: str, instances: list[str]) -> bytes:
+    """Verify every instance, then have Orthanc answer its own synchronous ``GET`` archive.
+
+    Only where the Python plugin lets Orthanc's threads run while the plugin waits
+    (``threads_released``): the archive job reads the files through the plugin on a job thread.
+    Orthanc 1.12+ lays out a ``GET`` archive of a series or study with its patient and study
+    folders, its ``POST`` archives (and their jobs) without them.
+
+    Raises:
+        ArchiveRefusedError: an instance failed verification (enforce mode), before or while
+            Orthanc read it for the archive, or the archive lacks an instance.
+    """
+    storage = archives.storage
+    uuids, mark = verify_instances(storage, instances)
+    data = core_call(storage.runtime.orthanc.RestApiGet, uri)
+    data = data if isinstance(data, bytes) else str(data).encode("latin-1")
+    check_archive(storage, data, uuids, mark, len(instances))
+    return data
+
+
+def start_archive(archives: Archives, uri: str, instances: list[str], job_body: dict[str, Any]) -> tuple[str, Any]:
+    """Verify every instance from disk, then start Orthanc's archive job (asynchronous).
+
+    Returns:
+        The job id and Orthanc's answer to the job creation.
+
+    Raises:
+        ArchiveRefusedError: an instance failed verification (enforce mode).
+    """
+    runtime = archives.storage.runtime
+    uuids, mark = verify_instances(archives.storage, instances)
     body = {**job_body, "Asynchronous": True}
     body.pop("Synchronous", None)
     answer = json.loads(core_call(runtime.orthanc.RestApiPost, uri, json.dumps(body)))
     job_id = str(answer["ID"])
-    archives.remember(job_id, ArchiveJob(frozenset(uuids), len(instances), mark))
+    archives.remember(job_id, ArchiveJob(uuids, len(instances), mark))
     return job_id, answer
 
 
@@ -180,16 +224,11 @@ def archive_of_job(archives: Archives, job_id: str) -> bytes:
         ArchiveRefusedError: a read of the job's instances failed, or an instance is missing.
     """
     storage = archives.storage
-    runtime = storage.runtime
     job = archives.job(job_id)
-    if job is not None and runtime.config.is_enforcing:
-        late = [f for f in storage.store.failures_since(job.failure_mark) if f.uuid in job.uuids]
-        if late:
-            raise ArchiveRefusedError({f.uuid: f.problem for f in late})
-    data = runtime.orthanc.RestApiGet(f"/jobs/{job_id}/archive")
+    data = storage.runtime.orthanc.RestApiGet(f"/jobs/{job_id}/archive")
     data = data if isinstance(data, bytes) else str(data).encode("latin-1")
-    if job is not None and runtime.config.is_enforcing:
-        _check_archive_complete(data, job.instances)
+    if job is not None:
+        check_archive(storage, data, job.uuids, job.failure_mark, job.instances)
     return data
 
 
@@ -246,11 +285,21 @@ def install(runtime: Runtime, storage: SealedStorage) -> Archives:
         level, resource_id, kind = call.groups
         body = parse_json_object(call.body, empty_ok=True) if call.method == "POST" else {}
         instances = _resource_instances(runtime, level, resource_id)
+        uri = f"/{level}/{resource_id}/{kind}"
+        if instances is None:
+            # Orthanc's own answer to an unknown id is its error (which differs between versions).
+            send = runtime.orthanc.RestApiGet if call.method == "GET" else runtime.orthanc.RestApiPost
+            core_call(send, uri, *(() if call.method == "GET" else (json.dumps(body),)))
+            raise OrthancCoreError.of(17)
+        if call.method == "GET" and runtime.threads_released():
+            query = "?" + urlencode(call.query, safe=";,") if call.query else ""
+            filename = call.query.get("filename") if runtime.capabilities.resource_finder else None
+            return Reply(raw=fetch_archive(archives, uri + query, instances), content_type="application/zip",
+                         headers={"Content-Disposition": f'filename="{filename or resource_id + ".zip"}"'})
         if call.method == "GET" and call.query.get("transcode"):
             body["Transcode"] = call.query["transcode"]
         if call.method == "GET" and kind == "media" and "extended" in call.query:
             body["Extended"] = True
-        uri = f"/{level}/{resource_id}/{kind}"
         if body.get("Asynchronous") is True:
             return Reply(start_archive(archives, uri, instances, body)[1])
         return Reply(raw=make_archive(archives, uri, instances, body), content_type="application/zip",

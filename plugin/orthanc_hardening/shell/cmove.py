@@ -1,8 +1,11 @@
 """The C-MOVE handler: verify, record, send asynchronously, record the outcome (DESIGN.md §7).
 
-Orthanc's own C-MOVE is replaced (``RegisterMoveCallback``; on Python plugin 7.0+
-``RegisterMoveCallback3``, whose DICOM connection names the SCU's IP and whose sub-operation
-count is one per instance). A C-MOVE is refused in lockdown, to an unknown or insecure
+Orthanc's own C-MOVE is replaced; it matches what Orthanc's would (``integrity/cmove.py``:
+the level's identifier only, nothing matched is a failure). On Python plugin 5.0+
+(``RegisterMoveCallback2``) and 7.0+ (``RegisterMoveCallback3``, whose DICOM connection names the
+SCU's IP) there is one sub-operation per instance, as with Orthanc's own; plugin 4.x only offers
+``RegisterMoveCallback``, which reports the whole move as one sub-operation (README, "Supported
+Orthanc versions"). A C-MOVE is refused in lockdown, to an unknown or insecure
 destination (``TLSGate.outgoing``), or when an instance does not verify
 (``SealedStorage.check_instance``); otherwise Begin Transferring is recorded for each series,
 the instances are sent by one asynchronous store job (a synchronous one deadlocks Orthanc when
@@ -20,8 +23,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from orthanc_hardening.audit.event import Action, EventCode, Outcome, Transport
-from orthanc_hardening.errors import AccessDeniedError, IntegrityError
+from orthanc_hardening.errors import AccessDeniedError, BadRequestError, IntegrityError
 from orthanc_hardening.identity import Requester, dimse_requester
+from orthanc_hardening.integrity.cmove import move_identifiers
 from orthanc_hardening.shell.audit_hooks import AuditHooks, SeriesRef
 from orthanc_hardening.shell.guard import decide, mark_audited, refuse_raise
 from orthanc_hardening.shell.runtime import Runtime
@@ -72,6 +76,17 @@ class MoveHandler:
         called = str(request.get("SourceAET", "") or "") or self.our_aet
         requester = Requester(transport=Transport.DIMSE, calling_aet=originator, called_aet=called)
         self.run_move(self.plan_move(requester, request))
+
+    def create_move_v2(self, **request: Any) -> MovePlan:
+        """``RegisterMoveCallback2`` (Python plugin 5.0+), create: the plan, checked and recorded.
+
+        As ``on_move`` names the SCU (AE titles only); Orthanc then asks for the number of
+        sub-operations (``move_size``) and calls ``apply_move`` once per sub-operation.
+        """
+        originator = str(request.get("OriginatorAET", "") or "")
+        called = str(request.get("SourceAET", "") or "") or self.our_aet
+        return self.plan_move(Requester(transport=Transport.DIMSE, calling_aet=originator, called_aet=called),
+                              request)
 
     def create_move(self, connection: Any, **request: Any) -> MovePlan:
         """``RegisterMoveCallback3`` (Python plugin 7.0+), create: the plan, checked and recorded.
@@ -154,15 +169,26 @@ class MoveHandler:
             raise RuntimeError(f"C-MOVE to {plan.target} failed: job {plan.state}")
 
     def _move_instances(self, request: dict[str, Any]) -> list[str]:
-        query = {}
-        for key in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "AccessionNumber"):
-            value = str(request.get(key, "") or "").strip("\\")
-            if value:
-                query[key] = value
-        if not query:
-            raise AccessDeniedError("C-MOVE without any identifier is refused")
-        body = json.dumps({"Level": "Instance", "Query": query, "Expand": False})
-        return [str(i) for i in json.loads(self.runtime.orthanc.RestApiPost("/tools/find", body))]
+        """The instances Orthanc's own C-MOVE would send (``move_identifiers``), in its order.
+
+        Raises:
+            BadRequestError: no identifier for the level, or nothing matches (Orthanc's refusals).
+        """
+        orthanc = self.runtime.orthanc
+        level, keyword, values = move_identifiers(request)
+        plural = {"Patient": "patients", "Study": "studies", "Series": "series", "Instance": "instances"}[level]
+        instances: list[str] = []
+        for value in values:
+            body = json.dumps({"Level": level, "Query": {keyword: value}, "CaseSensitive": True, "Expand": False})
+            for resource in json.loads(orthanc.RestApiPost("/tools/find", body)):
+                if level == "Instance":
+                    instances.append(str(resource))
+                else:
+                    children = json.loads(orthanc.RestApiGet(f"/{plural}/{resource}/instances"))
+                    instances.extend(str(child["ID"]) for child in children)
+        if not instances:
+            raise BadRequestError(keyword, "C-MOVE request matching no resource stored in Orthanc")
+        return instances
 
     def _group_by_series(self, instances: Iterable[str]) -> list[SeriesRef]:
         counts: dict[SeriesRef, int] = {}
@@ -208,10 +234,12 @@ def install(runtime: Runtime, hooks: AuditHooks, outgoing: OutgoingPolicy, stora
 
         return callback
 
+    steps = (guarded("C-MOVE", handler.move_size), guarded("C-MOVE", handler.apply_move),
+             guarded("C-MOVE", handler.free_move))
     if runtime.capabilities.move_connection:
-        runtime.orthanc.RegisterMoveCallback3(  # type: ignore[attr-defined]
-            guarded("C-MOVE", handler.create_move), guarded("C-MOVE", handler.move_size),
-            guarded("C-MOVE", handler.apply_move), guarded("C-MOVE", handler.free_move))
+        runtime.orthanc.RegisterMoveCallback3(guarded("C-MOVE", handler.create_move), *steps)  # type: ignore[attr-defined]
+    elif runtime.capabilities.move_steps:
+        runtime.orthanc.RegisterMoveCallback2(guarded("C-MOVE", handler.create_move_v2), *steps)  # type: ignore[attr-defined]
     else:
         runtime.orthanc.RegisterMoveCallback(guarded("C-MOVE", handler.on_move))
     return handler

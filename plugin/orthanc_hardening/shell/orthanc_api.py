@@ -70,8 +70,11 @@ class Capabilities:
     storage_area_ranges: bool = False
     find_connection: bool = False
     move_connection: bool = False
+    move_steps: bool = False
     emit_audit_log: bool = False
     thread_names: bool = False
+    resource_finder: bool = False
+    loader_threads: bool = False
 
     @classmethod
     def detect(cls, module: Any) -> Capabilities:
@@ -80,13 +83,22 @@ class Capabilities:
         def has(name: str) -> bool:
             return callable(getattr(module, name, None))
 
+        def orthanc_at_least(major: int, minor: int, revision: int) -> bool:
+            check = getattr(module, "CheckVersionAdvanced", None)
+            return bool(check(major, minor, revision)) if callable(check) else False
+
         return cls(
             two_argument_status=has("RegisterMoveCallback2"),
             storage_area_ranges=has("RegisterStorageArea3"),
             find_connection=has("RegisterFindCallback2"),
             move_connection=has("RegisterMoveCallback3"),
+            move_steps=has("RegisterMoveCallback2"),
             emit_audit_log=has("EmitAuditLog"),
             thread_names=has("SetCurrentThreadName"),
+            # Orthanc 1.12.5 answers C-FIND and /tools/find with its resource finder (requested
+            # tags, computed counters); Orthanc 1.13.0 reads files for it on loader threads.
+            resource_finder=orthanc_at_least(1, 12, 5),
+            loader_threads=orthanc_at_least(1, 13, 0),
         )
 
 
@@ -177,3 +189,4 @@ def core_call(function: Callable[..., T], *args: Any) -> T:
         code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else -1
         detail = str(exc.args[1]) if len(exc.args) > 1 else "Orthanc refused the request"
         raise OrthancCoreError(ORTHANC_ERROR_STATUS.get(code, 500), detail, code) from exc
+

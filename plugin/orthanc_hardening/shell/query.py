@@ -28,14 +28,39 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 from urllib.parse import quote
 
+from pydicom.datadict import keyword_for_tag
+
 from orthanc_hardening.audit.event import Outcome, Transport
-from orthanc_hardening.errors import AccessDeniedError, BadRequestError, HardeningError, SealMismatchError
+from orthanc_hardening.errors import AccessDeniedError, HardeningError, SealMismatchError
 from orthanc_hardening.identity import HttpRequest, Requester, dimse_requester
-from orthanc_hardening.integrity.cfind import QIDO_ROUTE, answer_dataset, qido_keyword
+from orthanc_hardening.integrity.cfind import (
+    MODALITIES_IN_STUDY,
+    PATIENT_INSTANCES,
+    PATIENT_SERIES,
+    PATIENT_STUDIES,
+    QIDO_ROUTE,
+    SERIES_INSTANCES,
+    SOP_CLASSES_IN_STUDY,
+    STUDY_INSTANCES,
+    STUDY_SERIES,
+    FindQuery,
+    Sequences,
+    Value,
+    answer_dataset,
+    answer_elements,
+    counters_of,
+    find_bodies,
+    joined,
+    lookup,
+    needs_instance_tags,
+    parse_query,
+    qido_keyword,
+    tag_key,
+)
 from orthanc_hardening.integrity.query import INSTANCE, FilteredAnswer, ItemCheck, Verdict, level_of
 from orthanc_hardening.request_body import parse_json_object
 from orthanc_hardening.services.tag_catalogue import SealedTagCatalogue
@@ -101,7 +126,9 @@ def _query_string(get: Mapping[str, str], overrides: Mapping[str, str | None]) -
             merged[key] = value
     if not merged:
         return ""
-    parts = [quote(k, safe="") if v == "" else f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in merged.items()]
+    # Orthanc splits list arguments (requestedTags=A;B, or A,B) before decoding: those separators
+    # stay as they are.
+    parts = [quote(k, safe="") if v == "" else f"{quote(k, safe='')}={quote(v, safe=';,')}" for k, v in merged.items()]
     return "?" + "&".join(parts)
 
 
@@ -452,74 +479,132 @@ class QueryVerifier:
         self.answer_cfind(answers, query, dimse_requester(connection))
 
     def answer_cfind(self, answers: Any, query: Any, requester: Requester) -> None:
-        """Answer C-FIND from Orthanc's ``/tools/find``, filtered, behind the guard (a refusal is 0xC000)."""
+        """Answer C-FIND as Orthanc would, from Orthanc's ``/tools/find``, filtered, behind the guard.
+
+        A refusal is 0xC000, as is a query Orthanc itself would refuse.
+        """
         decide(self.runtime, "C-FIND", requester, lambda: self._cfind(answers, query, requester), refuse_raise)
 
     def _cfind(self, answers: Any, query: Any, requester: Requester) -> None:
         if self.runtime.lockdown:
             raise AccessDeniedError("orthanc-hardening is in lockdown: " + ", ".join(self.runtime.lockdown))
-        requested: dict[str, str] = {}
-        for i in range(query.GetFindQuerySize()):
-            requested[query.GetFindQueryTagName(i)] = query.GetFindQueryValue(i)
-        level_name = requested.pop("QueryRetrieveLevel", "").strip()
-        requested.pop("SpecificCharacterSet", None)
-        try:
-            level = level_of(level_name)
-        except ValueError as exc:
-            raise BadRequestError("QueryRetrieveLevel", f"unknown level {level_name!r}") from exc
-        constraints = {name: value for name, value in requested.items() if value not in ("", "*")}
+        request = parse_query(_query_elements(query))
         orthanc = self.runtime.orthanc
-        body = {"Level": level, "Query": constraints, "Expand": True}
-        items = json.loads(orthanc.RestApiPost(FIND_ROUTE, json.dumps(body)))
-        answer = self.judge(items, requester, "C-FIND", level)
+        settings = self.runtime.orthanc_config
+        finder = self.runtime.capabilities.resource_finder
+        sequences = Sequences.of(finder, self.runtime.capabilities.loader_threads)
+        bodies = find_bodies(request, bool(settings.get("CaseSensitivePN", False)), finder)
+        items = json.loads(orthanc.RestApiPost(FIND_ROUTE, json.dumps(bodies[0])))
+        for body in bodies[1:]:
+            also = set(json.loads(orthanc.RestApiPost(FIND_ROUTE, json.dumps(body))))
+            items = [item for item in items if item.get("ID") in also]
+        limit = int(settings.get("LimitFindInstances" if request.level == INSTANCE else "LimitFindResults", 0) or 0)
+        answer = self.judge(items, requester, "C-FIND", request.level)
         kept = list(answer.kept)
         withheld_parents: list[ItemCheck] = []
-        if level in ("Series", INSTANCE):
-            withheld_parents, kept = self.judge_parent_studies(kept, level, requester, "C-FIND")
-        self._audit_cfind(requester, level, constraints, len(kept))
-        parents: dict[str, Any] = {}
+        if request.level in ("Series", INSTANCE):
+            withheld_parents, kept = self.judge_parent_studies(kept, request.level, requester, "C-FIND")
+        constraints = {str(keyword_for_tag(key.tag) or tag_key(key.tag)): key.constraint
+                       for key in request.keys if key.constraint}
+        self._audit_cfind(requester, request.level, constraints, len(kept))
+        retrieve_aet = str(settings.get("DicomAet", "ORTHANC"))
+        cache: dict[str, Any] = {}
         for item in kept:
-            fields = self._cfind_fields(item, level, requested, parents)
-            fields["QueryRetrieveLevel"] = level_name.upper()
-            answers.FindAddAnswer(answer_dataset(fields))
-        if answer.withheld or withheld_parents:
-            logger.warning("C-FIND from %s: %d item(s) withheld", requester.calling_aet,
-                           len(answer.withheld) + len(items) - len(answer.withheld) - len(kept))
+            values = self._cfind_values(item, request, finder, cache)
+            answers.FindAddAnswer(answer_dataset(answer_elements(request, values, retrieve_aet, sequences)))
+        if answer.withheld or withheld_parents or (limit and len(items) > limit):
+            if answer.withheld or withheld_parents:
+                logger.warning("C-FIND from %s: %d item(s) withheld", requester.calling_aet, len(items) - len(kept))
             answers.FindMarkIncomplete()
 
-    def _cfind_fields(self, item: Mapping[str, Any], level: str, requested: Mapping[str, str],
-                      parents: dict[str, Any]) -> dict[str, str]:
-        sources: list[Mapping[str, Any]] = [item.get("MainDicomTags") or {}, item.get("PatientMainDicomTags") or {}]
-        if level in ("Series", INSTANCE):
-            sources.extend(self._parent_tags(item, level, parents))
-        fields: dict[str, str] = {}
-        for name in requested:
-            for source in sources:
-                value = source.get(name)
-                if isinstance(value, str):
-                    fields[name] = value
-                    break
-            else:
-                fields[name] = ""
-        return fields
+    def _cfind_values(self, item: Mapping[str, Any], request: FindQuery, finder: bool,
+                      cache: dict[str, Any]) -> dict[int, Value]:
+        """The value of every key for one matching resource, where Orthanc takes it from."""
+        if finder:
+            sources = [item.get("RequestedTags") or {}, item.get("MainDicomTags") or {},
+                       item.get("PatientMainDicomTags") or {}]
+        elif needs_instance_tags(request):
+            sources = [json.loads(self.runtime.orthanc.RestApiGet(
+                f"/instances/{self._sample_instance(item, request.level, cache)}/tags?short"))]
+        else:
+            sources = [item.get("MainDicomTags") or {}, item.get("PatientMainDicomTags") or {},
+                       *self._parent_tags(item, request.level, cache)]
+        values: dict[int, Value] = {key.tag: lookup(key.tag, *sources) for key in request.keys}
+        if not finder:
+            values.update(self._counters(str(item.get("ID", "")), request, cache))
+        return values
+
+    def _get(self, uri: str, cache: dict[str, Any]) -> Any:
+        if uri not in cache:
+            cache[uri] = json.loads(self.runtime.orthanc.RestApiGet(uri))
+        return cache[uri]
+
+    def _sample_instance(self, item: Mapping[str, Any], level: str, cache: dict[str, Any]) -> str:
+        """One instance of the resource (Orthanc before 1.12.5 answers from one instance's tags)."""
+        resource, children = item, {"Patient": "Studies", "Study": "Series", "Series": "Instances"}
+        plural = {"Studies": "studies", "Series": "series"}
+        while level != INSTANCE:
+            child = str(resource[children[level]][0])
+            if children[level] == "Instances":
+                return child
+            resource = self._get(f"/{plural[children[level]]}/{child}", cache)
+            level = {"Patient": "Study", "Study": "Series"}[level]
+        return str(item.get("ID", ""))
+
+    def _counters(self, resource_id: str, request: FindQuery, cache: dict[str, Any]) -> dict[int, Value]:
+        """The counters Orthanc before 1.12.5 computes for a C-FIND (``ComputeCounters``)."""
+        wanted = counters_of(request)
+        if not wanted:
+            return {}
+        if request.level == "Patient":
+            studies = self._get(f"/patients/{resource_id}", cache)["Studies"]
+            series = [s for study in studies for s in self._get(f"/studies/{study}", cache)["Series"]]
+        elif request.level == "Study":
+            studies, series = [resource_id], self._get(f"/studies/{resource_id}", cache)["Series"]
+        else:
+            studies, series = [], [resource_id]
+        needs_instances = {PATIENT_INSTANCES, STUDY_INSTANCES, SERIES_INSTANCES, SOP_CLASSES_IN_STUDY} & set(wanted)
+        instances = [i for s in series for i in self._get(f"/series/{s}", cache)["Instances"]] \
+            if needs_instances else []
+        found: dict[int, Value] = {
+            PATIENT_STUDIES: str(len(studies)), PATIENT_SERIES: str(len(series)),
+            PATIENT_INSTANCES: str(len(instances)), STUDY_SERIES: str(len(series)),
+            STUDY_INSTANCES: str(len(instances)), SERIES_INSTANCES: str(len(instances)),
+        }
+        if MODALITIES_IN_STUDY in wanted:
+            found[MODALITIES_IN_STUDY] = joined(
+                str(modality) for s in series
+                if isinstance(modality := (self._get(f"/series/{s}", cache).get("MainDicomTags") or {})
+                              .get("Modality"), str))
+        if SOP_CLASSES_IN_STUDY in wanted:
+            found[SOP_CLASSES_IN_STUDY] = joined(
+                self.runtime.orthanc.RestApiGet(f"/instances/{i}/metadata/SopClassUid").decode() for i in instances)
+        return {tag: found[tag] for tag in wanted}
 
     def _parent_tags(self, item: Mapping[str, Any], level: str, cache: dict[str, Any]) -> list[Mapping[str, Any]]:
-        orthanc = self.runtime.orthanc
         found: list[Mapping[str, Any]] = []
         if level == INSTANCE:
-            series_id = str(item.get("ParentSeries", ""))
-            if series_id not in cache:
-                cache[series_id] = json.loads(orthanc.RestApiGet(f"/series/{series_id}"))
-            series = cache[series_id]
+            series = self._get(f"/series/{item.get('ParentSeries', '')}", cache)
             found.append(series.get("MainDicomTags") or {})
             study_id = str(series.get("ParentStudy", ""))
-        else:
+        elif level == "Series":
             study_id = str(item.get("ParentStudy", ""))
-        if study_id not in cache:
-            cache[study_id] = json.loads(orthanc.RestApiGet(f"/studies/{study_id}"))
-        study = cache[study_id]
+        else:
+            return found
+        study = self._get(f"/studies/{study_id}", cache)
         found.extend([study.get("MainDicomTags") or {}, study.get("PatientMainDicomTags") or {}])
         return found
+
+
+def _query_elements(query: Any) -> Iterator[tuple[int, str | None]]:
+    """The keys of a plugin C-FIND query; a key Orthanc holds as null (an empty number) reads as ``None``."""
+    for index in range(query.GetFindQuerySize()):
+        tag = (query.GetFindQueryTagGroup(index) << 16) | query.GetFindQueryTagElement(index)
+        try:
+            value: str | None = query.GetFindQueryValue(index)
+        except Exception:  # Orthanc refuses to read a null value ("Bad type for a parameter")
+            value = None
+        yield tag, value
 
 
 def install(runtime: Runtime, storage: SealedStorage, recorder: QueryRecorder) -> QueryVerifier:

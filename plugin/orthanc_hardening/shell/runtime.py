@@ -7,6 +7,7 @@ they receive the objects they depend on as typed arguments, never from here (``s
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -31,6 +32,14 @@ HttpObserver = Callable[[HttpRequest], None]
 CStoreGate = Callable[[Any], None]
 # An observer of Orthanc changes: (change_type, resource_type, resource_id).
 ChangeObserver = Callable[[int, int, str], None]
+
+
+def _version_at_least(version: str, minimum: tuple[int, int]) -> bool:
+    """Whether a plugin version such as ``5.0`` (``mainline``: the newest) is at least ``minimum``."""
+    parts = version.split(".")
+    if not all(part.isdigit() for part in parts[:2]) or len(parts) < 2:
+        return version == "mainline"
+    return (int(parts[0]), int(parts[1])) >= minimum
 
 
 def utc_now() -> datetime:
@@ -60,11 +69,32 @@ class Runtime:
     in_flight: InFlightRequests = field(default_factory=InFlightRequests)
     _stop_lock: threading.Lock = field(default_factory=threading.Lock)
     _stopped: bool = False
+    _threads_released: bool | None = None
 
     @property
     def capabilities(self) -> Capabilities:
         """What the running Python plugin offers (``shell/orthanc_api.py``)."""
         return capabilities_of(self.orthanc)
+
+    def threads_released(self) -> bool:
+        """Whether the Python plugin lets Orthanc's threads run Python while the plugin waits for
+        an Orthanc call (``Python.AllowThreads``, Python plugin 4.3 and later).
+
+        Only then may a callback wait for a call whose work runs the plugin's storage area on
+        another Orthanc thread (a synchronous archive job); otherwise that thread waits for
+        Python's lock, held by the waiting callback, forever.
+        """
+        if self._threads_released is None:
+            python = self.orthanc_config.get("Python", {})
+            wanted = isinstance(python, Mapping) and python.get("AllowThreads") is True
+            version = "0"
+            if wanted:
+                try:
+                    version = str(json.loads(self.orthanc.RestApiGet("/plugins/python")).get("Version", "0"))
+                except Exception:
+                    logger.warning("the Python plugin's version cannot be read; assuming it keeps Python's lock")
+            self._threads_released = wanted and _version_at_least(version, (4, 3))
+        return self._threads_released
 
     def stop(self) -> None:
         """Run the stop actions once, newest first (a feature stops before what it builds on).
