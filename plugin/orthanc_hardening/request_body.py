@@ -41,15 +41,19 @@ def nesting_depth(text: bytes) -> int:
     return deepest
 
 
-def parse_json_value(body: bytes | str, name: str = "body", max_depth: int = MAX_DEPTH) -> Any:
+def parse_json_value(
+    body: bytes | str, name: str = "body", max_depth: int = MAX_DEPTH, expected: str = "JSON"
+) -> Any:
     """Parse a request body that must be JSON (any value), refusing what could exhaust a stack.
+
+    ``expected`` names what the body must be in the errors ("JSON", "a JSON object").
 
     Raises:
         BadRequestError: empty, too large, too deeply nested, or not JSON.
     """
     raw = body.encode("utf-8") if isinstance(body, str) else bytes(body)
     if not raw.strip():
-        raise BadRequestError(name, "must be JSON, not empty")
+        raise BadRequestError(name, f"must be {expected}, not empty")
     if len(raw) > MAX_BODY_BYTES:
         raise BadRequestError(name, f"is larger than {MAX_BODY_BYTES} bytes")
     if nesting_depth(raw) > max_depth:
@@ -57,7 +61,7 @@ def parse_json_value(body: bytes | str, name: str = "body", max_depth: int = MAX
     try:
         return json.loads(raw)
     except (ValueError, RecursionError) as exc:
-        raise BadRequestError(name, "must be JSON") from exc
+        raise BadRequestError(name, f"must be {expected}") from exc
 
 
 def parse_json_object(
@@ -82,7 +86,7 @@ def parse_json_object(
         if empty_ok:
             return {}
         raise BadRequestError(name, "must be a JSON object, not empty")
-    parsed = parse_json_value(raw, name, max_depth)
+    parsed = parse_json_value(raw, name, max_depth, expected="a JSON object")
     if not isinstance(parsed, dict):
         raise BadRequestError(name, "must be a JSON object")
     return parsed

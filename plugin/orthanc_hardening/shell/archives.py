@@ -172,10 +172,21 @@ def check_archive(storage: SealedStorage, data: bytes, uuids: frozenset[str], ma
     """
     if not storage.runtime.config.is_enforcing:
         return
+    refuse_late_failures(storage, uuids, mark)
+    _check_archive_complete(data, instances)
+
+
+def refuse_late_failures(storage: SealedStorage, uuids: frozenset[str], mark: int) -> None:
+    """Refuse (enforce mode) if a read of one of ``uuids`` failed after the failure ``mark``.
+
+    Raises:
+        ArchiveRefusedError: such a read failed.
+    """
+    if not storage.runtime.config.is_enforcing:
+        return
     late = [f for f in storage.store.failures_since(mark) if f.uuid in uuids]
     if late:
         raise ArchiveRefusedError({f.uuid: f.problem for f in late})
-    _check_archive_complete(data, instances)
 
 
 def fetch_archive(archives: Archives, uri: str, instances: list[str]) -> bytes:
@@ -225,6 +236,8 @@ def archive_of_job(archives: Archives, job_id: str) -> bytes:
     """
     storage = archives.storage
     job = archives.job(job_id)
+    if job is not None:
+        refuse_late_failures(storage, job.uuids, job.failure_mark)
     data = storage.runtime.orthanc.RestApiGet(f"/jobs/{job_id}/archive")
     data = data if isinstance(data, bytes) else str(data).encode("latin-1")
     if job is not None:

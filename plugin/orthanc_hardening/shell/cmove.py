@@ -139,11 +139,15 @@ class MoveHandler:
             detail = f"C-MOVE refused: locked down ({', '.join(self.runtime.lockdown)})"
             self.hooks.alert(requester, route, detail)
             raise mark_audited(AccessDeniedError(detail))
-        instances = self._move_instances(request)
-        groups = self._group_by_series(instances)
         try:
             modality = self._modality_of(target)
             self.outgoing.check_modality(modality, requester)
+        except AccessDeniedError as exc:
+            self.hooks.alert(requester, route, f"C-MOVE to {target} refused: {exc}")
+            raise mark_audited(exc) from None
+        instances = self._move_instances(request)
+        groups = self._group_by_series(instances)
+        try:
             for instance_id in instances:
                 self.storage.check_instance(instance_id)
         except (AccessDeniedError, IntegrityError) as exc:
