@@ -145,7 +145,7 @@ inner_environment() {
         HOME=/root LANG=C.UTF-8 LC_ALL=C.UTF-8 \
         "TERM=${TERM:-dumb}" "HARDENING_TARGET=$TARGET" \
         "HARDENING_HOME=${HARDENING_HOME:-$REPO/var/$TARGET}"
-    for name in HTTPS_PORT DICOM_PORT DICOM_AET CI PYTEST_ARGS http_proxy https_proxy no_proxy \
+    for name in HTTPS_PORT DICOM_PORT DICOM_AET CI PYTEST_ARGS HARDENING_SUITE_BUDGET http_proxy https_proxy no_proxy \
         HTTP_PROXY HTTPS_PROXY NO_PROXY PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_DEFAULT_TIMEOUT; do
         [[ -n "${!name:-}" ]] && printf '%s=%s\0' "$name" "${!name}"
     done
