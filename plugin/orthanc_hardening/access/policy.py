@@ -60,6 +60,12 @@ def policy_of(config: HardeningConfig) -> AccessPolicy:
     )
 
 
+_HINTS = {
+    Permission.AUDIT: " (Hardening.Auditors, or a role of Hardening.Permissions that grants it)",
+    Permission.HARDENING_ADMIN: " (Hardening.Administrators, or a role of Hardening.Permissions that grants it)",
+}
+
+
 def holds(granted: frozenset[Permission], needed: Permission) -> bool:
     """Whether ``granted`` covers ``needed`` (``all`` covers everything but ``audit``)."""
     if needed in granted:
@@ -92,7 +98,7 @@ def check_access(policy: AccessPolicy, user: str, method: str, uri: str) -> None
             continue
         who = user or "anonymous"
         route = f"{method.upper()} {route_of(uri)}"
-        detail = f"user {who!r} lacks the permission {needed.value!r} that {route} needs"
+        detail = f"user {who!r} lacks the permission {needed.value!r} that {route} needs{_HINTS.get(needed, '')}"
         raise AccessDeniedError(detail, answer={
             "error": "forbidden", "detail": detail, "permission": needed.value, "route": route, "user": who,
         })

@@ -8,11 +8,14 @@ The vocabulary is orthanc-authorization's (``all``, ``view``, ``download``, ``up
 and client routes), WebDAV, Orthanc Explorer 1 and 2, the common viewers, and this plugin's
 ``/hardening`` routes. A route that is not in the table needs ``all`` (fail closed).
 
-Routes are matched on the path *as Orthanc routes it* (``route_of``): Orthanc's HTTP server
-splits the path on ``/`` and drops one trailing slash (``Toolbox::SplitUriComponents``), and
-matches components case-sensitively; the plugin's gate sees the path civetweb decoded once.
-A path that still holds percent-escapes is classified both as given and decoded once, and
-needs both permissions (a spelling never buys a cheaper permission).
+Routes are matched on the path *as Orthanc routes it* (``route_of``). civetweb decodes
+percent-escapes and removes dot segments before Orthanc or any plugin sees the path (checked
+on 1.10.1: ``/stat%69stics`` is served as ``/statistics``, ``/a/..%2F..%2Fb`` reaches the
+filter as ``/b``); Orthanc's HTTP server then splits it on ``/``, drops one trailing slash and
+answers 400 to an empty component (``Toolbox::SplitUriComponents``), and matches components
+case-sensitively, as do plugin routes (regular expressions over the joined components). A
+path that still holds percent-escapes (sent double-encoded) is classified both as given and
+decoded once, and needs both permissions: a spelling never buys a cheaper permission.
 
 Pure: no I/O, no Orthanc. Checking who holds a permission is ``access/policy.py``'s.
 """

@@ -31,6 +31,7 @@ from orthanc_hardening.shell import (
     cmove,
     permissions,
     query,
+    reset,
     review,
     scrub,
     seal_routes,
@@ -94,6 +95,7 @@ def build(orthanc: OrthancApi, config: HardeningConfig, orthanc_config: Mapping[
                       audit=trail.sink, clock=utc_now)
     tls = tls_gate.install_early(runtime)
     permissions.install(runtime)
+    reset.install(runtime)
     sealed = storage.install(runtime, keys, cache)
     archive_routes = archives.install(runtime, sealed)
     seal_routes.install(runtime, sealed)
