@@ -36,7 +36,8 @@ def study(server: OrthancServer) -> dict[str, Any]:
     instance = server.upload(make_instance(patient_id="PERMS", sop_uid=sop, study_uid=study_uid,
                                            series_uid=series_uid), user="user")["ID"]
     parents = server.get(f"/instances/{instance}/study", user="user").json()
-    return {"instance": instance, "study": parents["ID"], "patient": parents["ParentPatient"], "sop": sop, "uids": (study_uid, series_uid),
+    return {"instance": instance, "study": parents["ID"], "patient": parents["ParentPatient"], "sop": sop,
+            "uids": (study_uid, series_uid),
             "file": server.get(f"/instances/{instance}/file", user="user").content}
 
 
@@ -159,7 +160,8 @@ def test_every_spelling_of_a_denied_route_is_refused(server: OrthancServer, spel
 
 
 @pytest.mark.attack
-@pytest.mark.parametrize("faked", [{"params": {"_method": "DELETE"}}, {"headers": {"X-HTTP-Method-Override": "DELETE"}}])
+@pytest.mark.parametrize("faked", [{"params": {"_method": "DELETE"}},
+                                   {"headers": {"X-HTTP-Method-Override": "DELETE"}}])
 def test_method_faking_does_not_bypass_the_delete_permission(server: OrthancServer, study: dict[str, Any],
                                                              faked: dict[str, Any]) -> None:
     method = "GET" if "params" in faked else "POST"
