@@ -42,7 +42,7 @@ from orthanc_hardening.shell.audit_hooks import AuditHooks, AuditTrail
 from orthanc_hardening.shell.callbacks import install_callbacks
 from orthanc_hardening.shell.cmove import MoveHandler
 from orthanc_hardening.shell.metrics import Metrics
-from orthanc_hardening.shell.orthanc_api import OrthancApi
+from orthanc_hardening.shell.orthanc_api import OrthancApi, capabilities_of
 from orthanc_hardening.shell.query import QueryVerifier
 from orthanc_hardening.shell.runtime import Runtime, utc_now
 from orthanc_hardening.shell.scrub import ManifestService, ScrubService
@@ -91,7 +91,10 @@ def build(orthanc: OrthancApi, config: HardeningConfig, orthanc_config: Mapping[
     keys = load_keys(config, os.environ)
     cache = SignatureCache()
     trail = audit_hooks.open_trail(orthanc, config, keys, utc_now)
-    runtime = Runtime(orthanc=orthanc, config=config, orthanc_config=orthanc_config, metrics=Metrics(orthanc),
+    metrics = Metrics(orthanc)
+    if not capabilities_of(orthanc).shared_plugin_context:
+        metrics.defer_pushes()  # pushed when Prometheus scrapes (shell/metrics.py)
+    runtime = Runtime(orthanc=orthanc, config=config, orthanc_config=orthanc_config, metrics=metrics,
                       audit=trail.sink, clock=utc_now)
     tls = tls_gate.install_early(runtime)
     permissions.install(runtime)
