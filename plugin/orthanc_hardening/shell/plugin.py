@@ -29,6 +29,7 @@ from orthanc_hardening.shell import (
     archives,
     audit_hooks,
     cmove,
+    ingest_limits,
     permissions,
     query,
     reset,
@@ -99,6 +100,7 @@ def build(orthanc: OrthancApi, config: HardeningConfig, orthanc_config: Mapping[
     tls = tls_gate.install_early(runtime)
     permissions.install(runtime)
     reset.install(runtime)
+    ingest_limits.install(runtime)
     sealed = storage.install(runtime, keys, cache)
     archive_routes = archives.install(runtime, sealed)
     seal_routes.install(runtime, sealed)
