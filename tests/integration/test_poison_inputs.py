@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.dicom import make_instance
 from tests.support.poison import nested_instance
 from tests.support.server import OrthancServer
 
@@ -40,3 +41,24 @@ def test_deeply_nested_cstore_is_refused_and_no_poison_instance_is_stored(server
     assert len(poison_alerts(server)) == alerts + 1
     assert server.get("/instances").json() == before
     assert server.get("/system").status_code == 200
+
+
+@pytest.mark.attack
+@pytest.mark.parametrize("route", ["/instances/{id}/modify", "/instances/{id}/anonymize"])
+def test_deeply_nested_json_body_is_refused_and_orthanc_stays_up(server: OrthancServer, route: str) -> None:
+    instance = server.upload(make_instance(patient_id="BODY"), user="admin")["ID"]
+    before = server.get("/instances").json()
+    body = "[" * 50000 + "]" * 50000
+    answer = server.post(route.format(id=instance), user="admin", data=body)
+    assert answer.status_code == 400, answer.text[:200]
+    assert "levels deep" in answer.json()["detail"]
+    assert server.get("/system").status_code == 200
+    assert server.get("/instances").json() == before
+
+
+def test_synchronous_body_routes_still_answer_as_orthanc(server: OrthancServer) -> None:
+    instance = server.upload(make_instance(patient_id="BODY2"), user="admin")["ID"]
+    modified = server.post(f"/instances/{instance}/modify", user="admin", json={"Replace": {"PatientName": "B^B"}})
+    assert modified.status_code == 200 and modified.content[128:132] == b"DICM"
+    assert modified.headers["Content-Type"].startswith("application/dicom")
+    assert server.post(f"/instances/{instance}/modify", user="user", json={}).status_code == 403

@@ -28,6 +28,7 @@ from orthanc_hardening.services.audit_export import AuditExporter
 from orthanc_hardening.shell import (
     archives,
     audit_hooks,
+    body_limits,
     cmove,
     ingest_limits,
     permissions,
@@ -101,6 +102,7 @@ def build(orthanc: OrthancApi, config: HardeningConfig, orthanc_config: Mapping[
     permissions.install(runtime)
     reset.install(runtime)
     ingest_limits.install(runtime)
+    body_limits.install(runtime)
     sealed = storage.install(runtime, keys, cache)
     archive_routes = archives.install(runtime, sealed)
     seal_routes.install(runtime, sealed)
