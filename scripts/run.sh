@@ -69,4 +69,27 @@ HARDENING_SITE_PACKAGES="$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_p
 # A CA bundle variable in the caller's environment would change how the plugin's HTTPS client verifies peers.
 unset REQUESTS_CA_BUNDLE SSL_CERT_FILE LD_PRELOAD
 
-exec "$ORTHANC" "$CONFIG_DIR"
+# POST /tools/reset stops Orthanc cleanly and leaves this file (plugin/orthanc_hardening/shell/reset.py):
+# start Orthanc again, as Orthanc's in-process reset would have. Any other exit ends make run.
+RESTART_MARKER="$HARDENING_HOME/hardening/restart-requested"
+rm -f "$RESTART_MARKER"
+pid=""
+# Ctrl-C or SIGTERM stop Orthanc (and make run): forwarded, then waited for.
+trap '[[ -n "$pid" ]] && kill -TERM "$pid" 2>/dev/null; rm -f "$RESTART_MARKER"' INT TERM
+while true; do
+    "$ORTHANC" "$CONFIG_DIR" &
+    pid=$!
+    status=0
+    wait "$pid" || status=$?
+    # A trapped signal interrupts `wait`: wait again for Orthanc's own exit status.
+    while kill -0 "$pid" 2>/dev/null; do
+        status=0
+        wait "$pid" || status=$?
+    done
+    pid=""
+    if [[ $status -ne 0 || ! -f "$RESTART_MARKER" ]]; then
+        exit "$status"
+    fi
+    rm -f "$RESTART_MARKER"
+    echo "orthanc-hardening: POST /tools/reset: starting Orthanc again" >&2
+done

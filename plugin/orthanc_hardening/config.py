@@ -76,6 +76,19 @@ class AuditConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PermissionsConfig:
+    """``Hardening.Permissions``: roles (name -> permission names) and users (name -> role names).
+
+    ``anonymous`` are the roles of a request Orthanc did not authenticate (``AuthenticationEnabled``
+    false): none by default, so that such a request can do nothing.
+    """
+
+    roles: Mapping[str, frozenset[str]]
+    users: Mapping[str, tuple[str, ...]]
+    anonymous: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class HardeningConfig:
     """Everything the plugin was configured with, validated."""
 
@@ -93,6 +106,12 @@ class HardeningConfig:
             database="sqlite:///var/lib/orthanc/hardening/audit.db"
         )
     )
+    # None: no permission table (Orthanc's own model: every registered user may do everything
+    # outside /hardening); the posture report warns.
+    permissions: PermissionsConfig | None = None
+    # Whether Orthanc authenticates HTTP requests (its AuthenticationEnabled, with Orthanc's
+    # default): only then does the user named by an Authorization header count.
+    http_authentication: bool = True
 
     @property
     def is_enforcing(self) -> bool:
@@ -125,7 +144,14 @@ _TOP_KEYS = {
     "UnsealedPolicy",
     "Durability",
     "Audit",
+    "Permissions",
 }
+_PERMISSIONS_KEYS = {"Roles", "Users", "Anonymous"}
+# orthanc-authorization's vocabulary plus this plugin's (access/routes.py, Permission).
+PERMISSION_NAMES = frozenset({
+    "all", "view", "download", "upload", "delete", "modify", "anonymize", "send", "q-r-remote-modalities",
+    "settings", "api-view", "edit-labels", "admin-permissions", "audit", "hardening-admin",
+})
 _AUDIT_KEYS = {
     "Database", "Syslog", "CheckpointEvery", "CheckpointSeconds", "MaxQueryLimit", "RefuseUnattributedReads",
 }
@@ -164,6 +190,7 @@ def load_config(orthanc_config: Mapping[str, Any]) -> HardeningConfig:
     unsealed = _enum(section, "UnsealedPolicy", UnsealedPolicy, UnsealedPolicy.SERVE_AND_FLAG)
     durability = _enum(section, "Durability", Durability, Durability.PROCESS)
     audit = _audit(section.get("Audit", {}), data_directory)
+    permissions = _permissions(section["Permissions"]) if section.get("Permissions") is not None else None
 
     return HardeningConfig(
         mode=mode,
@@ -176,7 +203,50 @@ def load_config(orthanc_config: Mapping[str, Any]) -> HardeningConfig:
         unsealed_policy=unsealed,
         durability=durability,
         audit=audit,
+        permissions=permissions,
+        http_authentication=http_authentication_enabled(orthanc_config),
     )
+
+
+def http_authentication_enabled(orthanc_config: Mapping[str, Any]) -> bool:
+    """Whether Orthanc authenticates HTTP requests, as its ``main.cpp`` decides (1.5.8 and later).
+
+    ``AuthenticationEnabled`` when present; otherwise on exactly when ``RemoteAccessAllowed``.
+    """
+    value = orthanc_config.get("AuthenticationEnabled")
+    if isinstance(value, bool):
+        return value
+    return orthanc_config.get("RemoteAccessAllowed") is True
+
+
+def _permissions(raw: Any) -> PermissionsConfig:
+    key = f"{SECTION}.Permissions"
+    section = _mapping(raw, key)
+    _reject_unknown(section, _PERMISSIONS_KEYS, key)
+    roles_raw = _mapping(section.get("Roles", {}), f"{key}.Roles")
+    roles: dict[str, frozenset[str]] = {}
+    for role in roles_raw:
+        names = _string_list(roles_raw, role, f"{key}.Roles")
+        for name in names:
+            if name not in PERMISSION_NAMES:
+                raise ConfigError(f"{key}.Roles.{role}", f"unknown permission {name!r} (known: "
+                                                        f"{', '.join(sorted(PERMISSION_NAMES))})")
+        roles[role] = frozenset(names)
+    users_raw = _mapping(section.get("Users", {}), f"{key}.Users")
+    users: dict[str, tuple[str, ...]] = {}
+    for user, _value in users_raw.items():
+        users[user] = tuple(_string_list(users_raw, user, f"{key}.Users"))
+        _check_roles(users[user], roles, f"{key}.Users.{user}")
+    anonymous = tuple(_string_list(section, "Anonymous", key))
+    _check_roles(anonymous, roles, f"{key}.Anonymous")
+    return PermissionsConfig(roles=roles, users=users, anonymous=anonymous)
+
+
+def _check_roles(names: tuple[str, ...], roles: Mapping[str, frozenset[str]], key: str) -> None:
+    for name in names:
+        if name not in roles:
+            raise ConfigError(key, f"unknown role {name!r} (defined in Hardening.Permissions.Roles: "
+                                   f"{', '.join(sorted(roles)) or 'none'})")
 
 
 def check_python_threads(orthanc_config: Mapping[str, Any], loader_threads: bool) -> None:

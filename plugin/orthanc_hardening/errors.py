@@ -73,5 +73,9 @@ class AccessDeniedError(HardeningError):
         self.answer = dict(answer) if answer is not None else None
 
 
+class HostileInputError(HardeningError):
+    """Input built to crash or exhaust a parser (a DICOM file nested too deep). Refused and alerted."""
+
+
 class StoreUnavailableError(HardeningError):
     """The seal or audit store cannot be written or read. Maps to HTTP 503."""

@@ -2,7 +2,9 @@
 
 Pure: callers pass the request's headers, peer address and configuration. Orthanc checks the
 password before the plugin's HTTP filter ever runs (a request with bad credentials gets 401
-from Orthanc), so the user decoded here from ``Authorization: Basic`` is an authenticated one.
+from Orthanc), so the user decoded here from ``Authorization: Basic`` is an authenticated one
+when Orthanc's authentication is on; when it is off, nobody checked the header, and the
+request is anonymous whatever it claims.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from orthanc_hardening.access.policy import AccessPolicy, holds, policy_of
+from orthanc_hardening.access.routes import Permission
 from orthanc_hardening.audit.event import Transport
 from orthanc_hardening.config import HardeningConfig
 
@@ -90,20 +94,42 @@ def user_from_authorization(headers: Mapping[str, str]) -> str:
 
 
 def roles_of(user: str, config: HardeningConfig) -> tuple[str, ...]:
-    """Return the plugin roles of an authenticated HTTP user (``auditor``, ``administrator``)."""
+    """Return the plugin roles of an authenticated HTTP user (``auditor``, ``administrator``).
+
+    ``auditor``: the user holds ``audit`` (``Hardening.Auditors`` or a role of
+    ``Hardening.Permissions``); ``administrator``: ``hardening-admin`` (or ``all``).
+    """
+    if not user:
+        return ()
+    granted = _policy(config).permissions_of(user)
     roles = []
-    if user and user in config.auditors:
+    if holds(granted, Permission.AUDIT):
         roles.append(AUDITOR)
-    if user and user in config.administrators:
+    if holds(granted, Permission.HARDENING_ADMIN):
         roles.append(ADMINISTRATOR)
     return tuple(roles)
+
+
+_POLICIES: dict[int, tuple[HardeningConfig, AccessPolicy]] = {}
+
+
+def _policy(config: HardeningConfig) -> AccessPolicy:
+    # One policy per configuration object (the configuration is parsed once, at start).
+    cached = _POLICIES.get(id(config))
+    if cached is None or cached[0] is not config:
+        cached = (config, policy_of(config))
+        _POLICIES[id(config)] = cached
+    return cached[1]
 
 
 def http_requester(
     headers: Mapping[str, str], ip: str, config: HardeningConfig, transport: Transport = Transport.REST
 ) -> Requester:
-    """Build the requester of an HTTP request from its headers and peer address."""
-    user = user_from_authorization(headers)
+    """Build the requester of an HTTP request from its headers and peer address.
+
+    The user of the ``Authorization`` header counts only when Orthanc authenticates requests.
+    """
+    user = user_from_authorization(headers) if config.http_authentication else ""
     return Requester(transport=transport, user=user, roles=roles_of(user, config), source_ip=ip)
 
 

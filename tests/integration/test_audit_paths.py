@@ -134,7 +134,8 @@ def test_non_auditor_reading_the_trail_is_refused_and_audited(server: OrthancSer
     assert answer.status_code == 403
     assert answer.json()["error"] == "forbidden"
     alerts = trail(server, user="user", event="110113")
-    assert alerts and alerts[0]["route"] == "audit"
+    assert alerts and alerts[0]["route"] == "GET /hardening/audit"
+    assert "lacks the permission 'audit'" in alerts[0]["detail"]
 
 
 def test_reading_the_trail_is_audit_log_used(server: OrthancServer) -> None:

@@ -128,7 +128,10 @@ def test_non_auditor_is_refused_the_review_page(browser, server: OrthancServer) 
 def test_path_traversal_in_ui_route_gets_nothing(server: OrthancServer) -> None:
     for name in ("..%2F..%2Fconfig.py", "%2e%2e/review.py", "nothere.js", "x.py"):
         answer = server.get(f"/hardening/ui/{name}", user="auditor")
-        assert answer.status_code == 404, (name, answer.status_code)
+        # civetweb decodes and removes dot segments: "..%2F..%2Fconfig.py" is GET /config.py and
+        # "%2e%2e/x" GET /hardening/x, no routes of the table (they need "all": 403); the others
+        # reach the page's route (404).
+        assert answer.status_code == (403 if "%2" in name else 404), (name, answer.status_code)
 
 
 def _explorer2_buttons() -> dict[str, list[dict[str, str]]]:

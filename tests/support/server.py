@@ -344,6 +344,17 @@ def orthanc_environment(extra: Mapping[str, str] | None = None, passphrase: str 
     return env
 
 
+# The accounts of ``make run`` (orthanc.json): admin all, auditor audit + view, user a clinician.
+PERMISSIONS: dict[str, Any] = {
+    "Roles": {
+        "administrator": ["all"],
+        "auditor": ["audit", "view"],
+        "clinician": ["view", "download", "upload", "q-r-remote-modalities"],
+    },
+    "Users": {"admin": ["administrator"], "auditor": ["auditor"], "user": ["clinician"]},
+}
+
+
 def base_config(home: Path, pki: Pki, credentials: Mapping[str, str], modality_port: int) -> dict[str, Any]:
     """The secure configuration every test server starts from."""
     files = pki.files
@@ -416,6 +427,7 @@ def base_config(home: Path, pki: Pki, credentials: Mapping[str, str], modality_p
             "SigningKeyPassphraseEnv": "HARDENING_KEY_PASSPHRASE",
             "Auditors": ["auditor"],
             "Administrators": ["admin"],
+            "Permissions": PERMISSIONS,
             "Audit": {"Database": f"sqlite://{home / 'hardening' / 'audit.db'}"},
         },
     }

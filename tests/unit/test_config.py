@@ -12,7 +12,9 @@ from orthanc_hardening.errors import ConfigError
 
 def test_missing_section_gives_safe_defaults() -> None:
     config = load_config({})
+    # Orthanc's default without RemoteAccessAllowed: no authentication, every request anonymous.
     assert config == HardeningConfig(
+        http_authentication=False,
         audit=config.audit
     )  # every top-level field is the dataclass default
     assert config.mode is Mode.ENFORCE

@@ -24,6 +24,8 @@ from orthanc_hardening.shell.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
+METRICS_ROUTE = "/tools/metrics-prometheus"
+
 
 def install_callbacks(runtime: Runtime) -> None:
     """Register the HTTP filter, the C-STORE filter and the change callback."""
@@ -40,6 +42,9 @@ def install_callbacks(runtime: Runtime) -> None:
                 gate(request)
             for watch in runtime.http_observers:
                 observe(runtime, getattr(watch, "__name__", "http observer"), functools.partial(watch, request))
+            if request.uri == METRICS_ROUTE:
+                # A scrape: push what was deferred, before Orthanc answers (shell/metrics.py).
+                observe(runtime, "metrics flush", runtime.metrics.flush)
             return True
 
         def requester() -> Any:

@@ -34,6 +34,7 @@ from orthanc_hardening.errors import (
     BadRequestError,
     ConfigError,
     HardeningError,
+    HostileInputError,
     IntegrityError,
     NotFoundError,
     StoreUnavailableError,
@@ -51,6 +52,7 @@ _STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
     (BadRequestError, 400, "bad request"),
     (ConfigError, 400, "bad request"),
     (AccessDeniedError, 403, "forbidden"),
+    (HostileInputError, 400, "bad request"),
     (NotFoundError, 404, "not found"),
     (IntegrityError, 409, "integrity check failed"),
     (StoreUnavailableError, 503, "store unavailable"),
@@ -68,6 +70,7 @@ GATE_FAILURES = "gate_failures_total"
 DIMSE_NOT_AUTHORIZED = 0x0124  # Refused: Not authorized
 DIMSE_OUT_OF_RESOURCES = 0xA700  # Refused: Out of resources (what Orthanc sends on a failed store)
 DIMSE_PROCESSING_FAILURE = 0x0110
+DIMSE_CANNOT_UNDERSTAND = 0xC000  # Error: Cannot understand (PS3.4 Annex B.2.3)
 
 
 def status_of(exc: BaseException) -> tuple[int, str]:
@@ -262,6 +265,8 @@ def refuse_store(exc: BaseException) -> int:
         return DIMSE_NOT_AUTHORIZED
     if isinstance(exc, StoreUnavailableError):
         return DIMSE_OUT_OF_RESOURCES
+    if isinstance(exc, HostileInputError):
+        return DIMSE_CANNOT_UNDERSTAND
     return DIMSE_PROCESSING_FAILURE
 
 

@@ -1,8 +1,21 @@
-"""Prometheus metrics pushed to Orthanc's ``/tools/metrics-prometheus`` (prefix ``hardening_``)."""
+"""Prometheus metrics pushed to Orthanc's ``/tools/metrics-prometheus`` (prefix ``hardening_``).
+
+``orthanc.SetMetricsValue`` must not be called from inside an Orthanc operation that holds the
+plugin context: Orthanc up to 1.12.1 locks it exclusively while a plugin reads an instance
+(``GetDicomForInstance``, the DICOMweb plugin's rendering), and ``SetMetricsValue`` locks it
+again, so a push from the storage read of that instance deadlocks the thread, with Python's
+lock held, and every other callback after it (the DICOMweb ``/rendered`` hang). So a push is
+deferred while the thread runs a storage callback (``no_orthanc_calls``) and, on Orthanc
+before 1.12.2, always (``defer_pushes``); deferred values are pushed at the next push from a
+safe place and when Prometheus scrapes (``flush``, from the HTTP filter), so a scrape always
+reads current values.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 PREFIX = "hardening_"
@@ -20,13 +33,47 @@ class Metrics:
         self._lock = threading.Lock()
         self._values: dict[str, float] = {}
         self._started = False
+        self._deferred = False
+        self._dirty: dict[str, float] = {}
+        self._quiet = threading.local()
+
+    def defer_pushes(self) -> None:
+        """Push only from ``flush`` (Orthanc before 1.12.2: see the module docstring)."""
+        self._deferred = True
+
+    @contextlib.contextmanager
+    def no_orthanc_calls(self) -> Iterator[None]:
+        """Within this block, this thread's updates are kept for a later push."""
+        depth = getattr(self._quiet, "depth", 0)
+        self._quiet.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._quiet.depth = depth
+
+    def _is_quiet(self) -> bool:
+        return int(getattr(self._quiet, "depth", 0)) > 0
+
+    def flush(self) -> None:
+        """Push every deferred value (from a thread that holds no Orthanc lock)."""
+        if self._is_quiet():
+            return
+        with self._lock:
+            pending, self._dirty = self._dirty, {}
+            if not self._started or self._orthanc is None:
+                return
+            for name, value in pending.items():
+                self._orthanc.SetMetricsValue(PREFIX + name, value, self._orthanc.MetricsType.DEFAULT)
 
     def start(self) -> None:
         """Orthanc has started: push every value set so far, then push on each change."""
         with self._lock:
             self._started = True
+            self._dirty = {}
+            if self._orthanc is None:
+                return
             for name, value in self._values.items():
-                self._push(name, value)
+                self._orthanc.SetMetricsValue(PREFIX + name, value, self._orthanc.MetricsType.DEFAULT)
 
     def increment(self, name: str, by: float = 1.0) -> None:
         """Add ``by`` to the counter ``hardening_<name>``."""
@@ -51,5 +98,12 @@ class Metrics:
         # (a stale value pushed late would otherwise overwrite a newer one).
         if self._orthanc is None or not self._started:
             return
+        if self._deferred or self._is_quiet():
+            self._dirty.pop(name, None)
+            self._dirty[name] = value  # kept in update order
+            return
         kind = self._orthanc.MetricsType.DEFAULT
+        for pending, pending_value in self._dirty.items():
+            self._orthanc.SetMetricsValue(PREFIX + pending, pending_value, kind)
+        self._dirty = {}
         self._orthanc.SetMetricsValue(PREFIX + name, value, kind)

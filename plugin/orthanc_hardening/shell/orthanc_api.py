@@ -75,6 +75,9 @@ class Capabilities:
     thread_names: bool = False
     resource_finder: bool = False
     loader_threads: bool = False
+    # Orthanc 1.12.2 and later share the plugin context (a reference count); before, it is a lock
+    # held while a plugin reads an instance, which a nested call from the storage area deadlocks.
+    shared_plugin_context: bool = False
 
     @classmethod
     def detect(cls, module: Any) -> Capabilities:
@@ -99,6 +102,7 @@ class Capabilities:
             # tags, computed counters); Orthanc 1.13.0 reads files for it on loader threads.
             resource_finder=orthanc_at_least(1, 12, 5),
             loader_threads=orthanc_at_least(1, 13, 0),
+            shared_plugin_context=orthanc_at_least(1, 12, 2),
         )
 
 

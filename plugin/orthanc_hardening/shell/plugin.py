@@ -7,7 +7,7 @@ own object; nothing is looked up by name, so a missing or failed dependency is a
 1. the key ring (``stores/key_files.py``) and the signature cache;
 2. the audit trail (every later feature records into it; a Security Alert needs it first);
 3. the TLS gate, *before any other route* (Orthanc serves a URI with the first plugin route that
-   matches: the lockdown catch-all must win);
+   matches: the lockdown catch-all must win), then the permission gate (first of the HTTP gates);
 4. the storage area (seals, verification), then what builds on it: archives, the seal and key
    routes, the audit hooks, verified queries and C-FIND, manifests and the scrub, C-MOVE, the
    DIMSE side of the lockdown;
@@ -25,12 +25,26 @@ from typing import Any
 from orthanc_hardening.config import HardeningConfig, passphrase_from_env
 from orthanc_hardening.seal.keys import KeyRing
 from orthanc_hardening.services.audit_export import AuditExporter
-from orthanc_hardening.shell import archives, audit_hooks, cmove, query, review, scrub, seal_routes, storage, tls_gate
+from orthanc_hardening.shell import (
+    archives,
+    audit_hooks,
+    body_limits,
+    cmove,
+    ingest_limits,
+    permissions,
+    query,
+    reset,
+    review,
+    scrub,
+    seal_routes,
+    storage,
+    tls_gate,
+)
 from orthanc_hardening.shell.audit_hooks import AuditHooks, AuditTrail
 from orthanc_hardening.shell.callbacks import install_callbacks
 from orthanc_hardening.shell.cmove import MoveHandler
 from orthanc_hardening.shell.metrics import Metrics
-from orthanc_hardening.shell.orthanc_api import OrthancApi
+from orthanc_hardening.shell.orthanc_api import OrthancApi, capabilities_of
 from orthanc_hardening.shell.query import QueryVerifier
 from orthanc_hardening.shell.runtime import Runtime, utc_now
 from orthanc_hardening.shell.scrub import ManifestService, ScrubService
@@ -79,9 +93,16 @@ def build(orthanc: OrthancApi, config: HardeningConfig, orthanc_config: Mapping[
     keys = load_keys(config, os.environ)
     cache = SignatureCache()
     trail = audit_hooks.open_trail(orthanc, config, keys, utc_now)
-    runtime = Runtime(orthanc=orthanc, config=config, orthanc_config=orthanc_config, metrics=Metrics(orthanc),
+    metrics = Metrics(orthanc)
+    if not capabilities_of(orthanc).shared_plugin_context:
+        metrics.defer_pushes()  # pushed when Prometheus scrapes (shell/metrics.py)
+    runtime = Runtime(orthanc=orthanc, config=config, orthanc_config=orthanc_config, metrics=metrics,
                       audit=trail.sink, clock=utc_now)
     tls = tls_gate.install_early(runtime)
+    permissions.install(runtime)
+    reset.install(runtime)
+    ingest_limits.install(runtime)
+    body_limits.install(runtime)
     sealed = storage.install(runtime, keys, cache)
     archive_routes = archives.install(runtime, sealed)
     seal_routes.install(runtime, sealed)

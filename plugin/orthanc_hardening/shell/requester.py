@@ -15,13 +15,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from orthanc_hardening.access.routes import route_of
 from orthanc_hardening.audit.event import Transport
 from orthanc_hardening.identity import HttpRequest, Requester, http_requester, method_name, transport_of_uri
 from orthanc_hardening.shell.runtime import Runtime
 
 
 def http_request(runtime: Runtime, uri: str, kwargs: Mapping[str, Any]) -> HttpRequest:
-    """The request the HTTP filter sees (``filter(uri, method=, ip=, headers=, get=)``)."""
+    """The request the HTTP filter sees (``filter(uri, method=, ip=, headers=, get=)``).
+
+    Its ``uri`` is the route Orthanc serves (``access.routes.route_of``: one trailing slash and
+    repeated slashes dropped), so that every HTTP gate decides on the route Orthanc routes to,
+    whatever the spelling; the method is the one after Orthanc's method faking.
+    """
+    uri = route_of(uri)
     headers = dict(kwargs.get("headers") or {})
     requester = http_requester(headers, str(kwargs.get("ip", "")), runtime.config, transport_of_uri(uri))
     return HttpRequest(

@@ -1,18 +1,32 @@
 """Registration of the plugin's own REST routes under ``/hardening``, behind one guard.
 
 A handler receives a ``RestCall`` and returns a ``Reply``; raising a ``HardeningError`` gives
-the matching JSON error (DESIGN.md §5). Role checks happen here, before the handler runs.
+the matching JSON error (DESIGN.md §5). Permission and role checks happen here, before the
+handler runs: ``enforce`` is the one permission check of every HTTP route (``shell/permissions.py``
+runs it in the HTTP filter for the routes not registered here).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from orthanc_hardening.access.policy import check_access
+from orthanc_hardening.access.routes import Permission, route_of
+from orthanc_hardening.audit.event import Outcome
 from orthanc_hardening.errors import AccessDeniedError, BadRequestError
 from orthanc_hardening.identity import ADMINISTRATOR, AUDITOR, Requester
-from orthanc_hardening.shell.guard import JSON_CONTENT_TYPE, RestRefusal, answer_json, decide, send_status
+from orthanc_hardening.shell.guard import (
+    JSON_CONTENT_TYPE,
+    RestRefusal,
+    answer_json,
+    decide,
+    mark_audited,
+    security_alert,
+    send_status,
+)
 from orthanc_hardening.shell.requester import rest_requester
 from orthanc_hardening.shell.runtime import Runtime
 
@@ -42,6 +56,32 @@ class Reply:
 
 
 Handler = Callable[[RestCall], Reply]
+ACCESS_REFUSALS = "access_refusals"
+_ALWAYS_ENFORCED = (Permission.AUDIT.value, Permission.HARDENING_ADMIN.value)
+
+
+def enforce(runtime: Runtime, requester: Requester, method: str, uri: str) -> None:
+    """Check the requester's permission for ``method uri`` (``access/policy.py``); audit a refusal.
+
+    Raises:
+        AccessDeniedError: refused; its Security Alert (user, route, permission) is recorded,
+            so the guard adds none.
+        StoreUnavailableError: the Security Alert cannot be recorded (the request is refused).
+    """
+    try:
+        check_access(runtime.access, requester.user, method, uri)
+    except AccessDeniedError as exc:
+        route = f"{method.upper()} {route_of(uri)}"
+        permission = (exc.answer or {}).get("permission")
+        if not runtime.config.is_enforcing and permission not in _ALWAYS_ENFORCED:
+            # Monitor mode reports and never blocks Orthanc's routes (the plugin's own
+            # audit and administration routes stay restricted).
+            runtime.metrics.increment(ACCESS_REFUSALS)
+            security_alert(runtime, requester, route, f"monitor mode, not refused: {exc}", Outcome.MINOR_FAILURE)
+            return
+        runtime.metrics.increment(ACCESS_REFUSALS)
+        security_alert(runtime, requester, route, str(exc))
+        raise mark_audited(exc) from None
 
 
 def require_role(requester: Requester, role: str | None) -> None:
@@ -90,6 +130,7 @@ def register(
             if handler is None:
                 output.SendMethodNotAllowed(",".join(sorted(handlers)))
                 return
+            enforce(runtime, requester, method, uri)
             require_role(requester, role)
             call = RestCall(
                 method=method,
@@ -106,6 +147,7 @@ def register(
                               describe_errors(runtime))
         decide(runtime, route, requester, handle, refusal)
 
+    runtime.checked_routes.append(re.compile(pattern))
     runtime.orthanc.RegisterRestCallback(pattern, callback)
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from orthanc_hardening.access.policy import AccessPolicy, policy_of
 from orthanc_hardening.audit.sink import AuditSink
 from orthanc_hardening.config import HardeningConfig
 from orthanc_hardening.identity import HttpRequest, Requester
@@ -67,9 +69,17 @@ class Runtime:
     # The HTTP requests in flight, set by the HTTP filter, so that a storage read knows who
     # asked, on the request's thread or on Orthanc 1.13's loader threads (shell/inflight.py).
     in_flight: InFlightRequests = field(default_factory=InFlightRequests)
+    # Who holds which permission (``access/policy.py``), from the configuration.
+    access: AccessPolicy = field(init=False)
+    # Patterns of the plugin routes registered through ``shell/rest.register``: their callbacks
+    # check permissions themselves and answer a refusal with 403 JSON (``shell/permissions.py``).
+    checked_routes: list[re.Pattern[str]] = field(default_factory=list)
     _stop_lock: threading.Lock = field(default_factory=threading.Lock)
     _stopped: bool = False
     _threads_released: bool | None = None
+
+    def __post_init__(self) -> None:
+        self.access = policy_of(self.config)
 
     @property
     def capabilities(self) -> Capabilities:

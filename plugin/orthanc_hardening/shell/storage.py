@@ -405,7 +405,10 @@ class SealedStorage:
         """``function`` as a storage-area gatekeeper: any exception refuses (re-raised) and is reported."""
 
         def callback(*args: Any) -> Any:
-            return decide(self.runtime, gate, self._requester, lambda: function(*args), refuse_raise)
+            # Orthanc may hold the plugin context while it calls the storage area (a plugin's
+            # GetDicomForInstance on Orthanc <= 1.12.1): no metrics push from here (shell/metrics.py).
+            with self.runtime.metrics.no_orthanc_calls():
+                return decide(self.runtime, gate, self._requester, lambda: function(*args), refuse_raise)
 
         return callback
 

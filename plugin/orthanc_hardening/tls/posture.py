@@ -306,6 +306,7 @@ def inspect_posture(
     checks.append(_dicom_always_allow(config, dicom_on))
     checks.append(_dicom_check_host(config, dicom_on))
     checks.append(_modalities(config, facts))
+    checks.append(_modality_permissions(config, facts))
     checks.append(_peers(config, facts))
     checks.append(_dicomweb_servers(config))
     checks.append(_lua(config))
@@ -316,6 +317,7 @@ def inspect_posture(
     if hardening is not None:
         checks.append(_signing_key_permissions(hardening, facts))
         checks.append(_mode(hardening))
+        checks.append(_route_permissions(hardening))
     return PostureReport(
         checks=tuple(checks),
         certificate_days_left=min(days_left) if days_left else None,
@@ -621,6 +623,37 @@ def _modalities(config: Mapping[str, Any], facts: HostFacts) -> Check:
     return _destinations_check(make, found, "modalities", 'Set "UseDicomTls": true in each modality (object form).')
 
 
+# Orthanc's per-modality DICOM services (RemoteModalityParameters, 1.10 to 1.13), each allowed
+# unless set to false; "AllowStorageCommitment" sets both N-ACTION and N-EVENT-REPORT.
+_MODALITY_SERVICES = (
+    ("AllowEcho",), ("AllowStore",), ("AllowFind",), ("AllowFindWorklist",), ("AllowMove",), ("AllowGet",),
+    ("AllowNAction", "AllowStorageCommitment"), ("AllowEventReport", "AllowStorageCommitment"),
+)
+
+
+def _modality_permissions(config: Mapping[str, Any], facts: HostFacts) -> Check:
+    make = _check("modality-permissions", "Each modality is allowed only the DICOM services it needs", Severity.MEDIUM)
+    source = facts.modalities if facts.modalities is not None else _mapping(setting(config, "DicomModalities"))
+    unrestricted = []
+    for name, value in sorted(source.items()):
+        if not isinstance(value, Mapping):
+            unrestricted.append(name)  # the array form cannot restrict anything
+            continue
+        if all(any(value.get(key, True) is not False for key in keys) for keys in _MODALITY_SERVICES):
+            unrestricted.append(name)
+    if unrestricted:
+        return make(
+            Status.WARN,
+            f"{len(unrestricted)} of {len(source)} modalities may use every DICOM service (C-ECHO, C-STORE, "
+            f"C-FIND, worklists, C-MOVE, C-GET, storage commitment): {', '.join(unrestricted)}",
+            'In each modality (object form) set to false the services it does not use: "AllowStore", '
+            '"AllowFind", "AllowFindWorklist", "AllowMove", "AllowGet", "AllowStorageCommitment", "AllowEcho".',
+        )
+    if not source:
+        return make(Status.PASS, "no modalities configured")
+    return make(Status.PASS, f"{len(source)} modalities, each restricted to some DICOM services")
+
+
 def _peers(config: Mapping[str, Any], facts: HostFacts) -> Check:
     make = _check("peers-https", "Every Orthanc peer is reached over verified HTTPS", Severity.HIGH)
     source = facts.peers if facts.peers is not None else _mapping(setting(config, "OrthancPeers"))
@@ -739,6 +772,24 @@ def _signing_key_permissions(hardening: HardeningConfig, facts: HostFacts) -> Ch
             Severity.MEDIUM,
         )
     return make(Status.PASS, f"{hardening.signing_key} is mode {found.mode:04o}")
+
+
+def _route_permissions(hardening: HardeningConfig) -> Check:
+    make = _check("route-permissions", "HTTP users hold only the permissions their role needs", Severity.HIGH)
+    table = hardening.permissions
+    if table is None:
+        return make(
+            Status.WARN,
+            "Hardening.Permissions is not configured: every registered user may delete, modify, send, "
+            "reconfigure, reset and stop Orthanc (only /hardening is restricted)",
+            'Add "Permissions": {"Roles": {...}, "Users": {...}} to the Hardening section (README "Permissions").',
+        )
+    everything = sorted(user for user, roles in table.users.items()
+                        if any("all" in table.roles.get(role, ()) for role in roles))
+    if table.anonymous:
+        return make(Status.WARN, f"unauthenticated requests hold the roles {', '.join(table.anonymous)}",
+                    'Keep "Anonymous" empty and turn "AuthenticationEnabled" on.')
+    return make(Status.PASS, f"{len(table.users)} users with roles; holding all: {', '.join(everything) or 'nobody'}")
 
 
 def _mode(hardening: HardeningConfig) -> Check:

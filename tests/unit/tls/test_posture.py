@@ -265,3 +265,25 @@ def test_certificate_files_of_disabled_features_are_not_required(secure: dict[st
     config = {**secure, "SslEnabled": False, "SslCertificate": "/nonexistent.pem", "DicomServerEnabled": False,
               "DicomTlsCertificate": "/nonexistent.crt"}
     check_certificate_files(config, facts_for(config))
+
+
+def test_modality_allowed_every_dicom_service_is_a_warning(secure: dict[str, Any]) -> None:
+    modalities = {"OPEN": {"AET": "OPEN", "Host": "10.0.0.9", "Port": 104, "UseDicomTls": True},
+                  "CT": {"AET": "CT", "Host": "10.0.0.8", "Port": 104, "UseDicomTls": True, "AllowFind": False,
+                         "AllowMove": False, "AllowGet": False, "AllowFindWorklist": False}}
+    check = report_for({**secure, "DicomModalities": modalities}).check("modality-permissions")
+    assert check.status is Status.WARN and "OPEN" in check.evidence and "CT" not in check.evidence.split(": ")[-1]
+    restricted = report_for({**secure, "DicomModalities": {"CT": modalities["CT"]}}).check("modality-permissions")
+    assert restricted.status is Status.PASS
+
+
+def test_missing_permission_table_is_a_warning(secure: dict[str, Any]) -> None:
+    assert report_for(secure).check("route-permissions").status is Status.WARN
+    from orthanc_hardening.config import load_config
+    from tests.support.server import PERMISSIONS
+
+    table = load_config({"Hardening": {"Permissions": PERMISSIONS}})
+    hardening = HardeningConfig(data_directory=HARDENING.data_directory, signing_key=HARDENING.signing_key,
+                                permissions=table.permissions)
+    check = report_for(secure, hardening=hardening).check("route-permissions")
+    assert check.status is Status.PASS and "holding all: admin" in check.evidence

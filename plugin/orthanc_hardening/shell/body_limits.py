@@ -1,0 +1,50 @@
+"""JSON body limits on Orthanc's own synchronous routes that take a JSON body.
+
+Orthanc 1.10.1 parses request bodies with a recursive JSON reader: a body nested 50,000 levels
+deep sent to ``POST /instances/{id}/modify`` overflows the HTTP thread's stack and kills the
+server. The plugin stands in for the instance routes that answer synchronously and store nothing (no
+job, so handing the body on with ``orthanc.RestApiPost`` from the callback is safe):
+``/instances/{id}/modify`` and ``/instances/{id}/anonymize``. A body nested deeper than
+``request_body.MAX_DEPTH`` levels gets 400 JSON and a Security Alert; any other body is handed
+to Orthanc, whose answer (or error) is given back as is.
+
+Not covered: routes that start a job (studies, series and patients modify/anonymize, sends) —
+a plugin route cannot hand them on without waiting for a job from inside a callback — and routes
+that store what they create (``/tools/create-dicom``: Orthanc would record the plugin as its
+origin). See README.
+"""
+
+from __future__ import annotations
+
+from orthanc_hardening.errors import HostileInputError
+from orthanc_hardening.request_body import MAX_DEPTH, nesting_depth
+from orthanc_hardening.shell.orthanc_api import core_call
+from orthanc_hardening.shell.rest import Reply, RestCall, register
+from orthanc_hardening.shell.runtime import Runtime
+
+# (route pattern, content type of Orthanc's answer)
+GUARDED_ROUTES = (
+    ("/instances/([^/]+)/(modify|anonymize)", "application/dicom"),
+)
+
+
+def check_body_depth(body: bytes) -> None:
+    """Check that a JSON body is not nested deeper than ``MAX_DEPTH``.
+
+    Raises:
+        HostileInputError: it is (a body built to exhaust a parser's stack).
+    """
+    if nesting_depth(body) > MAX_DEPTH:
+        raise HostileInputError(f"JSON body nested more than {MAX_DEPTH} levels deep")
+
+
+def install(runtime: Runtime) -> None:
+    """Register the stand-ins for Orthanc's synchronous JSON-body routes."""
+    for pattern, content_type in GUARDED_ROUTES:
+
+        def hand_on(call: RestCall, content_type: str = content_type) -> Reply:
+            check_body_depth(call.body)
+            answer = core_call(runtime.orthanc.RestApiPost, call.uri, call.body)
+            return Reply(raw=answer if answer is not None else b"", content_type=content_type)
+
+        register(runtime, pattern, {"POST": hand_on}, name="body-limits", like_orthanc=True)
