@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -46,7 +47,7 @@ from orthanc_hardening.audit.event import Action, AuditEvent, EventCode, Outcome
 from orthanc_hardening.audit.orthanc_log import SOURCE_PLUGIN, orthanc_audit_log
 from orthanc_hardening.audit.query import parse_query, render
 from orthanc_hardening.audit.routes import Access, classify
-from orthanc_hardening.audit.sink import AuditSink
+from orthanc_hardening.audit.sink import AuditSink, Waiter
 from orthanc_hardening.config import HardeningConfig
 from orthanc_hardening.errors import (
     AccessDeniedError,
@@ -54,7 +55,7 @@ from orthanc_hardening.errors import (
 )
 from orthanc_hardening.identity import AUDITOR, HttpRequest, Requester
 from orthanc_hardening.seal.keys import KeyRing
-from orthanc_hardening.services.audit_writer import AuditWriter
+from orthanc_hardening.services.audit_writer import DONE, AuditWriter
 from orthanc_hardening.shell.guard import alert
 from orthanc_hardening.shell.orthanc_api import capabilities_of
 from orthanc_hardening.shell.rest import Reply, RestCall, register
@@ -69,6 +70,11 @@ MOVE_POLL_SECONDS = 0.05
 MOVE_TIMEOUT_SECONDS = 3600.0
 CGET_WINDOW_SECONDS = 30.0
 CACHE_SIZE = 20000
+UNAWAITED_LIMIT = 256
+# Answers Orthanc builds only from the stored bytes (a storage read precedes every byte of the answer).
+_STORED_BYTES_ROUTE = re.compile(
+    r"^/instances/[0-9a-f-]+/(file|attachments/dicom/data)$"
+    r"|^/dicom-web/studies/[^/]+(/series/[^/]+(/instances/[^/]+)?)?$")
 AUDIT_ROUTE = "/hardening/audit"
 VERIFY_ROUTE = "/hardening/audit/verify"
 CGET_GAP = ("C-GET: the Python plugin (4.0 to 7.1) exposes no C-GET hook, so the requester's calling AET and IP are "
@@ -102,6 +108,25 @@ class LenientSink:
             self.writer.record_many(events)
         except StoreUnavailableError as exc:
             logger.error("monitor mode: %d audit events kept for retry: %s", len(events), exc)
+
+    def submit(self, events: list[AuditEvent]) -> Waiter:
+        try:
+            return _LenientWait(self.writer.submit(events), len(events))
+        except StoreUnavailableError as exc:
+            logger.error("monitor mode: %d audit events kept for retry: %s", len(events), exc)
+            return DONE
+
+
+@dataclass(frozen=True)
+class _LenientWait:
+    pending: Waiter
+    count: int
+
+    def wait(self) -> None:
+        try:
+            self.pending.wait()
+        except StoreUnavailableError as exc:
+            logger.error("monitor mode: %d audit events kept for retry: %s", self.count, exc)
 
 
 class _LRU:
@@ -211,6 +236,18 @@ class _HttpState:
     suppress: bool = False
 
 
+def _answers_stored_bytes(request: HttpRequest, access: Access, events: list[AuditEvent]) -> bool:
+    """Whether the request's answer is made of stored bytes only, of instances its events name.
+
+    Such a request's events may commit while Orthanc works: the storage read that precedes the
+    first byte of the answer waits for them. A request for an unknown resource (no read follows)
+    waits at the gate as every other request does.
+    """
+    return (request.method == "GET" and access.kind == "access" and access.has_resource and bool(events)
+            and all(e.outcome is Outcome.SUCCESS and e.series_uid for e in events)
+            and _STORED_BYTES_ROUTE.match(request.uri) is not None)
+
+
 class AuditHooks:
     """The audit trail's callbacks and routes (see the module docstring)."""
 
@@ -225,6 +262,9 @@ class AuditHooks:
         self._http: dict[int, _HttpState] = {}
         self._cstore: dict[int, str] = {}
         self._cget_seen: dict[str, float] = {}
+        # Events of requests whose answer is built from storage reads: their commit overlaps the
+        # request's work, and every storage read waits for them before it returns bytes (``read_hook``).
+        self._unawaited: list[Waiter] = []
         self.moves_in_progress = 0
 
     @contextlib.contextmanager
@@ -286,7 +326,29 @@ class AuditHooks:
         self._set_read_scope(thread, request, access, events)
         if access.kind in ("archive", "modify", "send", "delete", "change"):
             state.suppress = state.suppress or not access.has_resource
+        if _answers_stored_bytes(request, access, events):
+            waiter = self.runtime.audit.submit(events)
+            with self._lock:
+                self._unawaited.append(waiter)
+                crowded = len(self._unawaited) > UNAWAITED_LIMIT
+            if crowded:
+                self._await_started()
+            return
         self.record(events)
+
+    def _await_started(self) -> None:
+        """Wait until every event started by ``http_gate`` so far is durable (raises ``StoreUnavailableError``)."""
+        with self._lock:
+            started = list(self._unawaited)
+        if not started:
+            return
+        try:
+            for waiter in started:
+                waiter.wait()
+        finally:
+            with self._lock:
+                done = set(map(id, started))
+                self._unawaited = [w for w in self._unawaited if id(w) not in done]
 
     def _set_read_scope(self, thread: int, request: HttpRequest, access: Access | None,
                         events: list[AuditEvent]) -> None:
@@ -329,7 +391,11 @@ class AuditHooks:
     # -- storage hooks ------------------------------------------------------------------
 
     def read_hook(self, event: Any) -> None:
-        """Cover reads the HTTP gate did not (WebDAV, unknown routes) and C-GET."""
+        """Cover reads the HTTP gate did not (WebDAV, unknown routes) and C-GET.
+
+        Before any bytes are returned, the events the HTTP gate started are durable.
+        """
+        self._await_started()
         if event.problem or event.seal is None or int(event.content_type) not in (1, 3):
             return
         seal = event.seal
@@ -397,10 +463,14 @@ class AuditHooks:
         with self._lock:
             self._cstore[threading.get_ident()] = aet
 
-    def write_hook(self, event: Any) -> None:
-        """Record the Import (C) of a received instance before Orthanc acknowledges it."""
+    def write_hook(self, event: Any) -> Waiter | None:
+        """Start the Import (C) of a received instance; the storage area waits for it before acknowledging.
+
+        Called before the file is written: the append's commit overlaps the file's write and flush
+        (``SealedStorage.create`` waits for both before Orthanc acknowledges the instance).
+        """
         if int(event.content_type) != DICOM or event.seal is None:
-            return
+            return None
         seal = event.seal
         ref = SeriesRef(seal.patient_id, seal.study_uid, seal.series_uid, 1)
         thread = threading.get_ident()
@@ -409,18 +479,18 @@ class AuditHooks:
         sop = f"SOP instance {seal.sop_instance_uid}"
         if aet is not None:
             requester = Requester(transport=Transport.DIMSE, calling_aet=aet, called_aet=self.our_aet)
-            self.record([self.event(requester, EventCode.IMPORT, Action.CREATE, "C-STORE", ref,
-                                      f"C-STORE received; {sop}; peer IP not exposed by the plugin API")])
-            return
+            return self.runtime.audit.submit([self.event(
+                requester, EventCode.IMPORT, Action.CREATE, "C-STORE", ref,
+                f"C-STORE received; {sop}; peer IP not exposed by the plugin API")])
         request = self.runtime.current_request()
         if request is not None:
-            self.record([self.event(request.requester, EventCode.IMPORT, Action.CREATE,
-                                      f"{request.method} {request.uri}", ref, f"upload; {sop}")])
-            return
+            return self.runtime.audit.submit([self.event(request.requester, EventCode.IMPORT, Action.CREATE,
+                                                         f"{request.method} {request.uri}", ref, f"upload; {sop}")])
         requester = Requester(transport=Transport.INTERNAL)
-        self.record([self.event(requester, EventCode.IMPORT, Action.CREATE, "job", ref,
-                                  f"created by an Orthanc job (modify, anonymize, retrieve…); {sop}; the "
-                                  "requester is in the event of the request that started the job")])
+        return self.runtime.audit.submit([self.event(
+            requester, EventCode.IMPORT, Action.CREATE, "job", ref,
+            f"created by an Orthanc job (modify, anonymize, retrieve…); {sop}; the "
+            "requester is in the event of the request that started the job")])
 
     def alert(self, requester: Requester, route: str, detail: str, ref: SeriesRef | None = None) -> None:
         """Record a Security Alert naming the series (never raises)."""
