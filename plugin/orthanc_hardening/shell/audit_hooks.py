@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -70,11 +69,6 @@ MOVE_POLL_SECONDS = 0.05
 MOVE_TIMEOUT_SECONDS = 3600.0
 CGET_WINDOW_SECONDS = 30.0
 CACHE_SIZE = 20000
-UNAWAITED_LIMIT = 256
-# Answers Orthanc builds only from the stored bytes (a storage read precedes every byte of the answer).
-_STORED_BYTES_ROUTE = re.compile(
-    r"^/instances/[0-9a-f-]+/(file|attachments/dicom/data)$"
-    r"|^/dicom-web/studies/[^/]+(/series/[^/]+(/instances/[^/]+)?)?$")
 AUDIT_ROUTE = "/hardening/audit"
 VERIFY_ROUTE = "/hardening/audit/verify"
 CGET_GAP = ("C-GET: the Python plugin (4.0 to 7.1) exposes no C-GET hook, so the requester's calling AET and IP are "
@@ -236,18 +230,6 @@ class _HttpState:
     suppress: bool = False
 
 
-def _answers_stored_bytes(request: HttpRequest, access: Access, events: list[AuditEvent]) -> bool:
-    """Whether the request's answer is made of stored bytes only, of instances its events name.
-
-    Such a request's events may commit while Orthanc works: the storage read that precedes the
-    first byte of the answer waits for them. A request for an unknown resource (no read follows)
-    waits at the gate as every other request does.
-    """
-    return (request.method == "GET" and access.kind == "access" and access.has_resource and bool(events)
-            and all(e.outcome is Outcome.SUCCESS and e.series_uid for e in events)
-            and _STORED_BYTES_ROUTE.match(request.uri) is not None)
-
-
 class AuditHooks:
     """The audit trail's callbacks and routes (see the module docstring)."""
 
@@ -262,9 +244,6 @@ class AuditHooks:
         self._http: dict[int, _HttpState] = {}
         self._cstore: dict[int, str] = {}
         self._cget_seen: dict[str, float] = {}
-        # Events of requests whose answer is built from storage reads: their commit overlaps the
-        # request's work, and every storage read waits for them before it returns bytes (``read_hook``).
-        self._unawaited: list[Waiter] = []
         self.moves_in_progress = 0
 
     @contextlib.contextmanager
@@ -326,29 +305,7 @@ class AuditHooks:
         self._set_read_scope(thread, request, access, events)
         if access.kind in ("archive", "modify", "send", "delete", "change"):
             state.suppress = state.suppress or not access.has_resource
-        if _answers_stored_bytes(request, access, events):
-            waiter = self.runtime.audit.submit(events)
-            with self._lock:
-                self._unawaited.append(waiter)
-                crowded = len(self._unawaited) > UNAWAITED_LIMIT
-            if crowded:
-                self._await_started()
-            return
         self.record(events)
-
-    def _await_started(self) -> None:
-        """Wait until every event started by ``http_gate`` so far is durable (raises ``StoreUnavailableError``)."""
-        with self._lock:
-            started = list(self._unawaited)
-        if not started:
-            return
-        try:
-            for waiter in started:
-                waiter.wait()
-        finally:
-            with self._lock:
-                done = set(map(id, started))
-                self._unawaited = [w for w in self._unawaited if id(w) not in done]
 
     def _set_read_scope(self, thread: int, request: HttpRequest, access: Access | None,
                         events: list[AuditEvent]) -> None:
@@ -391,11 +348,7 @@ class AuditHooks:
     # -- storage hooks ------------------------------------------------------------------
 
     def read_hook(self, event: Any) -> None:
-        """Cover reads the HTTP gate did not (WebDAV, unknown routes) and C-GET.
-
-        Before any bytes are returned, the events the HTTP gate started are durable.
-        """
-        self._await_started()
+        """Cover reads the HTTP gate did not (WebDAV, unknown routes) and C-GET."""
         if event.problem or event.seal is None or int(event.content_type) not in (1, 3):
             return
         seal = event.seal

@@ -193,7 +193,7 @@ class SealedStorage:
                 self.runtime.metrics.increment("unsealed_reads_total")
                 logger.warning("served unsealed (legacy) attachment %s type %d", uuid, content_type)
         except IntegrityError as exc:
-            rebuilt = self.rebuild_derived(uuid, content_type, seal, exc)
+            rebuilt = self.rebuild_derived(uuid, content_type, seal, exc, data)
             if rebuilt is None:
                 self.report_failure(uuid, content_type, seal, exc)
                 if self.runtime.config.is_enforcing:
@@ -212,17 +212,19 @@ class SealedStorage:
         return data
 
     def rebuild_derived(self, uuid: str, content_type: int, seal: Seal | None,
-                        problem: BaseException) -> bytes | None:
-        """A damaged "DICOM until pixel data" header rebuilt from its instance's sealed DICOM file, or ``None``.
+                        problem: BaseException, found: bytes) -> bytes | None:
+        """A "DICOM until pixel data" header torn by a power loss, rebuilt from its sealed DICOM file; else ``None``.
 
         That header is a prefix of the DICOM file and is written without a flush of its own
-        (``create``): a power loss can leave it short, empty or missing while its seal row and
-        Orthanc's index survive. Instead of a false tamper alarm, the prefix is cut from the
+        (``create``): a power loss can leave it missing, empty, short or with zero-filled blocks
+        while its seal row and Orthanc's index survive. Such damage (``found`` differs from the
+        sealed header only by missing or zero bytes) is no tamper alarm: the prefix is cut from the
         instance's DICOM file, which must verify against its own seal, and is accepted only if it
-        verifies against the header's own signed seal: what is served is exactly what was sealed.
-        The header file is rewritten (flushed) and ``hardening_derived_rebuilt_total`` counts it.
-        Anything else (another type, a bad signature, no verifying DICOM file) returns ``None``:
-        the caller reports the failure.
+        verifies against the header's own signed seal, so what is served is exactly what was
+        sealed. The file is rewritten (flushed) and ``hardening_derived_rebuilt_total`` counts it.
+        Any other difference (a changed byte: what an intruder does, never a crash), another
+        type, a bad signature or no verifying DICOM file returns ``None``: the caller refuses
+        and reports it.
         """
         if content_type != DICOM_UNTIL_PIXEL_DATA or seal is None or not isinstance(problem, SealMismatchError):
             return None
@@ -241,6 +243,8 @@ class SealedStorage:
                             cache=self.cache)
             except (OSError, IntegrityError):
                 continue
+            if not is_torn_copy(found, header):
+                return None
             try:
                 write_file(attachment_path(self.root, uuid), header, self.sync)
             except OSError as exc:
@@ -405,6 +409,7 @@ class SealedStorage:
         """
         record = self.store.get_record(uuid, content_type)
         seal = None if record is None else self.cache.parse_seal(record)
+        data = b""
         try:
             try:
                 data = read_file(attachment_path(self.root, uuid))
@@ -413,7 +418,7 @@ class SealedStorage:
             check = verify_read(uuid, content_type, data, seal, self.keyring, self.runtime.config.unsealed_policy,
                                 is_legacy=lambda: self.is_legacy_bytes(data), cache=self.cache, record=record)
         except SealMismatchError as exc:
-            if self.rebuild_derived(uuid, content_type, seal, exc) is None:
+            if self.rebuild_derived(uuid, content_type, seal, exc, data) is None:
                 raise
             return seal
         if check.seal is not None and expected is not None and check.seal.sop_instance_uid:
@@ -475,6 +480,19 @@ class SealedStorage:
 
     def _requester(self) -> Requester:
         return self.runtime.current_requester(Requester(transport=Transport.INTERNAL))
+
+
+def is_torn_copy(found: bytes, sealed: bytes) -> bool:
+    """Whether ``found`` is what an interrupted, unflushed write of ``sealed`` can leave.
+
+    That is a prefix of ``sealed`` (possibly empty) in which some bytes read back as zeros
+    (blocks allocated but never written). A changed non-zero byte or extra bytes are not.
+    """
+    if len(found) > len(sealed):
+        return False
+    if sealed.startswith(found):
+        return True
+    return all(got in (0, want) for got, want in zip(found, sealed, strict=False))
 
 
 # -- start-up -----------------------------------------------------------------------------

@@ -137,3 +137,24 @@ def test_an_audit_commit_that_fails_after_the_write_undoes_file_and_seal(runtime
         create(UUID, 1, make_instance())
     assert not path_of(tmp_path, UUID).exists()
     assert storage.store.get(UUID, 1) is None
+
+
+@pytest.mark.attack
+def test_a_changed_byte_in_the_header_is_refused_and_alerted_not_rebuilt(runtime, tmp_path):  # noqa: F811
+    _storage, read, _data, header = stored_with_header(runtime, tmp_path)
+    forged = bytearray(header)
+    forged[200] ^= 0x5A
+    path_of(tmp_path, HEADER).write_bytes(bytes(forged))
+    with pytest.raises(SealMismatchError):
+        read(HEADER, 3)
+    assert path_of(tmp_path, HEADER).read_bytes() == bytes(forged)
+    assert runtime.metrics.value("derived_rebuilt_total") == 0
+    assert runtime.audit.last().event is EventCode.SECURITY_ALERT
+
+
+@pytest.mark.parametrize(("found", "torn"), [
+    (b"", True), (b"abc", True), (b"a\0c", True), (b"\0\0\0\0", True),
+    (b"abd", False), (b"abcdx", False), (b"Xbcd", False),
+])
+def test_what_a_torn_write_can_leave(found, torn):
+    assert storage_module.is_torn_copy(found, b"abcd") is torn
