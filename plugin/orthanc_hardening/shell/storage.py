@@ -116,7 +116,7 @@ class SealedStorage:
             write_file(final, data, self.sync and not derived)
             for waiter in waiters:
                 waiter.wait()
-            self.cache.remember_seal(record, seal)
+            self.cache.remember_seal(record, seal, signed_here=True)
         except BaseException:
             logger.error("storing attachment %s failed; undoing", uuid)
             for waiter in waiters:

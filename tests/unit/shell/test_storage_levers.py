@@ -158,3 +158,18 @@ def test_a_changed_byte_in_the_header_is_refused_and_alerted_not_rebuilt(runtime
 ])
 def test_what_a_torn_write_can_leave(found, torn):
     assert storage_module.is_torn_copy(found, b"abcd") is torn
+
+
+class _RefusingVerifier:
+    def verify(self, kid, data, signature):
+        raise AssertionError("verified again")
+
+
+def test_a_seal_signed_at_ingest_is_not_verified_again_by_the_manifest(runtime, tmp_path):  # noqa: F811
+    storage = installed(runtime)
+    create, _read, _remove = runtime.orthanc.storage_area
+    create(UUID, 1, make_instance())
+    seal = storage.store.get(UUID, 1)
+    storage.cache.verify(_RefusingVerifier(), seal.key_id, seal.signed_bytes(), seal.signature_bytes)
+    with pytest.raises(AssertionError):  # a changed byte is verified (and fails) as before
+        storage.cache.verify(_RefusingVerifier(), seal.key_id, seal.signed_bytes() + b" ", seal.signature_bytes)
