@@ -133,13 +133,20 @@ def _format_row(row: dict[str, Any]) -> str:
 
 
 def baseline_plugin(ref: str, work: Path) -> Path:
-    """The entry script of the plugin as it was at git ``ref``, sharing this checkout's venv."""
-    base = work / "baseline"
-    base.mkdir()
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "plugin"], capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(base)], input=archive.stdout, check=True)
+    """The entry script of the plugin as it was at git ``ref`` (or in the checkout at directory ``ref``).
+
+    It shares this checkout's venv. A directory serves targets without git: extract it on the
+    host (``git archive REF plugin | tar -x -C DIR``).
+    """
+    if Path(ref).is_dir():
+        base = Path(ref)
+    else:
+        base = work / "baseline"
+        base.mkdir()
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "plugin"], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(base)], input=archive.stdout, check=True)
     venv = REPO / ".venv"
-    if venv.exists():
+    if venv.exists() and not (base / ".venv").exists():
         (base / ".venv").symlink_to(venv)
     return base / "plugin" / "hardening.py"
 

@@ -8,9 +8,10 @@ through the guard as a gatekeeper that fails by raising (Orthanc then fails the 
 
 * ``create`` parses the identity from the exact bytes (once per instance: the "until pixel
   data" attachment reuses it), signs the seal, commits the seal row (``synchronous`` from
-  ``Hardening.Durability``), writes the file (fsync'ed unless Orthanc's ``SyncStorageArea`` is
-  false) and runs the write hooks (the audit trail's Import event) — all before Orthanc
-  acknowledges the instance. Any failure fails the ingest.
+  ``Hardening.Durability``), starts the write hooks (the audit trail's Import event, appended
+  while the file is written), writes the file (fsync'ed unless Orthanc's ``SyncStorageArea`` is
+  false; not the derivable header, see ``rebuild_derived``) and waits for the hooks — all before
+  Orthanc acknowledges the instance. Any failure fails the ingest.
 * ``read`` makes one primary-key select, reads the file once, hashes it once and verifies it
   (``integrity.read.verify_read``: seal, signature, unsealed policy). A failure counts in
   ``hardening_integrity_failures_total``, is recorded in the seal store and as a Security
