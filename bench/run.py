@@ -127,8 +127,9 @@ def _format_row(row: dict[str, Any]) -> str:
     )
     if "before" in row:
         before = row["before"]
-        line += (f"   before {before['wall_s']:8.3f}s ratio {row['before_ratio_wall']:.2f} "
-                 f"CPU {before['server_cpu_s']:6.2f}s (x{row['before_ratio_cpu']:.2f})")
+        wall = f"{row['before_ratio_wall']:.2f}" if row["before_ratio_wall"] else "-"
+        cpu = f"{row['before_ratio_cpu']:.2f}" if row["before_ratio_cpu"] else "-"
+        line += f"   before {before['wall_s']:8.3f}s ratio {wall} CPU {before['server_cpu_s']:6.2f}s (x{cpu})"
     return line
 
 
@@ -308,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", metavar="GIT_REF", default=None,
                         help="also run a hardened Orthanc with the plugin of GIT_REF ('before'), same run, same data")
     parser.add_argument("--only", metavar="WORDS", default=None,
-                        help="comma-separated words: run only the figures whose name contains one of them")
+                        help="comma-separated words: run only the figures whose name contains one of them "
+                             "(retrieves need an ingest figure before them, e.g. '8 clients,/file')")
     args = parser.parse_args(argv)
     instances = args.instances or (20 if args.quick else 500)
     repeat = args.repeat or (1 if args.quick else 3)
