@@ -32,7 +32,6 @@ handler, which another module registers).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import threading
@@ -145,17 +144,6 @@ class _LRU:
                 self._data.popitem(last=False)
 
 
-def orthanc_ids(patient_id: str, study_uid: str, series_uid: str, sop_instance_uid: str) -> tuple[str, str, str]:
-    """Orthanc's study, series and instance ids: SHA-1 of the ``|``-joined identifiers, as 5 groups of 8 hex digits."""
-
-    def hashed(*parts: str) -> str:
-        digest = hashlib.sha1("|".join(parts).encode("utf-8"), usedforsecurity=False).hexdigest()
-        return "-".join(digest[i:i + 8] for i in range(0, 40, 8))
-
-    return (hashed(patient_id, study_uid), hashed(patient_id, study_uid, series_uid),
-            hashed(patient_id, study_uid, series_uid, sop_instance_uid))
-
-
 class IndexResolver:
     """Orthanc ids and DICOM UIDs -> series identifiers, through Orthanc's index (cached).
 
@@ -172,19 +160,6 @@ class IndexResolver:
     def _get(self, uri: str) -> Any:
         answer = self._orthanc.RestApiGet(uri)
         return json.loads(answer)
-
-    def prime(self, patient_id: str, study_uid: str, series_uid: str, sop_instance_uid: str) -> None:
-        """Cache what an instance just stored resolves to, so that its first read asks Orthanc nothing.
-
-        The ids are computed as Orthanc computes them (``orthanc_ids``); an id that differed from
-        Orthanc's would only never be looked up, never map another resource.
-        """
-        if not (study_uid and series_uid and sop_instance_uid):
-            return
-        study_id, series_id, instance_id = orthanc_ids(patient_id, study_uid, series_uid, sop_instance_uid)
-        self._studies.put(study_id, (patient_id, study_uid))
-        self._series.put(series_id, (study_id, series_uid))
-        self._instances.put(instance_id, series_id)
 
     def study(self, study_id: str) -> tuple[str, str]:
         cached = self._studies.get(study_id)
@@ -451,7 +426,6 @@ class AuditHooks:
             return None
         seal = event.seal
         ref = SeriesRef(seal.patient_id, seal.study_uid, seal.series_uid, 1)
-        self.resolver.prime(seal.patient_id, seal.study_uid, seal.series_uid, seal.sop_instance_uid)
         thread = threading.get_ident()
         with self._lock:
             aet = self._cstore.pop(thread, None)

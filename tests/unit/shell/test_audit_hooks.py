@@ -180,29 +180,3 @@ def test_cmove_to_unknown_destination_is_refused(hooks: AuditHooks, orthanc: Fak
     with pytest.raises(AccessDeniedError, match="not a configured modality"):
         moves(hooks).on_move(Level="STUDY", StudyInstanceUID="1.2.3", OriginatorAET="SCU", TargetAET="ELSEWHERE")
     assert [e.event for e in sink(hooks).events] == [EventCode.SECURITY_ALERT]
-
-
-# Ids of this instance as Orthanc 1.10.1 answered its upload (POST /instances).
-_STUDY = "1.2.826.0.1.3680043.8.498.72888217232138648807034025178849835263"
-_SERIES = "1.2.826.0.1.3680043.8.498.23807861237396681171442037499240415462"
-_SOP = "1.2.826.0.1.3680043.8.498.68402304055126741908574368597430287582"
-
-
-def test_orthanc_ids_are_computed_as_orthanc_computes_them() -> None:
-    from orthanc_hardening.shell.audit_hooks import orthanc_ids
-
-    assert orthanc_ids("ID-CHECK", _STUDY, _SERIES, _SOP) == (
-        "0ea59554-b81b59a1-f8d3b8d1-7853824c-87ef6739",
-        "a355358c-7ca73bed-54369887-21961dd5-cf5d2fe8",
-        "45cae93d-03de9594-fada3426-a044f82d-a4bccd9d",
-    )
-
-
-def test_a_primed_instance_resolves_without_asking_orthanc() -> None:
-    from orthanc_hardening.shell.audit_hooks import IndexResolver
-
-    orthanc = FakeOrthanc()  # knows no resource: any RestApiGet would fail
-    resolver = IndexResolver(orthanc)
-    resolver.prime("ID-CHECK", _STUDY, _SERIES, _SOP)
-    [ref] = resolver.series_of("instances", "45cae93d-03de9594-fada3426-a044f82d-a4bccd9d")
-    assert (ref.patient_id, ref.study_uid, ref.series_uid, ref.instance_count) == ("ID-CHECK", _STUDY, _SERIES, 1)
