@@ -28,7 +28,7 @@ help:
 	@echo "make deps         only install (Debian packages, $(VENV), $(SHIM))"
 	@echo "make posture      offline posture report of the configuration 'make run' uses"
 	@echo "make lint         ruff + mypy"
-	@echo "make bench        benchmarks: plain vs hardened Orthanc"
+	@echo "make bench        benchmarks: plain vs hardened Orthanc, on this machine and on forky"
 
 deps:
 	@bash scripts/install-deps.sh
@@ -78,8 +78,12 @@ lint: deps
 	$(VENV)/bin/ruff check plugin tests bench docker
 	$(VENV)/bin/mypy
 
+# Host (bookworm) then forky through its target, each against plain Orthanc of its own version.
+# BENCH_ARGS: e.g. "--instances 100 --repeat 3 --baseline main" (see bench/run.py --help).
 bench: deps
-	$(PYTHON) bench/run.py --json bench/results.json
+	$(PYTHON) bench/run.py --json bench/results.json $(BENCH_ARGS)
+	bash scripts/in-target.sh forky $(MAKE) --no-print-directory deps
+	bash scripts/in-target.sh forky .venv/bin/python bench/run.py --json bench/results-forky.json $(BENCH_ARGS)
 
 bench-quick: deps
 	$(PYTHON) bench/run.py --quick

@@ -79,9 +79,10 @@ def make_dataset(instances: int, mr: int, size: int) -> list[bytes]:
 class Bench:
     """Runs one measured operation against both servers and keeps the medians."""
 
-    def __init__(self, servers: dict[str, OrthancServer], repeat: int) -> None:
+    def __init__(self, servers: dict[str, OrthancServer], repeat: int, only: list[str] | None = None) -> None:
         self.servers = servers
         self.repeat = repeat
+        self.only = only
         self.results: list[dict[str, Any]] = []
 
     def measure(
@@ -91,6 +92,8 @@ class Bench:
         prepare: Callable[[OrthancServer], None] | None = None,
         unit_count: int = 0,
     ) -> None:
+        if self.only and not any(word in name for word in self.only):
+            return
         row: dict[str, Any] = {"name": name, "count": unit_count}
         for label, server in self.servers.items():
             walls, cpus = [], []
@@ -105,6 +108,10 @@ class Bench:
         plain, hardened = row["plain"], row["hardened"]
         row["ratio_wall"] = hardened["wall_s"] / plain["wall_s"] if plain["wall_s"] else None
         row["ratio_cpu"] = hardened["server_cpu_s"] / plain["server_cpu_s"] if plain["server_cpu_s"] else None
+        if "before" in row:
+            before = row["before"]
+            row["before_ratio_wall"] = before["wall_s"] / plain["wall_s"] if plain["wall_s"] else None
+            row["before_ratio_cpu"] = before["server_cpu_s"] / plain["server_cpu_s"] if plain["server_cpu_s"] else None
         self.results.append(row)
         print(_format_row(row), flush=True)
 
@@ -113,11 +120,36 @@ def _format_row(row: dict[str, Any]) -> str:
     plain, hardened = row["plain"], row["hardened"]
     ratio = f"{row['ratio_wall']:.2f}" if row["ratio_wall"] else "-"
     cpu_ratio = f"{row['ratio_cpu']:.2f}" if row["ratio_cpu"] else "-"
-    return (
+    line = (
         f"{row['name']:<34} plain {plain['wall_s']:8.3f}s  hardened {hardened['wall_s']:8.3f}s  "
         f"ratio {ratio:>5}   server CPU {plain['server_cpu_s']:6.2f}s / {hardened['server_cpu_s']:6.2f}s "
         f"(x{cpu_ratio})"
     )
+    if "before" in row:
+        before = row["before"]
+        wall = f"{row['before_ratio_wall']:.2f}" if row["before_ratio_wall"] else "-"
+        cpu = f"{row['before_ratio_cpu']:.2f}" if row["before_ratio_cpu"] else "-"
+        line += f"   before {before['wall_s']:8.3f}s ratio {wall} CPU {before['server_cpu_s']:6.2f}s (x{cpu})"
+    return line
+
+
+def baseline_plugin(ref: str, work: Path) -> Path:
+    """The entry script of the plugin as it was at git ``ref`` (or in the checkout at directory ``ref``).
+
+    It shares this checkout's venv. A directory serves targets without git: extract it on the
+    host (``git archive REF plugin | tar -x -C DIR``).
+    """
+    if Path(ref).is_dir():
+        base = Path(ref)
+    else:
+        base = work / "baseline"
+        base.mkdir()
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "plugin"], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(base)], input=archive.stdout, check=True)
+    venv = REPO / ".venv"
+    if venv.exists() and not (base / ".venv").exists():
+        (base / ".venv").symlink_to(venv)
+    return base / "plugin" / "hardening.py"
 
 
 def clear(server: OrthancServer) -> None:
@@ -176,13 +208,21 @@ def pynetdicom_store_all(files: list[bytes]) -> Callable[[OrthancServer], None]:
     return run
 
 
-def retrieve_files(server: OrthancServer) -> None:
-    with requests.Session() as session:
-        session.auth = server.auth("admin")
-        for instance in server.get("/instances").json():
-            r = session.get(f"{server.url}/instances/{instance}/file", verify=str(server.pki.ca),
-                            headers={"Accept-Encoding": "identity"})
-            r.raise_for_status()
+def retrieve_files(clients: int) -> Callable[[OrthancServer], None]:
+    def run(server: OrthancServer) -> None:
+        def fetch(chunk: list[str]) -> None:
+            with requests.Session() as session:
+                session.auth = server.auth("admin")
+                for instance in chunk:
+                    r = session.get(f"{server.url}/instances/{instance}/file", verify=str(server.pki.ca),
+                                    headers={"Accept-Encoding": "identity"})
+                    r.raise_for_status()
+
+        instances = server.get("/instances").json()
+        with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+            list(pool.map(fetch, [instances[i::clients] for i in range(clients)]))
+
+    return run
 
 
 def archive_studies(server: OrthancServer) -> None:
@@ -266,6 +306,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=None, help="repetitions per figure (default 3, quick 1)")
     parser.add_argument("--json", type=Path, default=None, help="write results as JSON here")
     parser.add_argument("--no-components", action="store_true", help="skip bench/bench_*.py")
+    parser.add_argument("--baseline", metavar="GIT_REF", default=None,
+                        help="also run a hardened Orthanc with the plugin of GIT_REF ('before'), same run, same data")
+    parser.add_argument("--only", metavar="WORDS", default=None,
+                        help="comma-separated words: run only the figures whose name contains one of them "
+                             "(retrieves need an ingest figure before them, e.g. '8 clients,/file')")
     args = parser.parse_args(argv)
     instances = args.instances or (20 if args.quick else 500)
     repeat = args.repeat or (1 if args.quick else 3)
@@ -281,18 +326,23 @@ def main(argv: list[str] | None = None) -> int:
         "plain": make_server(work / "plain", pki, plugin=False),
         "hardened": make_server(work / "hardened", pki),
     }
+    if args.baseline:
+        script = baseline_plugin(args.baseline, work)
+        servers["before"] = make_server(work / "before", pki, config={"PythonScript": str(script)})
     scps: list[StorageSCP] = []
     try:
         for server in servers.values():
             server.start()
             scps.append(StorageSCP(port=server.modality_port, pki=pki).start())
-        bench = Bench(servers, repeat)
+        bench = Bench(servers, repeat, args.only.split(",") if args.only else None)
         bench.measure("ingest REST, 1 client", upload_all(files, 1), prepare=clear, unit_count=len(files))
+        bench.measure("ingest REST, 4 clients", upload_all(files, 4), prepare=clear, unit_count=len(files))
         bench.measure("ingest REST, 8 clients", upload_all(files, 8), prepare=clear, unit_count=len(files))
         bench.measure("ingest C-STORE storescu +tls", storescu_all(data_dir), prepare=clear, unit_count=len(files))
         bench.measure("ingest C-STORE pynetdicom TLS", pynetdicom_store_all(files), prepare=clear,
                       unit_count=len(files))
-        bench.measure("retrieve /file, every instance", retrieve_files, unit_count=len(files))
+        bench.measure("retrieve /file, 1 client", retrieve_files(1), unit_count=len(files))
+        bench.measure("retrieve /file, 4 clients", retrieve_files(4), unit_count=len(files))
         bench.measure("retrieve study archives", archive_studies)
         bench.measure("retrieve C-GET pynetdicom TLS", cget_all)
         bench.measure("retrieve C-MOVE pynetdicom TLS", cmove_all)
@@ -309,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions(),
         "instances": len(files),
         "repeat": repeat,
+        "baseline": args.baseline,
+        "load_average": os.getloadavg(),
         "orthanc": bench.results,
         "components": components,
     }

@@ -12,8 +12,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 ORTHANC_ROWS = [
-    "ingest REST, 1 client", "ingest REST, 8 clients", "ingest C-STORE storescu +tls",
-    "ingest C-STORE pynetdicom TLS", "retrieve /file, every instance", "retrieve study archives",
+    "ingest REST, 1 client", "ingest REST, 4 clients", "ingest REST, 8 clients", "ingest C-STORE storescu +tls",
+    "ingest C-STORE pynetdicom TLS", "retrieve /file, 1 client", "retrieve /file, 4 clients", "retrieve study archives",
     "retrieve C-GET pynetdicom TLS", "retrieve C-MOVE pynetdicom TLS", "query /tools/find x20",
     "query C-FIND findscu x5",
 ]

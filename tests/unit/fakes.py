@@ -180,6 +180,11 @@ class FakeOrthanc:
         return self._rest("DELETE", uri)
 
 
+class _Done:
+    def wait(self) -> None:
+        return None
+
+
 class MemoryAuditSink:
     """An in-memory audit sink (``audit.sink.AuditSink``)."""
 
@@ -194,6 +199,11 @@ class MemoryAuditSink:
     def record_many(self, events: list[AuditEvent]) -> None:
         with self._lock:
             self.events.extend(events)
+
+    def submit(self, events: list[AuditEvent]) -> Any:
+        """Record at once (memory is durable enough for a unit test); the waiter has nothing to wait for."""
+        self.record_many(events)
+        return _Done()
 
     def last(self) -> AuditEvent:
         """Return the newest event.

@@ -12,6 +12,17 @@ from typing import Protocol
 from orthanc_hardening.audit.event import AuditEvent
 
 
+class Waiter(Protocol):
+    """An append already started; ``wait`` returns once it is durable."""
+
+    def wait(self) -> None:
+        """Block until the events are durable.
+
+        Raises:
+            StoreUnavailableError: they could not be made durable.
+        """
+
+
 class AuditSink(Protocol):
     """Where audit events go."""
 
@@ -27,4 +38,11 @@ class AuditSink(Protocol):
 
         Raises:
             StoreUnavailableError: they could not be made durable.
+        """
+
+    def submit(self, events: list[AuditEvent]) -> Waiter:
+        """Start appending ``events`` (all or none) and return at once; ``wait()`` blocks until durable.
+
+        Raises:
+            StoreUnavailableError: the append cannot even start (sink stopped).
         """

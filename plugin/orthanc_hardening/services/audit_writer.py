@@ -2,7 +2,10 @@
 
 ``AuditWriter.record(event)`` queues the event and blocks until the writer thread has committed
 the batch holding it (one transaction, one fsync for every request waiting at that moment), so
-an event is durable before the caller answers the request it records. The writer thread alone
+an event is durable before the caller answers the request it records. ``submit(events)`` queues
+without blocking and returns a ``Pending`` whose ``wait()`` is that same block: a caller starts
+the append, does the work the event records (write and flush a file) and waits for both, so the
+commit overlaps the work instead of adding to it. The writer thread alone
 extends the hash chain, so rows are linked in commit order.
 
 Checkpoints (``audit/chain.py``) are signed every ``checkpoint_every`` events or
@@ -44,6 +47,25 @@ class _Batch:
 
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Pending:
+    """An append started by ``AuditWriter.submit``; ``wait`` returns once it is durable.
+
+    Raises (``wait``):
+        StoreUnavailableError: the batch holding the events was not committed.
+    """
+
+    batch: _Batch | None
+    message: str = "audit event not recorded"
+
+    def wait(self) -> None:
+        if self.batch is not None:
+            AuditWriter._wait(self.batch, self.message)
+
+
+DONE = Pending(None)
 
 
 class AuditWriter:
@@ -113,15 +135,23 @@ class AuditWriter:
         Raises:
             StoreUnavailableError: they could not be committed (none of them was).
         """
+        self.submit(events).wait()
+
+    def submit(self, events: list[AuditEvent]) -> Pending:
+        """Queue events for the next commit without waiting; ``wait()`` on the result blocks until durable.
+
+        Raises:
+            StoreUnavailableError: the writer is stopped.
+        """
         if not events:
-            return
+            return DONE
         with self._cond:
             if self._stopping:
                 raise StoreUnavailableError("the audit writer is stopped")
             self._queue.extend(events)
             batch = self._open
             self._cond.notify_all()
-        self._wait(batch, "audit event not recorded")
+        return Pending(batch)
 
     def flush(self) -> None:
         """Write a checkpoint over everything committed so far (blocks until done).

@@ -46,7 +46,7 @@ from orthanc_hardening.audit.event import Action, AuditEvent, EventCode, Outcome
 from orthanc_hardening.audit.orthanc_log import SOURCE_PLUGIN, orthanc_audit_log
 from orthanc_hardening.audit.query import parse_query, render
 from orthanc_hardening.audit.routes import Access, classify
-from orthanc_hardening.audit.sink import AuditSink
+from orthanc_hardening.audit.sink import AuditSink, Waiter
 from orthanc_hardening.config import HardeningConfig
 from orthanc_hardening.errors import (
     AccessDeniedError,
@@ -54,7 +54,7 @@ from orthanc_hardening.errors import (
 )
 from orthanc_hardening.identity import AUDITOR, HttpRequest, Requester
 from orthanc_hardening.seal.keys import KeyRing
-from orthanc_hardening.services.audit_writer import AuditWriter
+from orthanc_hardening.services.audit_writer import DONE, AuditWriter
 from orthanc_hardening.shell.guard import alert
 from orthanc_hardening.shell.orthanc_api import capabilities_of
 from orthanc_hardening.shell.rest import Reply, RestCall, register
@@ -102,6 +102,25 @@ class LenientSink:
             self.writer.record_many(events)
         except StoreUnavailableError as exc:
             logger.error("monitor mode: %d audit events kept for retry: %s", len(events), exc)
+
+    def submit(self, events: list[AuditEvent]) -> Waiter:
+        try:
+            return _LenientWait(self.writer.submit(events), len(events))
+        except StoreUnavailableError as exc:
+            logger.error("monitor mode: %d audit events kept for retry: %s", len(events), exc)
+            return DONE
+
+
+@dataclass(frozen=True)
+class _LenientWait:
+    pending: Waiter
+    count: int
+
+    def wait(self) -> None:
+        try:
+            self.pending.wait()
+        except StoreUnavailableError as exc:
+            logger.error("monitor mode: %d audit events kept for retry: %s", self.count, exc)
 
 
 class _LRU:
@@ -397,10 +416,14 @@ class AuditHooks:
         with self._lock:
             self._cstore[threading.get_ident()] = aet
 
-    def write_hook(self, event: Any) -> None:
-        """Record the Import (C) of a received instance before Orthanc acknowledges it."""
+    def write_hook(self, event: Any) -> Waiter | None:
+        """Start the Import (C) of a received instance; the storage area waits for it before acknowledging.
+
+        Called before the file is written: the append's commit overlaps the file's write and flush
+        (``SealedStorage.create`` waits for both before Orthanc acknowledges the instance).
+        """
         if int(event.content_type) != DICOM or event.seal is None:
-            return
+            return None
         seal = event.seal
         ref = SeriesRef(seal.patient_id, seal.study_uid, seal.series_uid, 1)
         thread = threading.get_ident()
@@ -409,18 +432,18 @@ class AuditHooks:
         sop = f"SOP instance {seal.sop_instance_uid}"
         if aet is not None:
             requester = Requester(transport=Transport.DIMSE, calling_aet=aet, called_aet=self.our_aet)
-            self.record([self.event(requester, EventCode.IMPORT, Action.CREATE, "C-STORE", ref,
-                                      f"C-STORE received; {sop}; peer IP not exposed by the plugin API")])
-            return
+            return self.runtime.audit.submit([self.event(
+                requester, EventCode.IMPORT, Action.CREATE, "C-STORE", ref,
+                f"C-STORE received; {sop}; peer IP not exposed by the plugin API")])
         request = self.runtime.current_request()
         if request is not None:
-            self.record([self.event(request.requester, EventCode.IMPORT, Action.CREATE,
-                                      f"{request.method} {request.uri}", ref, f"upload; {sop}")])
-            return
+            return self.runtime.audit.submit([self.event(request.requester, EventCode.IMPORT, Action.CREATE,
+                                                         f"{request.method} {request.uri}", ref, f"upload; {sop}")])
         requester = Requester(transport=Transport.INTERNAL)
-        self.record([self.event(requester, EventCode.IMPORT, Action.CREATE, "job", ref,
-                                  f"created by an Orthanc job (modify, anonymize, retrieve…); {sop}; the "
-                                  "requester is in the event of the request that started the job")])
+        return self.runtime.audit.submit([self.event(
+            requester, EventCode.IMPORT, Action.CREATE, "job", ref,
+            f"created by an Orthanc job (modify, anonymize, retrieve…); {sop}; the "
+            "requester is in the event of the request that started the job")])
 
     def alert(self, requester: Requester, route: str, detail: str, ref: SeriesRef | None = None) -> None:
         """Record a Security Alert naming the series (never raises)."""

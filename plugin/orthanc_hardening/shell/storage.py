@@ -8,9 +8,10 @@ through the guard as a gatekeeper that fails by raising (Orthanc then fails the 
 
 * ``create`` parses the identity from the exact bytes (once per instance: the "until pixel
   data" attachment reuses it), signs the seal, commits the seal row (``synchronous`` from
-  ``Hardening.Durability``), writes the file (fsync'ed unless Orthanc's ``SyncStorageArea`` is
-  false) and runs the write hooks (the audit trail's Import event) — all before Orthanc
-  acknowledges the instance. Any failure fails the ingest.
+  ``Hardening.Durability``), starts the write hooks (the audit trail's Import event, appended
+  while the file is written), writes the file (fsync'ed unless Orthanc's ``SyncStorageArea`` is
+  false; not the derivable header, see ``rebuild_derived``) and waits for the hooks — all before
+  Orthanc acknowledges the instance. Any failure fails the ingest.
 * ``read`` makes one primary-key select, reads the file once, hashes it once and verifies it
   (``integrity.read.verify_read``: seal, signature, unsealed policy). A failure counts in
   ``hardening_integrity_failures_total``, is recorded in the seal store and as a Security
@@ -22,6 +23,7 @@ through the guard as a gatekeeper that fails by raising (Orthanc then fails the 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from orthanc_hardening.audit.event import Transport
+from orthanc_hardening.audit.sink import Waiter
 from orthanc_hardening.errors import (
     HardeningError,
     IntegrityError,
@@ -64,7 +67,7 @@ DICOM_UNTIL_PIXEL_DATA = 3
 FAILURES_METRIC = "integrity_failures_total"
 RECENT_TAGS_LIMIT = 4096
 
-StorageHook = Callable[[StorageEvent], None]
+StorageHook = Callable[[StorageEvent], Any]  # a write hook may return a Waiter
 
 
 @dataclass
@@ -95,19 +98,32 @@ class SealedStorage:
         """Seal and store one attachment; raise to make Orthanc fail the ingest."""
         content_type = int(content_type)
         final = attachment_path(self.root, uuid)
-        identity = self._identity_for(content_type, data, uuid)
+        identity, derived = self._identity_for(content_type, data, uuid)
         seal = seal_attachment(uuid, content_type, data, identity, self.keyring.signer, self.runtime.clock())
         # The seal row is durable before the file exists: a crash leaves at worst a row
         # without a file, which start-up reconciliation abandons (never a file without seal).
         record = self.store.put(seal)
+        waiters: list[Waiter] = []
         try:
-            write_file(final, data, self.sync)
+            # The write hooks (the Import event) start their durable append now and are awaited
+            # after the file's write and flush: the two overlap, both finish before Orthanc acknowledges.
             event = StorageEvent(uuid, content_type, seal, "", threading.get_ident(), WRITE, True, len(data))
             for hook in self.write_hooks:
-                hook(event)
-            self.cache.remember_seal(record, seal)
+                waiter = hook(event)
+                if waiter is not None:
+                    waiters.append(waiter)
+            # A "DICOM until pixel data" header that is a prefix of the DICOM file just written and
+            # flushed on this thread is derivable: it is not flushed on its own (``rebuild_derived``).
+            write_file(final, data, self.sync and not derived)
+            for waiter in waiters:
+                waiter.wait()
+            self.cache.remember_seal(record, seal, signed_here=True)
         except BaseException:
             logger.error("storing attachment %s failed; undoing", uuid)
+            for waiter in waiters:
+                # Let an Import already on its way land before the refusal the guard records after it.
+                with contextlib.suppress(Exception):
+                    waiter.wait()
             unlink(final)
             try:
                 self.store.delete(uuid, content_type)
@@ -115,15 +131,16 @@ class SealedStorage:
                 logger.error("could not drop the seal row of the failed attachment %s", uuid)
             raise
 
-    def _identity_for(self, content_type: int, data: bytes, uuid: str = "") -> InstanceIdentity:
+    def _identity_for(self, content_type: int, data: bytes, uuid: str = "") -> tuple[InstanceIdentity, bool]:
+        """The identity to seal ``data`` with, and whether it is a prefix of this thread's last DICOM file."""
         thread = threading.get_ident()
         if content_type == DICOM_UNTIL_PIXEL_DATA:
             with self._last_lock:
                 last = self._last.pop(thread, None)
             if last is not None and last[0].startswith(data):
-                return last[1]
+                return last[1], True
         if content_type not in (DICOM, DICOM_UNTIL_PIXEL_DATA):
-            return NO_IDENTITY
+            return NO_IDENTITY, False
         try:
             identity, tags = identity_of_dataset(parse_dataset(data))
         except ValueError:
@@ -138,7 +155,7 @@ class SealedStorage:
                     self._recent_tags[uuid] = tags
                     while len(self._recent_tags) > RECENT_TAGS_LIMIT:
                         self._recent_tags.popitem(last=False)
-        return identity
+        return identity, False
 
     def take_index_tags(self, seal: Seal) -> IndexTags | None:
         """The index tags the create of ``seal``'s attachment parsed, once, if they match its seal.
@@ -177,11 +194,14 @@ class SealedStorage:
                 self.runtime.metrics.increment("unsealed_reads_total")
                 logger.warning("served unsealed (legacy) attachment %s type %d", uuid, content_type)
         except IntegrityError as exc:
-            self.report_failure(uuid, content_type, seal, exc)
-            if self.runtime.config.is_enforcing:
-                raise
-            logger.warning("monitor mode: serving attachment %s that failed verification", uuid)
-            return data
+            rebuilt = self.rebuild_derived(uuid, content_type, seal, exc, data)
+            if rebuilt is None:
+                self.report_failure(uuid, content_type, seal, exc)
+                if self.runtime.config.is_enforcing:
+                    raise
+                logger.warning("monitor mode: serving attachment %s that failed verification", uuid)
+                return data
+            data = rebuilt
         except StoreUnavailableError:
             logger.error("seal store unavailable while reading %s", uuid)
             if self.runtime.config.is_enforcing:
@@ -191,6 +211,50 @@ class SealedStorage:
         for hook in self.read_hooks:
             hook(event)
         return data
+
+    def rebuild_derived(self, uuid: str, content_type: int, seal: Seal | None,
+                        problem: BaseException, found: bytes) -> bytes | None:
+        """A "DICOM until pixel data" header torn by a power loss, rebuilt from its sealed DICOM file; else ``None``.
+
+        That header is a prefix of the DICOM file and is written without a flush of its own
+        (``create``): a power loss can leave it missing, empty, short or with zero-filled blocks
+        while its seal row and Orthanc's index survive. Such damage (``found`` differs from the
+        sealed header only by missing or zero bytes) is no tamper alarm: the prefix is cut from the
+        instance's DICOM file, which must verify against its own seal, and is accepted only if it
+        verifies against the header's own signed seal, so what is served is exactly what was
+        sealed. The file is rewritten (flushed) and ``hardening_derived_rebuilt_total`` counts it.
+        Any other difference (a changed byte: what an intruder does, never a crash), another
+        type, a bad signature or no verifying DICOM file returns ``None``: the caller refuses
+        and reports it.
+        """
+        if content_type != DICOM_UNTIL_PIXEL_DATA or seal is None or not isinstance(problem, SealMismatchError):
+            return None
+        try:
+            candidates = [s for s in self.store.seals_of_instance(seal.sop_instance_uid) if s.content_type == DICOM]
+        except StoreUnavailableError:
+            return None
+        policy = self.runtime.config.unsealed_policy
+        for dicom in candidates:
+            try:
+                whole = read_file(attachment_path(self.root, dicom.uuid))
+                verify_read(dicom.uuid, DICOM, whole, dicom, self.keyring, policy, is_legacy=lambda: False,
+                            cache=self.cache)
+                header = whole[:seal.size]
+                verify_read(uuid, content_type, header, seal, self.keyring, policy, is_legacy=lambda: False,
+                            cache=self.cache)
+            except (OSError, IntegrityError):
+                continue
+            if not is_torn_copy(found, header):
+                return None
+            try:
+                write_file(attachment_path(self.root, uuid), header, self.sync)
+            except OSError as exc:
+                logger.error("could not rewrite the rebuilt header %s: %s", uuid, exc)
+            self.runtime.metrics.increment("derived_rebuilt_total")
+            logger.warning("attachment %s (DICOM until pixel data) was damaged (%s); rebuilt from the sealed "
+                           "DICOM file %s", uuid, problem, dicom.uuid)
+            return header
+        return None
 
     def is_legacy_bytes(self, data: bytes) -> bool:
         """Whether Orthanc received the instance of these unsealed bytes before sealing began."""
@@ -346,12 +410,18 @@ class SealedStorage:
         """
         record = self.store.get_record(uuid, content_type)
         seal = None if record is None else self.cache.parse_seal(record)
+        data = b""
         try:
-            data = read_file(attachment_path(self.root, uuid))
-        except FileNotFoundError as exc:
-            raise SealMismatchError(f"attachment {uuid} (type {content_type}): file is missing") from exc
-        check = verify_read(uuid, content_type, data, seal, self.keyring, self.runtime.config.unsealed_policy,
-                            is_legacy=lambda: self.is_legacy_bytes(data), cache=self.cache, record=record)
+            try:
+                data = read_file(attachment_path(self.root, uuid))
+            except FileNotFoundError as exc:
+                raise SealMismatchError(f"attachment {uuid} (type {content_type}): file is missing") from exc
+            check = verify_read(uuid, content_type, data, seal, self.keyring, self.runtime.config.unsealed_policy,
+                                is_legacy=lambda: self.is_legacy_bytes(data), cache=self.cache, record=record)
+        except SealMismatchError as exc:
+            if self.rebuild_derived(uuid, content_type, seal, exc, data) is None:
+                raise
+            return seal
         if check.seal is not None and expected is not None and check.seal.sop_instance_uid:
             check_identity(check.seal, expected)
         return check.seal
@@ -414,6 +484,19 @@ class SealedStorage:
 
     def _requester(self) -> Requester:
         return self.runtime.current_requester(Requester(transport=Transport.INTERNAL))
+
+
+def is_torn_copy(found: bytes, sealed: bytes) -> bool:
+    """Whether ``found`` is what an interrupted, unflushed write of ``sealed`` can leave.
+
+    That is a prefix of ``sealed`` (possibly empty) in which some bytes read back as zeros
+    (blocks allocated but never written). A changed non-zero byte or extra bytes are not.
+    """
+    if len(found) > len(sealed):
+        return False
+    if sealed.startswith(found):
+        return True
+    return all(got in (0, want) for got, want in zip(found, sealed, strict=False))
 
 
 # -- start-up -----------------------------------------------------------------------------

@@ -21,8 +21,13 @@ def write_file(final: Path, data: bytes, sync: bool) -> None:
     The seal row is committed before: a crash while writing leaves a partial file with a seal
     row that Orthanc never indexed, which start-up reconciliation removes.
     """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    try:
+        fd = os.open(final, flags, 0o600)
+    except FileNotFoundError:
+        # The xx/yy directory does not exist yet (the first of its 1/65536 share of the files).
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(final, flags, 0o600)
     try:
         view = memoryview(data)
         while view:

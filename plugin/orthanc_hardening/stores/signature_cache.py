@@ -44,12 +44,15 @@ class SignatureCache:
             UnknownKeyError: the key is neither current nor trusted.
             SealInvalidError: the signature does not verify.
         """
-        digest = hashlib.sha256(key_id.encode("ascii", "replace") + b"\x00" + signature + b"\x00" + data).digest()
+        digest = _signature_key(key_id, data, signature)
         with self._lock:
             if digest in self._signatures:
                 self._signatures.move_to_end(digest)
                 return
         verifier.verify(key_id, data, signature)
+        self._remember_signature(digest)
+
+    def _remember_signature(self, digest: bytes) -> None:
         with self._lock:
             self._signatures[digest] = None
             while len(self._signatures) > self._limit:
@@ -97,8 +100,14 @@ class SignatureCache:
         verify_seal_signature(seal, verifier)
         self.remember_seal(key, seal)
 
-    def remember_seal(self, record: bytes, seal: Seal) -> None:
-        """Add a seal this process has just signed, as the store holds it (``record``)."""
+    def remember_seal(self, record: bytes, seal: Seal, signed_here: bool = False) -> None:
+        """Add a seal that verified, as the store holds it (``record``).
+
+        ``signed_here``: this process has just signed it, so its signature is remembered too and
+        the manifest of its study, which checks the signature of every seal, does not verify it again.
+        """
+        if signed_here:
+            self._remember_signature(_signature_key(seal.key_id, seal.signed_bytes(), seal.signature_bytes))
         with self._lock:
             self._seals[record] = seal
             self._seals.move_to_end(record)
@@ -114,6 +123,10 @@ class SignatureCache:
         with self._lock:
             self._seals.clear()
             self._signatures.clear()
+
+
+def _signature_key(key_id: str, data: bytes, signature: bytes) -> bytes:
+    return hashlib.sha256(key_id.encode("ascii", "replace") + b"\x00" + signature + b"\x00" + data).digest()
 
 
 class _CachedVerifier:

@@ -162,3 +162,39 @@ def test_query_filters_and_pages_newest_first(db_path: Path, signer: Signer) -> 
     assert [r.seq for r in store.query(AuditQuery(series="A", limit=3, after=6))] == [4, 2]
     assert [r.seq for r in store.query(AuditQuery(series="A", user="bob"))] == [4, 2]
     writer.close()
+
+
+def test_submit_starts_the_append_and_wait_returns_once_it_is_committed(db_path: Path, signer: Signer,
+                                                                         keyring: KeyRing) -> None:
+    writer = writer_on(db_path, signer)
+    pending = [writer.submit([make_event(i, series=f"7.{i}")]) for i in range(5)]
+    for waiter in pending:
+        waiter.wait()
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT count(*) FROM events WHERE series_uid LIKE '7.%'").fetchone()[0] == 5
+    conn.close()
+    writer.close()
+    reader = SQLiteAuditStore(db_path, create=False)
+    verify_chain(list(reader.iter_rows()), reader.checkpoints(), keyring)
+
+
+def test_a_submitted_append_that_cannot_commit_raises_at_wait(db_path: Path, signer: Signer) -> None:
+    writer = writer_on(db_path, signer, busy_timeout=0.05)
+    writer.record(make_event(1))
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    waiter = writer.submit([make_event(2)])
+    with pytest.raises(StoreUnavailableError, match="not recorded"):
+        waiter.wait()
+    with pytest.raises(StoreUnavailableError):
+        waiter.wait()  # every caller waiting on it is told, however often it asks
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    writer.close()
+
+
+def test_submit_to_a_stopped_writer_refuses_at_once(db_path: Path, signer: Signer) -> None:
+    writer = writer_on(db_path, signer)
+    writer.close()
+    with pytest.raises(StoreUnavailableError, match="stopped"):
+        writer.submit([make_event(1)])
