@@ -218,35 +218,6 @@ def encrypt_private_key(private_key: PrivateKey, passphrase: bytes) -> bytes:
     )
 
 
-# -- registry entries ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class KeyEntry:
-    """One key the registry knows."""
-
-    key_id: str
-    algorithm: str
-    public_key_file: str  # relative to the key directory
-    created_at: str
-    retired_at: str = ""
-    revoked_at: str = ""
-
-    @property
-    def is_revoked(self) -> bool:
-        return bool(self.revoked_at)
-
-    def as_dict(self) -> dict[str, str]:
-        return {
-            "key_id": self.key_id,
-            "algorithm": self.algorithm,
-            "public_key_file": self.public_key_file,
-            "created_at": self.created_at,
-            "retired_at": self.retired_at,
-            "revoked_at": self.revoked_at,
-        }
-
-
 # -- key ring -------------------------------------------------------------------------------
 
 

@@ -75,12 +75,14 @@ def install(runtime: Runtime, storage: SealedStorage) -> None:
         return Reply(storage.seal_report(call.groups[0]))
 
     def list_keys(call: RestCall) -> Reply:
-        entries = key_files.read_registry(config.key_directory)
+        # The registry file is verified again (against its anchor): a file edited since the
+        # start is refused (409), never listed as if it were trusted.
+        state = key_files.registry_state(config.signing_key, config.key_directory)
         current = storage.keyring.signer.key_id
         accepted = storage.keyring.public_keys()
         rows = []
-        for kid in sorted(set(entries) | set(accepted)):
-            entry = entries.get(kid)
+        for kid in sorted(set(state.keys) | set(accepted)):
+            entry = state.keys.get(kid)
             status = "current" if kid == current else "revoked" if entry and entry.is_revoked else "trusted"
             rows.append({
                 "key_id": kid,
@@ -92,7 +94,7 @@ def install(runtime: Runtime, storage: SealedStorage) -> None:
                 "source": "registry" if entry else "TrustedKeys",
                 "public_key": accepted.get(kid, b"").decode("ascii"),
             })
-        return Reply({"current": current, "keys": rows})
+        return Reply({"current": current, "keys": rows, "registry": {"entries": state.count, "head": state.head}})
 
     def rotate(call: RestCall) -> Reply:
         passphrase = passphrase_from_env(config, os.environ)
