@@ -73,6 +73,9 @@ class AuditConfig:
     # Enforce mode refuses a read whose requester the plugin cannot know (a C-GET: the Python
     # plugin 4.0 has no C-GET hook). Off by default: C-GET is then recorded with the gap flagged.
     refuse_unattributed_reads: bool = False
+    # Where witnessed checkpoints are appended (audit/witness.py), outside DataDirectory; None: no
+    # witness file (the posture report warns).
+    witness_file: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +131,7 @@ _TOP_KEYS = {
 }
 _AUDIT_KEYS = {
     "Database", "Syslog", "CheckpointEvery", "CheckpointSeconds", "MaxQueryLimit", "RefuseUnattributedReads",
+    "WitnessFile",
 }
 _SYSLOG_KEYS = {"Host", "Port", "Tls", "CaCertificate", "Certificate", "PrivateKey", "AppName"}
 
@@ -212,6 +216,14 @@ def _audit(raw: Any, data_directory: Path) -> AuditConfig:
     seconds = _number(section, "CheckpointSeconds", 60.0, key, minimum=0.1)
     max_limit = _integer(section, "MaxQueryLimit", 10000, key, minimum=1)
     refuse_unattributed = _boolean(section, "RefuseUnattributedReads", False, key)
+    witness_file = None
+    if section.get("WitnessFile") is not None:
+        witness_file = Path(_string(section, "WitnessFile", "", key))
+        if not witness_file.is_absolute():
+            raise ConfigError(f"{key}.WitnessFile", "must be an absolute path")
+        if witness_file.resolve().is_relative_to(data_directory.resolve()):
+            raise ConfigError(f"{key}.WitnessFile", f"must be outside DataDirectory ({data_directory}): a "
+                                                   "witness beside the log it witnesses is rewritten with it")
     return AuditConfig(
         database=database,
         syslog=syslog,
@@ -219,6 +231,7 @@ def _audit(raw: Any, data_directory: Path) -> AuditConfig:
         checkpoint_seconds=seconds,
         max_query_limit=max_limit,
         refuse_unattributed_reads=refuse_unattributed,
+        witness_file=witness_file,
     )
 
 
@@ -263,6 +276,22 @@ def _check_database_url(url: str, key: str) -> None:
             raise ConfigError(key, "a PostgreSQL URL names a host: postgresql://user@host/db")
     else:
         raise ConfigError(key, f"unsupported database URL scheme {parsed.scheme!r}; use sqlite or postgresql")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (in the user part and in a ``password=`` query).
+
+    Every log line, error and report that names a database uses this form (STYLE.md §5).
+    """
+    parsed = urlparse(url)
+    netloc = parsed.netloc
+    if "@" in netloc:
+        userinfo, _, hostinfo = netloc.rpartition("@")
+        if ":" in userinfo:
+            netloc = f"{userinfo.split(':', 1)[0]}:***@{hostinfo}"
+    query = "&".join(f"{part.split('=', 1)[0]}=***" if part.lower().startswith("password=") else part
+                     for part in parsed.query.split("&")) if parsed.query else ""
+    return parsed._replace(netloc=netloc, query=query).geturl()
 
 
 def sqlite_path(url: str) -> Path:
