@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -285,6 +285,8 @@ def redact_url(url: str) -> str:
     """
     parsed = urlparse(url)
     netloc = parsed.netloc
+    if ":" not in netloc.rpartition("@")[0] and "password=" not in parsed.query.lower():
+        return url  # nothing secret in it: keep it exactly as written
     if "@" in netloc:
         userinfo, _, hostinfo = netloc.rpartition("@")
         if ":" in userinfo:
@@ -292,6 +294,31 @@ def redact_url(url: str) -> str:
     query = "&".join(f"{part.split('=', 1)[0]}=***" if part.lower().startswith("password=") else part
                      for part in parsed.query.split("&")) if parsed.query else ""
     return parsed._replace(netloc=netloc, query=query).geturl()
+
+
+_LOOPBACK = ("localhost", "127.0.0.1", "::1")
+SECURE_SSLMODES = ("verify-ca", "verify-full")
+
+
+def database_transport_problem(url: str) -> str | None:
+    """Why a database URL's transport is not private, or ``None`` when it is.
+
+    SQLite, a Unix socket and loopback are local; any other PostgreSQL host needs TLS with a
+    verified server (``sslmode=verify-ca`` or ``verify-full``: ``require`` encrypts but lets a
+    man in the middle answer).
+    """
+    parsed = urlparse(url)
+    if parsed.scheme not in ("postgresql", "postgres"):
+        return None
+    query = dict(part.split("=", 1) for part in parsed.query.split("&") if "=" in part)
+    host = parsed.hostname or query.get("host", "")
+    if not host or host.startswith("/") or host in _LOOPBACK or host.startswith("127."):
+        return None
+    sslmode = query.get("sslmode", "prefer")
+    if sslmode in SECURE_SSLMODES:
+        return None
+    return (f"PostgreSQL host {host} is reached with sslmode={sslmode}: the audit trail and its credentials can "
+            "be read or changed on the network")
 
 
 def sqlite_path(url: str) -> Path:
@@ -309,6 +336,18 @@ def sqlite_path(url: str) -> Path:
 def passphrase_from_env(config: HardeningConfig, env: Mapping[str, str]) -> bytes | None:
     """Return the signing-key passphrase from the environment, or ``None`` when unset."""
     value = env.get(config.signing_key_passphrase_env)
+    return None if value is None else value.encode("utf-8")
+
+
+def take_passphrase(config: HardeningConfig, env: MutableMapping[str, str]) -> bytes | None:
+    """Read the signing-key passphrase once and remove it from ``env`` (the process environment).
+
+    Removed, it is no longer inherited by the processes Orthanc starts (Lua ``os.execute``,
+    jobs) nor readable through ``os.environ`` by other code in the interpreter. (The kernel's
+    copy in ``/proc/<pid>/environ`` keeps the value the process started with; only its user and
+    root can read it.)
+    """
+    value = env.pop(config.signing_key_passphrase_env, None)
     return None if value is None else value.encode("utf-8")
 
 

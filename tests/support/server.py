@@ -416,7 +416,9 @@ def base_config(home: Path, pki: Pki, credentials: Mapping[str, str], modality_p
             "SigningKeyPassphraseEnv": "HARDENING_KEY_PASSPHRASE",
             "Auditors": ["auditor"],
             "Administrators": ["admin"],
-            "Audit": {"Database": f"sqlite://{home / 'hardening' / 'audit.db'}"},
+            "Audit": {"Database": f"sqlite://{home / 'hardening' / 'audit.db'}",
+                      # Outside DataDirectory, as make run sets it up (audit/witness.py).
+                      "WitnessFile": str(home / "witness" / "audit.witness")},
         },
     }
 

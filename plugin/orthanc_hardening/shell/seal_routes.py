@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from typing import Any
 
 from orthanc_hardening.audit.event import Action, AuditEvent, EventCode, Outcome
-from orthanc_hardening.config import passphrase_from_env
 from orthanc_hardening.errors import BadRequestError, SealInvalidError, SealMissingError
 from orthanc_hardening.identity import ADMINISTRATOR
 from orthanc_hardening.integrity.legacy import StoredAttachment, plan_legacy_sealing
@@ -67,8 +65,8 @@ def seal_existing(storage: SealedStorage, since: int, limit: int) -> dict[str, A
             "done": len(ids) < limit}
 
 
-def install(runtime: Runtime, storage: SealedStorage) -> None:
-    """Register the seal and key routes."""
+def install(runtime: Runtime, storage: SealedStorage, passphrase: bytes | None = None) -> None:
+    """Register the seal and key routes (``passphrase``: the signing key's, read once at start)."""
     config = runtime.config
 
     def seal_of_instance(call: RestCall) -> Reply:
@@ -97,7 +95,6 @@ def install(runtime: Runtime, storage: SealedStorage) -> None:
         return Reply({"current": current, "keys": rows, "registry": {"entries": state.count, "head": state.head}})
 
     def rotate(call: RestCall) -> Reply:
-        passphrase = passphrase_from_env(config, os.environ)
         if not passphrase:
             raise BadRequestError("passphrase", f"{config.signing_key_passphrase_env} is not set")
         old, new = key_files.rotate_key(config.signing_key, config.key_directory, passphrase, runtime.clock())

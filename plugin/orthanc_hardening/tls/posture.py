@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orthanc_hardening.config import HardeningConfig, Mode
+from orthanc_hardening.config import HardeningConfig, Mode, database_transport_problem, redact_url
 from orthanc_hardening.errors import ConfigError
 from orthanc_hardening.tls.certificates import RENEWAL_WARNING_DAYS, CertificateInfo, inspect_certificate
 from orthanc_hardening.tls.enforcement import Destination, modality_destination, peer_destination
@@ -205,7 +205,15 @@ def files_to_inspect(config: Mapping[str, Any], hardening: HardeningConfig | Non
         wanted.setdefault(directory, False)
     if hardening is not None:
         wanted.setdefault(hardening.signing_key, False)
+        for candidate in passphrase_file_candidates(hardening.signing_key):
+            wanted.setdefault(candidate, False)
     return wanted
+
+
+def passphrase_file_candidates(signing_key: Path) -> list[Path]:
+    """Files beside the signing key that would hold its passphrase (``make run`` writes ``passphrase``)."""
+    return [signing_key.parent / "passphrase", signing_key.parent / "passphrase.txt",
+            signing_key.with_name(signing_key.name + ".pass"), signing_key.with_name(signing_key.name + ".passphrase")]
 
 
 def _data_directories(config: Mapping[str, Any], hardening: HardeningConfig | None, facts: HostFacts) -> list[Path]:
@@ -315,6 +323,9 @@ def inspect_posture(
     checks.append(_storage_permissions(config, hardening, facts))
     if hardening is not None:
         checks.append(_signing_key_permissions(hardening, facts))
+        checks.append(_passphrase_beside_key(hardening, facts))
+        checks.append(_audit_witness(hardening))
+        checks.append(_audit_database_transport(hardening))
         checks.append(_mode(hardening))
     return PostureReport(
         checks=tuple(checks),
@@ -739,6 +750,47 @@ def _signing_key_permissions(hardening: HardeningConfig, facts: HostFacts) -> Ch
             Severity.MEDIUM,
         )
     return make(Status.PASS, f"{hardening.signing_key} is mode {found.mode:04o}")
+
+
+def _passphrase_beside_key(hardening: HardeningConfig, facts: HostFacts) -> Check:
+    make = _check("signing-key-passphrase", "The signing key's passphrase is not stored beside it", Severity.HIGH)
+    found = [path for path in passphrase_file_candidates(hardening.signing_key) if facts.file(path).exists]
+    if not found:
+        return make(Status.PASS, f"no passphrase file beside {hardening.signing_key}")
+    return make(
+        Status.WARN,
+        f"{', '.join(str(p) for p in found)} beside {hardening.signing_key}: whoever can read that directory can "
+        "decrypt the key and sign seals, manifests, checkpoints and key rotations",
+        f"Keep the passphrase out of the key's directory (a systemd credential, a secret store, or typed at "
+        f"start into {hardening.signing_key_passphrase_env}); make run's passphrase file is for development only.",
+    )
+
+
+def _audit_witness(hardening: HardeningConfig) -> Check:
+    make = _check("audit-witness", "Audit checkpoints are witnessed outside the audit database", Severity.HIGH)
+    witness = hardening.audit.witness_file
+    syslog = hardening.audit.syslog
+    if witness is not None:
+        also = f"; events also exported to syslog {syslog.host}:{syslog.port}" if syslog is not None else ""
+        return make(Status.PASS, f"witnessed checkpoints are appended to {witness}{also}")
+    return make(
+        Status.WARN,
+        "Hardening.Audit.WitnessFile is not set: an intruder who can write the audit database can delete events, "
+        "recompute the chain and remove the checkpoints after the edit without being detected by audit verify",
+        'Set "Hardening": {"Audit": {"WitnessFile": "/var/log/orthanc-hardening/audit.witness"}} on another file '
+        "system (append-only: chattr +a), and keep a copy off the server.",
+    )
+
+
+def _audit_database_transport(hardening: HardeningConfig) -> Check:
+    make = _check("audit-database-tls", "The audit database connection is encrypted", Severity.HIGH)
+    url = hardening.audit.database
+    problem = database_transport_problem(url)
+    if problem is None:
+        return make(Status.PASS, f"{redact_url(url)}: local or TLS with a verified server")
+    return make(Status.FAIL, f"{redact_url(url)}: {problem}",
+                "Add ?sslmode=verify-full&sslrootcert=/path/to/ca.pem to the PostgreSQL URL (or connect through "
+                "a Unix socket or loopback).")
 
 
 def _mode(hardening: HardeningConfig) -> Check:
