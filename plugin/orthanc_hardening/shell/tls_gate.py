@@ -33,8 +33,9 @@ import datetime as dt
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -42,6 +43,7 @@ from orthanc_hardening.errors import AccessDeniedError, BadRequestError
 from orthanc_hardening.identity import ADMINISTRATOR, HttpRequest, Requester, transport_of_uri
 from orthanc_hardening.request_body import MAX_DEPTH, nesting_depth
 from orthanc_hardening.services import host_probe as host
+from orthanc_hardening.services.tls_probe import measure_tls
 from orthanc_hardening.shell.guard import JSON_CONTENT_TYPE, RestRefusal, alert, answer_json, decide
 from orthanc_hardening.shell.orthanc_api import core_call
 from orthanc_hardening.shell.requester import internal_requester, rest_requester
@@ -58,12 +60,14 @@ from orthanc_hardening.tls.enforcement import (
     judge_definition,
     judge_request,
 )
+from orthanc_hardening.tls.facts import TLSMeasurement
 from orthanc_hardening.tls.posture import (
     PostureReport,
     Status,
     check_certificate_files,
     files_to_inspect,
     inspect_posture,
+    setting,
 )
 
 logger = logging.getLogger(__name__)
@@ -97,13 +101,17 @@ FORBIDDEN_ROUTES = (
 )
 
 
-def evaluate_posture(runtime: Runtime, live: bool) -> PostureReport:
+Measure = Callable[[Mapping[str, Any], Path], dict[str, TLSMeasurement]]
+
+
+def evaluate_posture(runtime: Runtime, live: bool, measure: Measure | None = None) -> PostureReport:
     """Gather host facts and run the posture checks.
 
     Args:
         runtime: the plugin runtime.
-        live: read modalities and peers through the REST API (not possible during
-            Orthanc's initialisation; they come from the configuration then).
+        live: read modalities and peers through the REST API and measure the TLS endpoints
+            (not possible during Orthanc's initialisation; they come from the configuration then).
+        measure: what measures the TLS endpoints (``measure_endpoints``; tests pass a fake).
 
     Raises:
         ConfigError: a configured certificate file is missing, unreadable or not a
@@ -115,7 +123,9 @@ def evaluate_posture(runtime: Runtime, live: bool) -> PostureReport:
     libssl = host.probe_libssl(host.civetweb_in_process())
     modalities = _rest_json(runtime, "/modalities?expand") if live else None
     peers = _rest_json(runtime, "/peers?expand") if live else None
-    facts = host.gather_host_facts(wanted, base, libssl, modalities, peers)
+    # The servers listen only once Orthanc has started: what they accept is measured live.
+    tls = (measure or measure_endpoints)(config, base) if live else None
+    facts = host.gather_host_facts(wanted, base, libssl, modalities, peers, tls)
     if not live:
         check_certificate_files(config, facts)
     report = inspect_posture(config, runtime.config, facts, runtime.clock())
@@ -123,6 +133,31 @@ def evaluate_posture(runtime: Runtime, live: bool) -> PostureReport:
     if report.certificate_days_left is not None:
         runtime.metrics.set("certificate_days_left", report.certificate_days_left)
     return report
+
+
+def measure_endpoints(config: Mapping[str, Any], base: Path) -> dict[str, TLSMeasurement]:
+    """Measure what the running HTTPS and DICOM TLS endpoints accept (``services/tls_probe.py``).
+
+    The client presents the server's own certificate (HTTPS: ``SslCertificate``, which holds
+    the key too; DICOM: ``DicomTlsCertificate`` and ``DicomTlsPrivateKey``), so that an endpoint
+    requiring client certificates completes the handshakes it would accept from a client.
+    """
+    found: dict[str, TLSMeasurement] = {}
+
+    def path(key: str) -> Path | None:
+        value = config.get(key)
+        if not isinstance(value, str) or not value:
+            return None
+        resolved = Path(value)
+        return resolved if resolved.is_absolute() else base / resolved
+
+    if setting(config, "HttpServerEnabled") is not False and config.get("SslEnabled") is True:
+        certificate = path("SslCertificate") if config.get("SslVerifyPeers") is True else None
+        found["https"] = measure_tls("127.0.0.1", int(config.get("HttpPort", 8042)), certificate)
+    if setting(config, "DicomServerEnabled") is not False and config.get("DicomTlsEnabled") is True:
+        found["dicom"] = measure_tls("127.0.0.1", int(config.get("DicomPort", 4242)),
+                                     path("DicomTlsCertificate"), path("DicomTlsPrivateKey"))
+    return found
 
 
 @dataclass
@@ -133,8 +168,11 @@ class TLSGate:
     outgoing: OutgoingPolicy
 
 
-def install_early(runtime: Runtime) -> TLSGate:
+def install_early(runtime: Runtime, measure: Measure | None = None) -> TLSGate:
     """Evaluate the posture, decide on lockdown and register every TLS route (see module doc).
+
+    ``measure`` measures the running TLS endpoints for ``GET /hardening/posture``
+    (``measure_endpoints`` by default).
 
     Raises:
         ConfigError: a configured certificate file cannot be used; Orthanc must not start.
@@ -163,7 +201,7 @@ def install_early(runtime: Runtime) -> TLSGate:
     _install_enforcement(runtime, gate.outgoing)
 
     def posture(call: RestCall) -> Reply:
-        gate.report = evaluate_posture(runtime, live=True)
+        gate.report = evaluate_posture(runtime, live=True, measure=measure)
         return Reply(gate.report.to_json(runtime.config.mode.value, runtime.lockdown))
 
     register(runtime, POSTURE_ROUTE, {"GET": posture}, role=ADMINISTRATOR)

@@ -277,6 +277,8 @@ def inspect_posture(
     checks.append(_http_tls(http_on, https_on))
     checks.append(_libssl(https_on, facts))
     checks.append(_tls_version(config, https_on))
+    checks.append(_tls_measured("https-tls-measured", "HTTPS accepts only TLS 1.2+ with forward secrecy (measured)",
+                                "https", https_on, facts, HTTPS_TLS_REMEDY))
     checks.extend(
         _certificate_checks(
             "https-certificate",
@@ -311,6 +313,9 @@ def inspect_posture(
         )
     )
     checks.append(_dicom_client_certificates(config, dicom_tls_on))
+    checks.append(_tls_measured("dicom-tls-measured",
+                                "DICOM TLS accepts only TLS 1.2+ with forward secrecy (measured)", "dicom",
+                                dicom_tls_on, facts, DICOM_TLS_REMEDY))
     checks.append(_dicom_always_allow(config, dicom_on))
     checks.append(_dicom_check_host(config, dicom_on))
     checks.append(_modalities(config, facts))
@@ -320,6 +325,7 @@ def inspect_posture(
     checks.append(_webdav(config, http_on, auth_on))
     checks.append(_filesystem_routes(config))
     checks.append(_storage_cache(config))
+    checks.append(_storage_compression(config))
     checks.append(_storage_permissions(config, hardening, facts))
     if hardening is not None:
         checks.append(_signing_key_permissions(hardening, facts))
@@ -406,6 +412,54 @@ def _tls_version(config: Mapping[str, Any], https_on: bool) -> Check:
         f"SslMinimumProtocolVersion is {value!r}: {shown} and newer are accepted",
         'Set "SslMinimumProtocolVersion": 4 (TLS 1.2 and newer only).',
     )
+
+
+FORWARD_SECRET_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+)
+TLS13_CIPHERS = ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256")
+_CIPHER_LIST = ", ".join(f'"{c}"' for c in FORWARD_SECRET_CIPHERS)
+HTTPS_TLS_REMEDY = (f'Set "SslMinimumProtocolVersion": 4 and "SslCiphersAccepted": [{_CIPHER_LIST}] '
+                    "(Orthanc 1.8.2 and later).")
+DICOM_TLS_REMEDY = (f'Set "DicomTlsMinimumProtocolVersion": 4 and "DicomTlsCiphersAccepted": [{_CIPHER_LIST}, '
+                    + ", ".join(f'"{c}"' for c in TLS13_CIPHERS) + "] (Orthanc 1.12.4 and later; earlier Orthancs "
+                    "have no such setting: upgrade, or accept DICOM TLS only through a TLS proxy that refuses them).")
+
+
+def _tls_measured(check_id: str, title: str, endpoint: str, enabled: bool, facts: HostFacts,
+                  remedy: str) -> Check:
+    make = _check(check_id, title, Severity.HIGH)
+    if not enabled:
+        return make(Status.WARN, "not applicable: TLS is off on this endpoint (see the checks above)", remedy)
+    measured = (facts.tls or {}).get(endpoint)
+    if measured is None:
+        return make(Status.WARN, "not measured: ask the running server (GET /hardening/posture)", remedy,
+                    Severity.LOW)
+    if measured.error:
+        return make(Status.WARN, f"{measured.endpoint}: could not be measured: {measured.error}", remedy,
+                    Severity.MEDIUM)
+    accepted = "; ".join(f"{offer} -> {protocol} {cipher}" for offer, protocol, cipher in measured.accepted)
+    refused = ", ".join(measured.refused) or "nothing"
+    untested = f"; not tested (client): {', '.join(measured.untested)}" if measured.untested else ""
+    if measured.weak:
+        return make(Status.FAIL, f"{measured.endpoint} accepted {', '.join(measured.weak)} (accepted: {accepted}; "
+                                 f"refused: {refused}{untested})", remedy)
+    return make(Status.PASS, f"{measured.endpoint} accepted: {accepted}; refused: {refused}{untested}")
+
+
+def _storage_compression(config: Mapping[str, Any]) -> Check:
+    make = _check("storage-compression", "Seals bind each file to its instance (StorageCompression off)",
+                  Severity.HIGH)
+    if setting(config, "StorageCompression") is True:
+        return make(
+            Status.FAIL,
+            "StorageCompression is true: the storage area receives compressed bytes, so seals are made over them "
+            "without the instance's identity (UIDs, patient id, index tags): query answers and the identity of a "
+            "served instance cannot be checked against its seal",
+            'Set "StorageCompression": false (compress on the file system instead, e.g. a compressed volume).',
+        )
+    return make(Status.PASS, "StorageCompression is false: seals bind the DICOM bytes to their identity")
 
 
 def _certificate_checks(
