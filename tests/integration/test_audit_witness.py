@@ -63,3 +63,22 @@ def test_rewritten_audit_trail_is_detected_and_never_blessed_at_start(start_orth
         assert all(cp.seq < deletes[-1]["seq"] for cp in store.checkpoints())
     finally:
         store.close()
+
+
+@pytest.mark.attack
+def test_audit_rewritten_under_a_running_server_fails_the_online_verification(start_orthanc):
+    server: OrthancServer = start_orthanc(hardening={"Audit": {"CheckpointEvery": 5}})
+    instance_id = server.upload(make_instance(patient_id="WITNESS-2"))["ID"]
+    assert server.delete(f"/instances/{instance_id}").status_code == 200
+    for _ in range(6):  # enough events for a checkpoint after the DELETE
+        assert server.get("/studies", user="user").status_code == 200
+    before = server.get("/hardening/audit/verify", user="auditor")
+    assert before.status_code == 200, before.text
+    assert before.json()["witness"]["problems"] == [] and before.json()["witness"]["lines"] >= 2
+
+    rewrite_audit_log(server.data_dir / "audit.db", lambda row: row.event.action is Action.DELETE)
+    after = server.get("/hardening/audit/verify", user="auditor")
+    assert after.status_code == 409, after.text
+    assert after.json()["witness"]["problems"]
+    alerts = server.get("/hardening/audit", user="auditor", params={"event": "110113"}).json()["events"]
+    assert any("audit chain broken" in event["detail"] for event in alerts)

@@ -15,10 +15,13 @@ from __future__ import annotations
 import socket
 import ssl
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from orthanc_hardening.tls.facts import TLSMeasurement
+from orthanc_hardening.tls.posture import setting
 
 TIMEOUT_SECONDS = 3.0
 
@@ -100,3 +103,28 @@ def measure_tls(host: str, port: int, certificate: Path | None = None,
                  if any(offer.weak and offer.name == name for offer in OFFERS))
     error = "" if accepted else f"no handshake completed ({last_error or 'nothing offered'})"
     return TLSMeasurement(f"{host}:{port}", tuple(accepted), tuple(refused), weak, tuple(untested), error)
+
+
+def measure_endpoints(config: Mapping[str, Any], base: Path) -> dict[str, TLSMeasurement]:
+    """Measure what the running HTTPS and DICOM TLS endpoints accept (``services/tls_probe.py``).
+
+    The client presents the server's own certificate (HTTPS: ``SslCertificate``, which holds
+    the key too; DICOM: ``DicomTlsCertificate`` and ``DicomTlsPrivateKey``), so that an endpoint
+    requiring client certificates completes the handshakes it would accept from a client.
+    """
+    found: dict[str, TLSMeasurement] = {}
+
+    def path(key: str) -> Path | None:
+        value = config.get(key)
+        if not isinstance(value, str) or not value:
+            return None
+        resolved = Path(value)
+        return resolved if resolved.is_absolute() else base / resolved
+
+    if setting(config, "HttpServerEnabled") is not False and config.get("SslEnabled") is True:
+        certificate = path("SslCertificate") if config.get("SslVerifyPeers") is True else None
+        found["https"] = measure_tls("127.0.0.1", int(config.get("HttpPort", 8042)), certificate)
+    if setting(config, "DicomServerEnabled") is not False and config.get("DicomTlsEnabled") is True:
+        found["dicom"] = measure_tls("127.0.0.1", int(config.get("DicomPort", 4242)),
+                                     path("DicomTlsCertificate"), path("DicomTlsPrivateKey"))
+    return found

@@ -47,6 +47,7 @@ from orthanc_hardening.audit.orthanc_log import SOURCE_PLUGIN, orthanc_audit_log
 from orthanc_hardening.audit.query import parse_query, render
 from orthanc_hardening.audit.routes import Access, classify
 from orthanc_hardening.audit.sink import AuditSink
+from orthanc_hardening.audit.witness import inspect_witness
 from orthanc_hardening.config import HardeningConfig, redact_url
 from orthanc_hardening.errors import (
     AccessDeniedError,
@@ -440,15 +441,32 @@ class AuditHooks:
         return Reply(raw=body, content_type=content_type)
 
     def verify_route(self, call: RestCall) -> Reply:
-        report = inspect_chain(self.reader.iter_rows(), self.reader.checkpoints(), self.keyring)
-        self.record([self._log_used(call, f"verify: {'ok' if report.ok else 'BROKEN'}")])
-        if not report.ok:
-            self.alert(call.requester, VERIFY_ROUTE,
-                        f"audit chain broken at seq {report.first_broken_seq}: {report.problems[:1]}")
-            return Reply({"error": "integrity check failed",
-                          "detail": f"audit chain broken at seq {report.first_broken_seq}", **report.as_dict()},
-                         status=409)
-        return Reply(report.as_dict())
+        witness_path = self.runtime.config.audit.witness_file
+        lines = WitnessFile(witness_path).lines() if witness_path is not None and witness_path.exists() else []
+        wanted = {line.seq for line in lines}
+        hash_at: dict[int, str] = {}
+
+        def rows() -> Iterator[StoredEvent]:
+            for row in self.reader.iter_rows():
+                if row.seq in wanted:
+                    hash_at[row.seq] = row.hash
+                yield row
+
+        report = inspect_chain(rows(), self.reader.checkpoints(), self.keyring)
+        answer = report.as_dict()
+        witness_problems = inspect_witness(lines, hash_at, report.last_seq, self.keyring) if lines else []
+        if witness_path is not None:
+            answer["witness"] = {"file": str(witness_path), "lines": len(lines),
+                                 "last_seq": lines[-1].seq if lines else 0, "problems": witness_problems}
+        ok = report.ok and not witness_problems
+        self.record([self._log_used(call, f"verify: {'ok' if ok else 'BROKEN'}")])
+        if not ok:
+            first = report.problems[:1] if not report.ok else witness_problems[:1]
+            where = f"seq {report.first_broken_seq}" if not report.ok else "a witnessed checkpoint"
+            self.alert(call.requester, VERIFY_ROUTE, f"audit chain broken at {where}: {first}")
+            return Reply({"error": "integrity check failed", "detail": f"audit chain broken at {where}",
+                          **answer, "ok": False}, status=409)
+        return Reply(answer)
 
     def _log_used(self, call: RestCall, detail: str) -> AuditEvent:
         return self.event(call.requester, EventCode.AUDIT_LOG_USED, Action.READ, f"{call.method} {call.uri}", None,

@@ -43,7 +43,7 @@ from orthanc_hardening.errors import AccessDeniedError, BadRequestError
 from orthanc_hardening.identity import ADMINISTRATOR, HttpRequest, Requester, transport_of_uri
 from orthanc_hardening.request_body import MAX_DEPTH, nesting_depth
 from orthanc_hardening.services import host_probe as host
-from orthanc_hardening.services.tls_probe import measure_tls
+from orthanc_hardening.services.tls_probe import measure_endpoints
 from orthanc_hardening.shell.guard import JSON_CONTENT_TYPE, RestRefusal, alert, answer_json, decide
 from orthanc_hardening.shell.orthanc_api import core_call
 from orthanc_hardening.shell.requester import internal_requester, rest_requester
@@ -67,7 +67,6 @@ from orthanc_hardening.tls.posture import (
     check_certificate_files,
     files_to_inspect,
     inspect_posture,
-    setting,
 )
 
 logger = logging.getLogger(__name__)
@@ -133,31 +132,6 @@ def evaluate_posture(runtime: Runtime, live: bool, measure: Measure | None = Non
     if report.certificate_days_left is not None:
         runtime.metrics.set("certificate_days_left", report.certificate_days_left)
     return report
-
-
-def measure_endpoints(config: Mapping[str, Any], base: Path) -> dict[str, TLSMeasurement]:
-    """Measure what the running HTTPS and DICOM TLS endpoints accept (``services/tls_probe.py``).
-
-    The client presents the server's own certificate (HTTPS: ``SslCertificate``, which holds
-    the key too; DICOM: ``DicomTlsCertificate`` and ``DicomTlsPrivateKey``), so that an endpoint
-    requiring client certificates completes the handshakes it would accept from a client.
-    """
-    found: dict[str, TLSMeasurement] = {}
-
-    def path(key: str) -> Path | None:
-        value = config.get(key)
-        if not isinstance(value, str) or not value:
-            return None
-        resolved = Path(value)
-        return resolved if resolved.is_absolute() else base / resolved
-
-    if setting(config, "HttpServerEnabled") is not False and config.get("SslEnabled") is True:
-        certificate = path("SslCertificate") if config.get("SslVerifyPeers") is True else None
-        found["https"] = measure_tls("127.0.0.1", int(config.get("HttpPort", 8042)), certificate)
-    if setting(config, "DicomServerEnabled") is not False and config.get("DicomTlsEnabled") is True:
-        found["dicom"] = measure_tls("127.0.0.1", int(config.get("DicomPort", 4242)),
-                                     path("DicomTlsCertificate"), path("DicomTlsPrivateKey"))
-    return found
 
 
 @dataclass
