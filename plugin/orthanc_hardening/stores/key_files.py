@@ -155,10 +155,18 @@ class _UnsignedRegistry(Exception):
 
 
 def write_registry(directory: Path, entries: Sequence[RegistryEntry]) -> None:
-    """Write ``registry.json`` atomically."""
+    """Write ``registry.json`` atomically.
+
+    Raises:
+        ConfigError: (key ``Hardening.DataDirectory``) the key directory is not writable.
+    """
     body = {"version": registry.VERSION, "entries": [e.as_dict() for e in entries]}
-    write_private(Path(directory) / REGISTRY_FILE, (json.dumps(body, indent=2, sort_keys=True) + "\n").encode(),
-                  0o644)
+    try:
+        write_private(Path(directory) / REGISTRY_FILE,
+                      (json.dumps(body, indent=2, sort_keys=True) + "\n").encode(), 0o644)
+    except OSError as exc:
+        raise ConfigError("Hardening.DataDirectory", f"cannot write the key registry in {directory}: "
+                                                     f"{exc.strerror}") from exc
 
 
 def read_anchor(signing_key: Path) -> RegistryAnchor | None:
@@ -177,9 +185,17 @@ def read_anchor(signing_key: Path) -> RegistryAnchor | None:
 
 
 def write_anchor(signing_key: Path, anchor: RegistryAnchor) -> None:
-    """Write the anchor atomically beside the signing key."""
-    write_private(anchor_path(signing_key), (json.dumps(anchor.as_dict(), indent=2, sort_keys=True) + "\n").encode(),
-                  0o644)
+    """Write the anchor atomically beside the signing key.
+
+    Raises:
+        ConfigError: (key ``Hardening.SigningKey``) the key's directory is not writable.
+    """
+    try:
+        write_private(anchor_path(signing_key),
+                      (json.dumps(anchor.as_dict(), indent=2, sort_keys=True) + "\n").encode(), 0o644)
+    except OSError as exc:
+        raise ConfigError(SIGNING_KEY, f"cannot write the key registry's anchor {anchor_path(signing_key)} "
+                                       f"beside the key: {exc.strerror}") from exc
 
 
 def _finish_pending_rotation(signing_key: Path, passphrase: bytes | None, key_directory: Path) -> None:
