@@ -87,6 +87,8 @@ class HardeningConfig:
     signing_key: Path = Path("/etc/orthanc/hardening/seal-key.pem")
     signing_key_passphrase_env: str = "HARDENING_KEY_PASSPHRASE"
     trusted_keys: tuple[Path, ...] = ()
+    # Where the key registry's anchor lives (seal/registry.py); None: beside the signing key file.
+    key_registry_anchor: Path | None = None
     auditors: tuple[str, ...] = ()
     administrators: tuple[str, ...] = ()
     unsealed_policy: UnsealedPolicy = UnsealedPolicy.SERVE_AND_FLAG
@@ -112,6 +114,11 @@ class HardeningConfig:
         return self.data_directory / "seals.db"
 
     @property
+    def signing_key_in_token(self) -> bool:
+        """Whether ``SigningKey`` is a PKCS#11 URI (the key lives in a token, not a file)."""
+        return str(self.signing_key).startswith("pkcs11:")
+
+    @property
     def key_directory(self) -> Path:
         """Where rotated keys and the key registry live."""
         return self.data_directory / "keys"
@@ -123,6 +130,7 @@ _TOP_KEYS = {
     "SigningKey",
     "SigningKeyPassphraseEnv",
     "TrustedKeys",
+    "KeyRegistryAnchor",
     "Auditors",
     "Administrators",
     "UnsealedPolicy",
@@ -161,6 +169,14 @@ def load_config(orthanc_config: Mapping[str, Any]) -> HardeningConfig:
     signing_key = Path(_string(section, "SigningKey", "/etc/orthanc/hardening/seal-key.pem"))
     passphrase_env = _string(section, "SigningKeyPassphraseEnv", "HARDENING_KEY_PASSPHRASE")
     trusted = tuple(Path(p) for p in _string_list(section, "TrustedKeys"))
+    anchor = None
+    if section.get("KeyRegistryAnchor") is not None:
+        anchor = Path(_string(section, "KeyRegistryAnchor", ""))
+        if not anchor.is_absolute() or anchor.resolve().is_relative_to(data_directory.resolve()):
+            raise ConfigError(f"{SECTION}.KeyRegistryAnchor", "must be an absolute path outside DataDirectory")
+    if str(signing_key).startswith("pkcs11:") and anchor is None:
+        raise ConfigError(f"{SECTION}.KeyRegistryAnchor", "is required with a PKCS#11 SigningKey (a file outside "
+                                                          "DataDirectory for the key registry's anchor)")
     for index, path in enumerate(trusted):
         _require_readable(path, f"{SECTION}.TrustedKeys[{index}]")
     auditors = tuple(_string_list(section, "Auditors"))
@@ -175,6 +191,7 @@ def load_config(orthanc_config: Mapping[str, Any]) -> HardeningConfig:
         signing_key=signing_key,
         signing_key_passphrase_env=passphrase_env,
         trusted_keys=trusted,
+        key_registry_anchor=anchor,
         auditors=auditors,
         administrators=administrators,
         unsealed_policy=unsealed,

@@ -124,7 +124,8 @@ def _verifier(args: argparse.Namespace) -> PublicKeyRing:
         return key_files.load_public_keys([Path(p) for p in args.trusted_key], "--trusted-key")
     if args.config:
         config = _config_of(args.config)
-        return key_files.load_public_key_ring(config.signing_key, config.key_directory, config.trusted_keys)
+        return key_files.load_public_key_ring(config.signing_key, config.key_directory, config.trusted_keys,
+                                              config.key_registry_anchor)
     raise ConfigError("--trusted-key", "give the public key(s) that sign checkpoints (or --config)")
 
 

@@ -1,6 +1,8 @@
 """``python -m orthanc_hardening keys …``: make, rotate, list, revoke and export signing keys.
 
 * ``keys generate --out PATH`` writes a new passphrase-protected PKCS#8 key (Ed25519 by default);
+  ``--out pkcs11:token=…;object=…?module-path=…`` makes an Ed25519 key pair inside a PKCS#11 token
+  instead (the passphrase variable holds the token's PIN);
   the passphrase comes from the environment variable named by ``--passphrase-env``
   (``HARDENING_KEY_PASSPHRASE``) or, on a terminal, a prompt.
 * ``keys rotate CONFIG`` does what ``POST /hardening/keys/rotate`` does, on a stopped Orthanc:
@@ -28,7 +30,7 @@ from orthanc_hardening.commands.posture import load_orthanc_configuration
 from orthanc_hardening.config import HardeningConfig, load_config, passphrase_from_env
 from orthanc_hardening.errors import ConfigError
 from orthanc_hardening.seal import keys as keymod
-from orthanc_hardening.stores import key_files
+from orthanc_hardening.stores import key_files, token_keys
 
 
 def _now() -> dt.datetime:
@@ -55,6 +57,18 @@ def _passphrase(env_name: str, confirm: bool) -> bytes:
 
 
 def generate(args: argparse.Namespace) -> int:
+    if token_keys.is_token_uri(args.out):
+        # A key pair made inside the token (Ed25519, never extractable); the PIN as passphrase.
+        token = token_keys.Token.open(args.out, _passphrase(args.passphrase_env, confirm=False))
+        try:
+            existing = token.signer()
+        except ConfigError:
+            existing = None
+        if existing is not None:
+            raise ConfigError("--out", f"the token already holds {token.uri.object!r} (key {existing.key_id})")
+        made = token.generate(label=token.uri.object)
+        print(json.dumps({"key_id": made.key_id, "algorithm": made.algorithm, "uri": args.out}))
+        return 0
     passphrase = _passphrase(args.passphrase_env, confirm=True)
     try:
         signer = key_files.generate_key(Path(args.out), passphrase, args.algorithm, overwrite=args.force)
@@ -69,14 +83,15 @@ def rotate(args: argparse.Namespace) -> int:
     passphrase = passphrase_from_env(config, os.environ)
     if not passphrase:
         raise ConfigError(config.signing_key_passphrase_env, "is not set")
-    old, new = key_files.rotate_key(config.signing_key, config.key_directory, passphrase, _now(), args.algorithm)
+    old, new = key_files.rotate_key(config.signing_key, config.key_directory, passphrase, _now(), args.algorithm,
+                                   config.key_registry_anchor)
     print(json.dumps({"previous": old.key_id, "current": new.key_id, "algorithm": new.algorithm}))
     return 0
 
 
 def list_keys(args: argparse.Namespace) -> int:
     config = _config(args.config)
-    state = key_files.registry_state(config.signing_key, config.key_directory)
+    state = key_files.registry_state(config.signing_key, config.key_directory, config.key_registry_anchor)
     rows: list[dict[str, Any]] = []
     for kid, entry in sorted(state.keys.items()):
         status = "current" if kid == state.current else "revoked" if entry.is_revoked else "trusted"
@@ -96,14 +111,15 @@ def revoke(args: argparse.Namespace) -> int:
     passphrase = passphrase_from_env(config, os.environ)
     if not passphrase:
         raise ConfigError(config.signing_key_passphrase_env, "is not set: a revocation is signed by the current key")
-    entry = key_files.revoke_key(config.signing_key, passphrase, config.key_directory, args.key_id, _now())
+    entry = key_files.revoke_key(config.signing_key, passphrase, config.key_directory, args.key_id, _now(),
+                                 config.key_registry_anchor)
     print(json.dumps(entry.as_dict()))
     return 0
 
 
 def export_public(args: argparse.Namespace) -> int:
     config = _config(args.config)
-    state = key_files.registry_state(config.signing_key, config.key_directory)
+    state = key_files.registry_state(config.signing_key, config.key_directory, config.key_registry_anchor)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     written = []

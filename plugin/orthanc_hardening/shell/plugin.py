@@ -67,7 +67,7 @@ def load_keys(config: HardeningConfig, passphrase: bytes | None, runtime_clock: 
         KeyRegistryError: the key registry or its anchor does not verify.
     """
     return key_files.load_key_ring(config.signing_key, passphrase, config.key_directory, config.trusted_keys,
-                                   runtime_clock())
+                                   runtime_clock(), config.key_registry_anchor)
 
 
 def build(orthanc: OrthancApi, config: HardeningConfig, orthanc_config: Mapping[str, Any]) -> Plugin:

@@ -75,7 +75,7 @@ def install(runtime: Runtime, storage: SealedStorage, passphrase: bytes | None =
     def list_keys(call: RestCall) -> Reply:
         # The registry file is verified again (against its anchor): a file edited since the
         # start is refused (409), never listed as if it were trusted.
-        state = key_files.registry_state(config.signing_key, config.key_directory)
+        state = key_files.registry_state(config.signing_key, config.key_directory, config.key_registry_anchor)
         current = storage.keyring.signer.key_id
         accepted = storage.keyring.public_keys()
         rows = []
@@ -97,7 +97,8 @@ def install(runtime: Runtime, storage: SealedStorage, passphrase: bytes | None =
     def rotate(call: RestCall) -> Reply:
         if not passphrase:
             raise BadRequestError("passphrase", f"{config.signing_key_passphrase_env} is not set")
-        old, new = key_files.rotate_key(config.signing_key, config.key_directory, passphrase, runtime.clock())
+        old, new = key_files.rotate_key(config.signing_key, config.key_directory, passphrase, runtime.clock(),
+                                       anchor_file=config.key_registry_anchor)
         storage.keyring.replace_signer(new)
         runtime.audit.record(AuditEvent(
             time=runtime.clock(), event=EventCode.APPLICATION_ACTIVITY, action=Action.EXECUTE,

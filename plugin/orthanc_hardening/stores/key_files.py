@@ -28,6 +28,7 @@ from orthanc_hardening.seal import registry
 from orthanc_hardening.seal.keys import (
     SIGNING_KEY,
     TRUSTED_KEYS,
+    CurrentKey,
     KeyRing,
     PublicKey,
     PublicKeyRing,
@@ -39,6 +40,7 @@ from orthanc_hardening.seal.keys import (
     parse_signing_key,
 )
 from orthanc_hardening.seal.registry import RegisteredKey, RegistryAnchor, RegistryEntry, RegistryState
+from orthanc_hardening.stores.token_keys import Token, is_token_uri
 
 REGISTRY_FILE = "registry.json"
 
@@ -111,10 +113,40 @@ def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
 # -- registry -------------------------------------------------------------------------------
 
 
-def anchor_path(signing_key: Path) -> Path:
-    """Where the registry anchor lives: beside the signing key, outside ``DataDirectory``."""
+def anchor_path(signing_key: Path, anchor: Path | None = None) -> Path:
+    """Where the registry anchor lives: ``anchor`` (``Hardening.KeyRegistryAnchor``) when given,
+    else beside the signing key file, outside ``DataDirectory``.
+
+    Raises:
+        ConfigError: a PKCS#11 key (no file to sit beside) without ``anchor``.
+    """
+    if anchor is not None:
+        return Path(anchor)
+    if is_token_uri(signing_key):
+        raise ConfigError("Hardening.KeyRegistryAnchor", "is required with a PKCS#11 signing key (a file outside "
+                                                         "DataDirectory for the key registry's anchor)")
     signing_key = Path(signing_key)
     return signing_key.with_name(signing_key.name + ".registry-anchor.json")
+
+
+def load_signer(signing_key: Path, passphrase: bytes | None, key_directory: Path) -> CurrentKey:
+    """The current signing key: the encrypted key file, or the key in a PKCS#11 token.
+
+    For a token, the key the (unverified) registry names as current is looked up by its id, so
+    that a key made by a rotation is found; the registry is verified against it afterwards.
+
+    Raises:
+        ConfigError: (key ``Hardening.SigningKey``) the key cannot be loaded.
+    """
+    if not is_token_uri(signing_key):
+        return load_signing_key(signing_key, passphrase)
+    hint = None
+    try:
+        entries = read_registry(key_directory)
+        hint = registry.inspect_registry(entries).current if entries else None
+    except (KeyRegistryError, _UnsignedRegistry):
+        hint = None  # the verification that follows names the problem
+    return Token.open(str(signing_key), passphrase).signer(hint)
 
 
 def _pending_path(signing_key: Path) -> Path:
@@ -169,13 +201,13 @@ def write_registry(directory: Path, entries: Sequence[RegistryEntry]) -> None:
                                                      f"{exc.strerror}") from exc
 
 
-def read_anchor(signing_key: Path) -> RegistryAnchor | None:
+def read_anchor(signing_key: Path, anchor: Path | None = None) -> RegistryAnchor | None:
     """Read the anchor beside the signing key (``None`` when there is none).
 
     Raises:
         KeyRegistryError: the anchor is unreadable or malformed.
     """
-    path = anchor_path(signing_key)
+    path = anchor_path(signing_key, anchor)
     if not path.exists():
         return None
     try:
@@ -184,18 +216,17 @@ def read_anchor(signing_key: Path) -> RegistryAnchor | None:
         raise KeyRegistryError(f"registry anchor {path} is unreadable: {exc}") from exc
 
 
-def write_anchor(signing_key: Path, anchor: RegistryAnchor) -> None:
+def write_anchor(signing_key: Path, record: RegistryAnchor, anchor: Path | None = None) -> None:
     """Write the anchor atomically beside the signing key.
 
     Raises:
         ConfigError: (key ``Hardening.SigningKey``) the key's directory is not writable.
     """
+    path = anchor_path(signing_key, anchor)
     try:
-        write_private(anchor_path(signing_key),
-                      (json.dumps(anchor.as_dict(), indent=2, sort_keys=True) + "\n").encode(), 0o644)
+        write_private(path, (json.dumps(record.as_dict(), indent=2, sort_keys=True) + "\n").encode(), 0o644)
     except OSError as exc:
-        raise ConfigError(SIGNING_KEY, f"cannot write the key registry's anchor {anchor_path(signing_key)} "
-                                       f"beside the key: {exc.strerror}") from exc
+        raise ConfigError(SIGNING_KEY, f"cannot write the key registry's anchor {path}: {exc.strerror}") from exc
 
 
 def _finish_pending_rotation(signing_key: Path, passphrase: bytes | None, key_directory: Path) -> None:
@@ -206,6 +237,8 @@ def _finish_pending_rotation(signing_key: Path, passphrase: bytes | None, key_di
     entry made the pending key current, the rename is finished; otherwise the pending key was
     never committed and is removed.
     """
+    if is_token_uri(signing_key):
+        return  # a token rotation has no file to rename
     pending = _pending_path(signing_key)
     if not pending.exists():
         return
@@ -220,8 +253,8 @@ def _finish_pending_rotation(signing_key: Path, passphrase: bytes | None, key_di
         pending.unlink()
 
 
-def _verified_registry(signer: Signer, key_directory: Path, signing_key: Path,
-                       now: datetime) -> tuple[list[RegistryEntry], RegistryState]:
+def _verified_registry(signer: CurrentKey, key_directory: Path, signing_key: Path, now: datetime,
+                       anchor_file: Path | None = None) -> tuple[list[RegistryEntry], RegistryState]:
     """The registry's entries and state, verified against the signing key and the anchor.
 
     On the first start (no registry and no anchor) the registry is created with the signing
@@ -240,27 +273,28 @@ def _verified_registry(signer: Signer, key_directory: Path, signing_key: Path,
                 f"the signing key ({unsigned}); nothing vouches for them: put the public keys you trust in "
                 f"Hardening.TrustedKeys (outside DataDirectory) and remove {REGISTRY_FILE}") from None
         entries = None  # it only listed the signing key: start the signed registry from it
-    anchor = read_anchor(signing_key)
+    anchor = read_anchor(signing_key, anchor_file)
+    where = anchor_path(signing_key, anchor_file)
     if entries is None:
         if anchor is not None:
             raise KeyRegistryError(f"the key registry {Path(key_directory) / REGISTRY_FILE} is missing, but its "
-                                   f"anchor {anchor_path(signing_key)} vouches for {anchor.count} entries")
+                                   f"anchor {where} vouches for {anchor.count} entries")
         entries = [registry.genesis(signer, signer.public_key, now)]
         state = registry.verify_registry(entries, signer.key_id)
         write_registry(key_directory, entries)
-        write_anchor(signing_key, registry.anchor_of(state, signer, now))
+        write_anchor(signing_key, registry.anchor_of(state, signer, now), anchor_file)
         return entries, state
     if anchor is None:
-        raise KeyRegistryError(f"the key registry's anchor {anchor_path(signing_key)} is missing: nothing outside "
+        raise KeyRegistryError(f"the key registry's anchor {where} is missing: nothing outside "
                                f"DataDirectory vouches for the registry")
     state = registry.verify_registry(entries, signer.key_id)
     registry.verify_anchor(state, entries, anchor)
     if anchor.count != state.count or anchor.key_id != state.current:
-        write_anchor(signing_key, registry.anchor_of(state, signer, now))
+        write_anchor(signing_key, registry.anchor_of(state, signer, now), anchor_file)
     return entries, state
 
 
-def registry_state(signing_key: Path, key_directory: Path) -> RegistryState:
+def registry_state(signing_key: Path, key_directory: Path, anchor_file: Path | None = None) -> RegistryState:
     """The registry verified against its anchor, without the private key (offline tools, listings).
 
     Raises:
@@ -271,18 +305,19 @@ def registry_state(signing_key: Path, key_directory: Path) -> RegistryState:
     except _UnsignedRegistry as unsigned:
         raise KeyRegistryError(f"the key registry is of the unsigned first format ({unsigned}); start the "
                                f"plugin once to replace it by a signed one") from None
-    anchor = read_anchor(signing_key)
+    anchor = read_anchor(signing_key, anchor_file)
     if entries is None or anchor is None:
         raise KeyRegistryError(f"no signed key registry: {Path(key_directory) / REGISTRY_FILE} and "
-                               f"{anchor_path(signing_key)} must both exist")
+                               f"{anchor_path(signing_key, anchor_file)} must both exist")
     state = registry.inspect_registry(entries)
     registry.verify_anchor(state, entries, anchor)
     return state
 
 
 def rotate_key(
-    signing_key: Path, key_directory: Path, passphrase: bytes, now: datetime, algorithm: str | None = None
-) -> tuple[Signer, Signer]:
+    signing_key: Path, key_directory: Path, passphrase: bytes, now: datetime, algorithm: str | None = None,
+    anchor_file: Path | None = None,
+) -> tuple[CurrentKey, CurrentKey]:
     """Make a new signing key current; the old public key stays trusted in the registry.
 
     The rotation entry is signed by the old key and by the new one; the new key replaces
@@ -303,8 +338,18 @@ def rotate_key(
         KeyRegistryError: the registry does not verify (nothing is rotated over it).
     """
     _finish_pending_rotation(signing_key, passphrase, key_directory)
-    old = load_signing_key(signing_key, passphrase)
-    entries, _state = _verified_registry(old, key_directory, signing_key, now)
+    old = load_signer(signing_key, passphrase, key_directory)
+    entries, _state = _verified_registry(old, key_directory, signing_key, now, anchor_file)
+    if is_token_uri(signing_key):
+        # The new key is made inside the token; the registry (signed by both) makes it current.
+        if algorithm not in (None, "ed25519"):
+            raise ConfigError("--algorithm", "keys in a PKCS#11 token are Ed25519")
+        token_key = Token.open(str(signing_key), passphrase).generate()
+        entries = [*entries, registry.rotation(entries, old, token_key, token_key.public_key, now)]
+        write_registry(key_directory, entries)
+        write_anchor(signing_key, registry.anchor_of(registry.verify_registry(entries, token_key.key_id),
+                                                     token_key, now), anchor_file)
+        return old, token_key
     new_private = generate_private_key(algorithm or old.algorithm)
     new = Signer.of(new_private)
     pending = _pending_path(signing_key)
@@ -313,12 +358,13 @@ def rotate_key(
     write_registry(key_directory, entries)
     # A crash here leaves the pending key and a registry naming it: the next start finishes.
     os.replace(pending, Path(signing_key))
-    write_anchor(signing_key, registry.anchor_of(registry.verify_registry(entries, new.key_id), new, now))
+    write_anchor(signing_key, registry.anchor_of(registry.verify_registry(entries, new.key_id), new, now),
+                 anchor_file)
     return old, new
 
 
 def revoke_key(signing_key: Path, passphrase: bytes | None, key_directory: Path, kid: str,
-               now: datetime) -> RegisteredKey:
+               now: datetime, anchor_file: Path | None = None) -> RegisteredKey:
     """Revoke a retired key (signed by the current key): its seals stop verifying.
 
     Raises:
@@ -326,8 +372,8 @@ def revoke_key(signing_key: Path, passphrase: bytes | None, key_directory: Path,
             the signing key cannot be loaded.
         KeyRegistryError: the registry does not verify.
     """
-    signer = load_signing_key(signing_key, passphrase)
-    entries, state = _verified_registry(signer, key_directory, signing_key, now)
+    signer = load_signer(signing_key, passphrase, key_directory)
+    entries, state = _verified_registry(signer, key_directory, signing_key, now, anchor_file)
     if kid not in state.keys:
         raise ConfigError("key_id", f"{kid} is not in the key registry")
     if kid == state.current:
@@ -335,12 +381,12 @@ def revoke_key(signing_key: Path, passphrase: bytes | None, key_directory: Path,
     entries = [*entries, registry.revocation(entries, signer, kid, now)]
     state = registry.verify_registry(entries, signer.key_id)
     write_registry(key_directory, entries)
-    write_anchor(signing_key, registry.anchor_of(state, signer, now))
+    write_anchor(signing_key, registry.anchor_of(state, signer, now), anchor_file)
     return state.keys[kid]
 
 
 def load_key_ring(signing_key: Path, passphrase: bytes | None, key_directory: Path,
-                  trusted_files: Iterable[Path], now: datetime) -> KeyRing:
+                  trusted_files: Iterable[Path], now: datetime, anchor_file: Path | None = None) -> KeyRing:
     """Load the current key, the verified registry's unrevoked keys and the ``TrustedKeys`` files.
 
     The registry is created with the current key as genesis on the first start.
@@ -350,8 +396,8 @@ def load_key_ring(signing_key: Path, passphrase: bytes | None, key_directory: Pa
         KeyRegistryError: the registry or its anchor does not verify (the plugin must not start).
     """
     _finish_pending_rotation(signing_key, passphrase, key_directory)
-    signer = load_signing_key(signing_key, passphrase)
-    _entries, state = _verified_registry(signer, key_directory, signing_key, now)
+    signer = load_signer(signing_key, passphrase, key_directory)
+    _entries, state = _verified_registry(signer, key_directory, signing_key, now, anchor_file)
     trusted = {kid: pk for kid, pk in state.trusted().items() if kid != signer.key_id}
     for index, path in enumerate(trusted_files):
         public_key = load_public_key(Path(path), f"{TRUSTED_KEYS}[{index}]")
@@ -359,14 +405,15 @@ def load_key_ring(signing_key: Path, passphrase: bytes | None, key_directory: Pa
     return KeyRing(signer, trusted, state.revoked())
 
 
-def load_public_key_ring(signing_key: Path, key_directory: Path, trusted_files: Iterable[Path]) -> PublicKeyRing:
+def load_public_key_ring(signing_key: Path, key_directory: Path, trusted_files: Iterable[Path],
+                         anchor_file: Path | None = None) -> PublicKeyRing:
     """The public keys a verifier accepts: the verified registry's unrevoked keys and ``TrustedKeys``.
 
     Raises:
         ConfigError: a ``TrustedKeys`` file cannot be read.
         KeyRegistryError: the registry or its anchor does not verify.
     """
-    state = registry_state(signing_key, key_directory)
+    state = registry_state(signing_key, key_directory, anchor_file)
     found: dict[str, PublicKey] = dict(state.trusted())
     for index, path in enumerate(trusted_files):
         public_key = load_public_key(Path(path), f"{TRUSTED_KEYS}[{index}]")

@@ -203,7 +203,7 @@ def files_to_inspect(config: Mapping[str, Any], hardening: HardeningConfig | Non
         wanted[facts.resolve(value)] = key != "DicomTlsPrivateKey"
     for directory in _data_directories(config, hardening, facts):
         wanted.setdefault(directory, False)
-    if hardening is not None:
+    if hardening is not None and not hardening.signing_key_in_token:
         wanted.setdefault(hardening.signing_key, False)
         for candidate in passphrase_file_candidates(hardening.signing_key):
             wanted.setdefault(candidate, False)
@@ -787,6 +787,8 @@ def _storage_permissions(config: Mapping[str, Any], hardening: HardeningConfig |
 
 def _signing_key_permissions(hardening: HardeningConfig, facts: HostFacts) -> Check:
     make = _check("signing-key-permissions", "The seal signing key is private", Severity.HIGH)
+    if hardening.signing_key_in_token:
+        return make(Status.PASS, "the signing key is in a PKCS#11 token: the private key never leaves it")
     found = facts.file(hardening.signing_key)
     if not found.exists:
         return make(Status.FAIL, f"{hardening.signing_key} does not exist", "Create it (`make run` does).")
@@ -808,6 +810,8 @@ def _signing_key_permissions(hardening: HardeningConfig, facts: HostFacts) -> Ch
 
 def _passphrase_beside_key(hardening: HardeningConfig, facts: HostFacts) -> Check:
     make = _check("signing-key-passphrase", "The signing key's passphrase is not stored beside it", Severity.HIGH)
+    if hardening.signing_key_in_token:
+        return make(Status.PASS, f"PKCS#11 token key; its PIN comes from {hardening.signing_key_passphrase_env}")
     found = [path for path in passphrase_file_candidates(hardening.signing_key) if facts.file(path).exists]
     if not found:
         return make(Status.PASS, f"no passphrase file beside {hardening.signing_key}")
