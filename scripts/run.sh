@@ -43,7 +43,9 @@ PYTHONPATH="$REPO/plugin" "$PYTHON" -m orthanc_hardening devsetup \
 CONFIG_DIR="$HARDENING_HOME/config"
 ln -sfn "$REPO/orthanc.json" "$CONFIG_DIR/orthanc.json"
 [[ -f "$CONFIG_DIR/instance.json" ]] || fail "devsetup did not write $CONFIG_DIR/instance.json"
-mkdir -p "$HARDENING_HOME/storage" "$HARDENING_HOME/hardening"
+# The audit witness lives outside DataDirectory ($HARDENING_HOME/hardening); on a real server put
+# it on another file system and make it append-only (chattr +a), see README "Audit witness".
+mkdir -p "$HARDENING_HOME/storage" "$HARDENING_HOME/hardening" "$HARDENING_HOME/witness"
 
 TLS="$HARDENING_HOME/tls"
 cat <<INFO
@@ -53,6 +55,10 @@ orthanc-hardening: starting a hardened Orthanc (Ctrl-C stops it)
   DICOM TLS    AET $DICOM_AET on port $DICOM_PORT, client certificate required; declared client AET: DEVSCU
   Accounts     admin, auditor, user — passwords in $HARDENING_HOME/credentials.json (mode 0600)
   Data         $HARDENING_HOME   (configuration: $CONFIG_DIR)
+  Audit        witnessed checkpoints appended to $HARDENING_HOME/witness/audit.witness
+  Signing key  $HARDENING_HOME/keys/seal-key.pem; its passphrase is in $HARDENING_HOME/keys/passphrase,
+               beside the key: FOR DEVELOPMENT ONLY (whoever reads that directory can sign; the
+               posture report flags it). In production pass it from a secret store.
 
   Try:
     curl --cacert $TLS/ca.pem -u admin:\$(python3 -c 'import json;print(json.load(open("$HARDENING_HOME/credentials.json"))["admin"])') https://localhost:$HTTPS_PORT/system

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,9 @@ class AuditConfig:
     # Enforce mode refuses a read whose requester the plugin cannot know (a C-GET: the Python
     # plugin 4.0 has no C-GET hook). Off by default: C-GET is then recorded with the gap flagged.
     refuse_unattributed_reads: bool = False
+    # Where witnessed checkpoints are appended (audit/witness.py), outside DataDirectory; None: no
+    # witness file (the posture report warns).
+    witness_file: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +100,8 @@ class HardeningConfig:
     signing_key: Path = Path("/etc/orthanc/hardening/seal-key.pem")
     signing_key_passphrase_env: str = "HARDENING_KEY_PASSPHRASE"
     trusted_keys: tuple[Path, ...] = ()
+    # Where the key registry's anchor lives (seal/registry.py); None: beside the signing key file.
+    key_registry_anchor: Path | None = None
     auditors: tuple[str, ...] = ()
     administrators: tuple[str, ...] = ()
     unsealed_policy: UnsealedPolicy = UnsealedPolicy.SERVE_AND_FLAG
@@ -128,6 +133,11 @@ class HardeningConfig:
         return self.data_directory / "seals.db"
 
     @property
+    def signing_key_in_token(self) -> bool:
+        """Whether ``SigningKey`` is a PKCS#11 URI (the key lives in a token, not a file)."""
+        return str(self.signing_key).startswith("pkcs11:")
+
+    @property
     def key_directory(self) -> Path:
         """Where rotated keys and the key registry live."""
         return self.data_directory / "keys"
@@ -139,6 +149,7 @@ _TOP_KEYS = {
     "SigningKey",
     "SigningKeyPassphraseEnv",
     "TrustedKeys",
+    "KeyRegistryAnchor",
     "Auditors",
     "Administrators",
     "UnsealedPolicy",
@@ -154,6 +165,7 @@ PERMISSION_NAMES = frozenset({
 })
 _AUDIT_KEYS = {
     "Database", "Syslog", "CheckpointEvery", "CheckpointSeconds", "MaxQueryLimit", "RefuseUnattributedReads",
+    "WitnessFile",
 }
 _SYSLOG_KEYS = {"Host", "Port", "Tls", "CaCertificate", "Certificate", "PrivateKey", "AppName"}
 
@@ -183,6 +195,14 @@ def load_config(orthanc_config: Mapping[str, Any]) -> HardeningConfig:
     signing_key = Path(_string(section, "SigningKey", "/etc/orthanc/hardening/seal-key.pem"))
     passphrase_env = _string(section, "SigningKeyPassphraseEnv", "HARDENING_KEY_PASSPHRASE")
     trusted = tuple(Path(p) for p in _string_list(section, "TrustedKeys"))
+    anchor = None
+    if section.get("KeyRegistryAnchor") is not None:
+        anchor = Path(_string(section, "KeyRegistryAnchor", ""))
+        if not anchor.is_absolute() or anchor.resolve().is_relative_to(data_directory.resolve()):
+            raise ConfigError(f"{SECTION}.KeyRegistryAnchor", "must be an absolute path outside DataDirectory")
+    if str(signing_key).startswith("pkcs11:") and anchor is None:
+        raise ConfigError(f"{SECTION}.KeyRegistryAnchor", "is required with a PKCS#11 SigningKey (a file outside "
+                                                          "DataDirectory for the key registry's anchor)")
     for index, path in enumerate(trusted):
         _require_readable(path, f"{SECTION}.TrustedKeys[{index}]")
     auditors = tuple(_string_list(section, "Auditors"))
@@ -198,6 +218,7 @@ def load_config(orthanc_config: Mapping[str, Any]) -> HardeningConfig:
         signing_key=signing_key,
         signing_key_passphrase_env=passphrase_env,
         trusted_keys=trusted,
+        key_registry_anchor=anchor,
         auditors=auditors,
         administrators=administrators,
         unsealed_policy=unsealed,
@@ -282,6 +303,14 @@ def _audit(raw: Any, data_directory: Path) -> AuditConfig:
     seconds = _number(section, "CheckpointSeconds", 60.0, key, minimum=0.1)
     max_limit = _integer(section, "MaxQueryLimit", 10000, key, minimum=1)
     refuse_unattributed = _boolean(section, "RefuseUnattributedReads", False, key)
+    witness_file = None
+    if section.get("WitnessFile") is not None:
+        witness_file = Path(_string(section, "WitnessFile", "", key))
+        if not witness_file.is_absolute():
+            raise ConfigError(f"{key}.WitnessFile", "must be an absolute path")
+        if witness_file.resolve().is_relative_to(data_directory.resolve()):
+            raise ConfigError(f"{key}.WitnessFile", f"must be outside DataDirectory ({data_directory}): a "
+                                                   "witness beside the log it witnesses is rewritten with it")
     return AuditConfig(
         database=database,
         syslog=syslog,
@@ -289,6 +318,7 @@ def _audit(raw: Any, data_directory: Path) -> AuditConfig:
         checkpoint_seconds=seconds,
         max_query_limit=max_limit,
         refuse_unattributed_reads=refuse_unattributed,
+        witness_file=witness_file,
     )
 
 
@@ -335,6 +365,49 @@ def _check_database_url(url: str, key: str) -> None:
         raise ConfigError(key, f"unsupported database URL scheme {parsed.scheme!r}; use sqlite or postgresql")
 
 
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (in the user part and in a ``password=`` query).
+
+    Every log line, error and report that names a database uses this form (STYLE.md §5).
+    """
+    parsed = urlparse(url)
+    netloc = parsed.netloc
+    if ":" not in netloc.rpartition("@")[0] and "password=" not in parsed.query.lower():
+        return url  # nothing secret in it: keep it exactly as written
+    if "@" in netloc:
+        userinfo, _, hostinfo = netloc.rpartition("@")
+        if ":" in userinfo:
+            netloc = f"{userinfo.split(':', 1)[0]}:***@{hostinfo}"
+    query = "&".join(f"{part.split('=', 1)[0]}=***" if part.lower().startswith("password=") else part
+                     for part in parsed.query.split("&")) if parsed.query else ""
+    return parsed._replace(netloc=netloc, query=query).geturl()
+
+
+_LOOPBACK = ("localhost", "127.0.0.1", "::1")
+SECURE_SSLMODES = ("verify-ca", "verify-full")
+
+
+def database_transport_problem(url: str) -> str | None:
+    """Why a database URL's transport is not private, or ``None`` when it is.
+
+    SQLite, a Unix socket and loopback are local; any other PostgreSQL host needs TLS with a
+    verified server (``sslmode=verify-ca`` or ``verify-full``: ``require`` encrypts but lets a
+    man in the middle answer).
+    """
+    parsed = urlparse(url)
+    if parsed.scheme not in ("postgresql", "postgres"):
+        return None
+    query = dict(part.split("=", 1) for part in parsed.query.split("&") if "=" in part)
+    host = parsed.hostname or query.get("host", "")
+    if not host or host.startswith("/") or host in _LOOPBACK or host.startswith("127."):
+        return None
+    sslmode = query.get("sslmode", "prefer")
+    if sslmode in SECURE_SSLMODES:
+        return None
+    return (f"PostgreSQL host {host} is reached with sslmode={sslmode}: the audit trail and its credentials can "
+            "be read or changed on the network")
+
+
 def sqlite_path(url: str) -> Path:
     """Return the file path of a ``sqlite:///…`` URL.
 
@@ -350,6 +423,18 @@ def sqlite_path(url: str) -> Path:
 def passphrase_from_env(config: HardeningConfig, env: Mapping[str, str]) -> bytes | None:
     """Return the signing-key passphrase from the environment, or ``None`` when unset."""
     value = env.get(config.signing_key_passphrase_env)
+    return None if value is None else value.encode("utf-8")
+
+
+def take_passphrase(config: HardeningConfig, env: MutableMapping[str, str]) -> bytes | None:
+    """Read the signing-key passphrase once and remove it from ``env`` (the process environment).
+
+    Removed, it is no longer inherited by the processes Orthanc starts (Lua ``os.execute``,
+    jobs) nor readable through ``os.environ`` by other code in the interpreter. (The kernel's
+    copy in ``/proc/<pid>/environ`` keeps the value the process started with; only its user and
+    root can read it.)
+    """
+    value = env.pop(config.signing_key_passphrase_env, None)
     return None if value is None else value.encode("utf-8")
 
 

@@ -61,6 +61,13 @@ class AuditChainError(IntegrityError):
     """The audit hash chain or its checkpoints do not verify."""
 
 
+class KeyRegistryError(IntegrityError):
+    """The key registry's signed chain, or the anchor that pins its head, does not verify.
+
+    Raised at start, it stops the plugin: no key of a registry that does not verify is trusted.
+    """
+
+
 class AccessDeniedError(HardeningError):
     """The requester may not do this (role, insecure transport, locked-down server). Maps to HTTP 403.
 

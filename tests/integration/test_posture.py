@@ -87,7 +87,8 @@ def posture_command(config: str, *extra: str) -> subprocess.CompletedProcess[str
 
 
 def test_offline_report_matches_the_running_server(server: OrthancServer) -> None:
-    result = posture_command(str(server.config_path), "--format", "json", "--ld-library-path", str(SHIM_DIR))
+    result = posture_command(str(server.config_path), "--format", "json", "--ld-library-path", str(SHIM_DIR),
+                             "--measure-tls")
     assert result.returncode == 0, result.stdout + result.stderr
     offline = checks_of(json.loads(result.stdout))
     online = checks_of(server.get("/hardening/posture").json())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 import shutil
 import signal
@@ -12,8 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from lxml import etree
 
+from orthanc_hardening.audit.chain import checkpoint_bytes
+from orthanc_hardening.shell.review import CHECKPOINT_MSGID
 from tests.support.dicom import make_series
 from tests.support.server import OrthancServer, Pki, free_port, wait_for_port
 
@@ -78,7 +82,19 @@ ruleset(name="atna") {{
         for line in self.output.read_text(encoding="utf-8").splitlines():
             match = LINE.match(line)
             assert match is not None, f"unparsable line: {line[:200]}"
-            found[int(match["seq"])] = (match["msgid"], match["app"], match["raw"])
+            if match["msgid"] != CHECKPOINT_MSGID:
+                found[int(match["seq"])] = (match["msgid"], match["app"], match["raw"])
+        return found
+
+    def checkpoints(self) -> list[dict]:
+        """The audit checkpoints received (``HARDENING-CHECKPOINT`` messages), as sent."""
+        if not self.output.exists():
+            return []
+        found = []
+        for line in self.output.read_text(encoding="utf-8").splitlines():
+            match = LINE.match(line)
+            if match is not None and match["msgid"] == CHECKPOINT_MSGID:
+                found.append(json.loads(match["raw"][match["raw"].index("{"):]))
         return found
 
 
@@ -151,6 +167,24 @@ def test_events_arrive_parse_and_validate(server: OrthancServer, collector: Coll
     # The exporter reports its count just after a batch is written: wait for that report.
     wait_for(lambda: metric(server, "hardening_audit_exported_total") >= head - 1, timeout=15,
              what="hardening_audit_exported_total to reach the head of the trail")
+
+
+@pytest.mark.attack
+def test_signed_checkpoints_reach_the_collector_and_match_the_trail(server: OrthancServer,
+                                                                    collector: Collector) -> None:
+    # The collector is a witness: what it holds lets an auditor detect a rewrite of the
+    # database (the signed head at seq N must still be the row hash at seq N).
+    make_events(server, "ATNA-CP")
+    wait_for(lambda: collector.checkpoints(), what="a checkpoint at the collector")
+    checkpoint = collector.checkpoints()[-1]
+    keys = {k["key_id"]: k["public_key"] for k in server.get("/hardening/keys").json()["keys"]}
+    public_key = serialization.load_pem_public_key(keys[checkpoint["key_id"]].encode())
+    signed = checkpoint_bytes(checkpoint["seq"], checkpoint["hash"], checkpoint["time"], checkpoint["key_id"])
+    public_key.verify(base64.b64decode(checkpoint["signature"]), signed)  # raises if forged
+    # Newest first, below seq + 1: the row the checkpoint signed.
+    [row] = server.get("/hardening/audit", user="auditor", params={"after": checkpoint["seq"] + 1,
+                                                                   "limit": 1}).json()["events"]
+    assert (row["seq"], row["hash"]) == (checkpoint["seq"], checkpoint["hash"])
 
 
 def test_collector_down_then_back_loses_nothing(server: OrthancServer, collector: Collector) -> None:

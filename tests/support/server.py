@@ -26,6 +26,7 @@ from typing import Any
 import requests
 
 from orthanc_hardening.commands.devsetup import DevFiles, ensure_credentials, ensure_signing_key
+from orthanc_hardening.tls.posture import FORWARD_SECRET_CIPHERS, TLS13_CIPHERS
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN_SCRIPT = REPO / "plugin" / "hardening.py"
@@ -373,6 +374,8 @@ def base_config(home: Path, pki: Pki, credentials: Mapping[str, str], modality_p
         "SslEnabled": True,
         "SslCertificate": str(files.server_pem),
         "SslMinimumProtocolVersion": 4,
+        # Forward-secret suites only (TLS 1.3's are all forward-secret); see README "Strict TLS".
+        "SslCiphersAccepted": list(FORWARD_SECRET_CIPHERS),
         "SslVerifyPeers": False,
         "HttpsVerifyPeers": True,
         "HttpsCACertificates": str(files.ca_cert),
@@ -385,6 +388,9 @@ def base_config(home: Path, pki: Pki, credentials: Mapping[str, str], modality_p
         "DicomTlsPrivateKey": str(files.server_key),
         "DicomTlsTrustedCertificates": str(files.ca_cert),
         "DicomTlsRemoteCertificateRequired": True,
+        # Orthanc 1.12.4+ (trixie, forky); Orthanc 1.10 ignores both and accepts TLS 1.0/1.1.
+        "DicomTlsMinimumProtocolVersion": 4,
+        "DicomTlsCiphersAccepted": [*FORWARD_SECRET_CIPHERS, *TLS13_CIPHERS],
         "DicomAlwaysAllowEcho": False,
         "DicomAlwaysAllowStore": False,
         "DicomAlwaysAllowFind": False,
@@ -428,7 +434,9 @@ def base_config(home: Path, pki: Pki, credentials: Mapping[str, str], modality_p
             "Auditors": ["auditor"],
             "Administrators": ["admin"],
             "Permissions": PERMISSIONS,
-            "Audit": {"Database": f"sqlite://{home / 'hardening' / 'audit.db'}"},
+            "Audit": {"Database": f"sqlite://{home / 'hardening' / 'audit.db'}",
+                      # Outside DataDirectory, as make run sets it up (audit/witness.py).
+                      "WitnessFile": str(home / "witness" / "audit.witness")},
         },
     }
 

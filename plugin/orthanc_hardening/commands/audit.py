@@ -9,8 +9,10 @@ Works on the database file alone, without Orthanc (an auditor's copy is enough):
   to take the database and the accepted keys from the configuration: the key registry in
   ``DataDirectory/keys`` and ``TrustedKeys``). Exit code 0 when the chain and its checkpoints
   verify, 1 naming the first broken sequence number otherwise. Pin the key with
-  ``--trusted-key`` from a copy kept off the server: whoever can write the server's files can
-  also add a key to its registry.
+  ``--trusted-key`` from a copy kept off the server. ``--witness FILE`` (repeatable; with
+  ``--config``, ``Hardening.Audit.WitnessFile`` by default) also checks the log against the
+  witnessed checkpoints held outside the database: any rewrite of the part a witness saw
+  fails, even one whose checkpoints were re-signed or deleted.
 * ``audit export --db PATH --format csv|json|ndjson [--output FILE] [filters]`` — every matching
   row in ascending order (CSV cells neutralised against formula injection).
 """
@@ -29,11 +31,13 @@ from typing import Any, TextIO
 
 from orthanc_hardening.audit.chain import StoredEvent, inspect_chain
 from orthanc_hardening.audit.query import COLUMNS, AuditQuery, neutralise, parse_query, render
+from orthanc_hardening.audit.witness import WitnessedCheckpoint, inspect_witness
 from orthanc_hardening.config import load_config, sqlite_path
 from orthanc_hardening.errors import ConfigError
 from orthanc_hardening.seal.keys import PublicKeyRing
 from orthanc_hardening.stores import key_files
 from orthanc_hardening.stores.audit_store import SQLiteAuditStore
+from orthanc_hardening.stores.witness_file import WitnessFile
 
 _FILTERS = ("series", "study", "patient", "user", "action", "event", "outcome", "since", "until", "limit", "after")
 
@@ -120,30 +124,62 @@ def _verifier(args: argparse.Namespace) -> PublicKeyRing:
         return key_files.load_public_keys([Path(p) for p in args.trusted_key], "--trusted-key")
     if args.config:
         config = _config_of(args.config)
-        return key_files.load_public_key_ring(config.key_directory, config.trusted_keys)
+        return key_files.load_public_key_ring(config.signing_key, config.key_directory, config.trusted_keys,
+                                              config.key_registry_anchor)
     raise ConfigError("--trusted-key", "give the public key(s) that sign checkpoints (or --config)")
 
 
+def _witness_lines(args: argparse.Namespace) -> list[tuple[str, list[WitnessedCheckpoint]]]:
+    paths = list(args.witness)
+    if not paths and getattr(args, "config", None):
+        configured = _config_of(args.config).audit.witness_file
+        paths = [str(configured)] if configured is not None else []
+    return [(path, WitnessFile(Path(path)).lines()) for path in paths]
+
+
 def verify(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    """``audit verify``: exit 0 when the chain verifies, 1 otherwise."""
+    """``audit verify``: exit 0 when the chain (and every witness given) verifies, 1 otherwise."""
     out = out or sys.stdout
     verifier = _verifier(args)
+    witnesses = _witness_lines(args)
+    wanted = {line.seq for _path, lines in witnesses for line in lines}
+    hash_at: dict[int, str] = {}
+
+    def rows(store: SQLiteAuditStore) -> Iterator[StoredEvent]:
+        for row in store.iter_rows():
+            if row.seq in wanted:
+                hash_at[row.seq] = row.hash
+            yield row
+
     store = _open(args)
     try:
-        report = inspect_chain(store.iter_rows(), store.checkpoints(), verifier)
+        report = inspect_chain(rows(store), store.checkpoints(), verifier)
     finally:
         store.close()
+    witnessed: list[dict[str, Any]] = []
+    problems = list(report.problems)
+    for path, lines in witnesses:
+        found = inspect_witness(lines, hash_at, report.last_seq, verifier)
+        witnessed.append({"witness": path, "lines": len(lines), "last_seq": lines[-1].seq if lines else 0,
+                          "problems": found})
+        problems += [f"witness {path}: {problem}" for problem in found]
+    ok = report.ok and not any(w["problems"] for w in witnessed)
     if args.json:
-        out.write(json.dumps(report.as_dict(), indent=2, sort_keys=True) + "\n")
-    elif report.ok:
+        out.write(json.dumps({**report.as_dict(), "ok": ok, "problems": problems, "witnesses": witnessed},
+                             indent=2, sort_keys=True) + "\n")
+    elif ok:
+        seen = max((w["last_seq"] for w in witnessed), default=0)
         out.write(f"OK: {report.rows} events, chain verified through seq {report.last_seq}; "
                   f"last signed checkpoint at seq {report.last_checkpoint_seq} "
-                  f"(keys {', '.join(report.key_ids)}); {report.unsigned_tail} events after it not yet signed\n")
+                  f"(keys {', '.join(report.key_ids)}); {report.unsigned_tail} events after it not yet signed")
+        out.write(f"; consistent with {len(witnessed)} witness(es) through seq {seen}\n" if witnessed else
+                  "; NO WITNESS given: a log rewritten together with its checkpoints would pass\n")
     else:
-        out.write(f"FAILED: audit chain broken at seq {report.first_broken_seq}\n")
-        for problem in report.problems:
+        broken = report.first_broken_seq if not report.ok else "a witnessed seq"
+        out.write(f"FAILED: audit chain broken at seq {broken}\n")
+        for problem in problems:
             out.write(f"  - {problem}\n")
-    return 0 if report.ok else 1
+    return 0 if ok else 1
 
 
 def _all(store: SQLiteAuditStore, audit_query: AuditQuery) -> Iterator[StoredEvent]:
@@ -208,6 +244,9 @@ def register(subparsers: Any) -> None:
     v.add_argument("--db", help="audit database file (SQLite)")
     v.add_argument("--config", help="Orthanc configuration: database and accepted keys")
     v.add_argument("--trusted-key", action="append", default=[], help="PEM public key that signs checkpoints")
+    v.add_argument("--witness", action="append", default=[],
+                   help="witness file (witnessed checkpoints) the log must be consistent with; with --config, "
+                        "Hardening.Audit.WitnessFile by default")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
     v.set_defaults(handler=verify)
 

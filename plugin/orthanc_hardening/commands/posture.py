@@ -22,6 +22,7 @@ from typing import Any, TextIO
 from orthanc_hardening.config import SECTION, HardeningConfig, load_config
 from orthanc_hardening.errors import ConfigError
 from orthanc_hardening.services import host_probe as host
+from orthanc_hardening.services.tls_probe import measure_endpoints
 from orthanc_hardening.tls.posture import PostureReport, Status, files_to_inspect, inspect_posture
 
 DEFAULT_ORTHANC = Path("/usr/sbin/Orthanc")
@@ -115,8 +116,13 @@ def build_report(
     now: dt.datetime,
     orthanc_binary: Path | None,
     library_path: str | None,
+    measure: bool = False,
 ) -> tuple[PostureReport, str]:
     """Load a configuration, gather the host facts and run the checks.
+
+    With ``measure``, the HTTPS and DICOM TLS endpoints the configuration names are measured on
+    loopback (``services/tls_probe.py``): a running Orthanc on this host is judged by what it
+    accepts; a stopped one gets "could not be measured".
 
     Returns:
         The report and the plugin mode (``"enforce"``, ``"monitor"`` or ``"not configured"``).
@@ -130,7 +136,8 @@ def build_report(
     libssl = None
     if orthanc_binary is not None and orthanc_binary.exists():
         libssl = host.probe_libssl_with(library_path, host.civetweb_of_binary(orthanc_binary))
-    facts = host.gather_host_facts(wanted, base, libssl)
+    tls = measure_endpoints(config, base) if measure else None
+    facts = host.gather_host_facts(wanted, base, libssl, tls=tls)
     report = inspect_posture(config, hardening, facts, now)
     return report, hardening.mode.value if hardening is not None else "not configured"
 
@@ -176,6 +183,7 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         dt.datetime.now(dt.timezone.utc),
         orthanc_binary,
         args.ld_library_path,
+        measure=args.measure_tls,
     )
     if args.format == "json":
         lockdown = [c.id for c in report.critical_failures] if mode == "enforce" else []
@@ -208,4 +216,7 @@ def register(subparsers: Any) -> None:
         help="LD_LIBRARY_PATH Orthanc runs with (default: this shell's), e.g. build/libssl-shim",
     )
     parser.add_argument("--no-orthanc-probe", action="store_true", help="skip the libssl probe")
+    parser.add_argument("--measure-tls", action="store_true",
+                        help="measure the TLS versions and suites the configured endpoints (a running Orthanc on "
+                             "this host) accept on loopback")
     parser.set_defaults(handler=run)

@@ -85,7 +85,8 @@ def scrub_offline(config_path: Path, options: ScrubOptions, stream: TextIO, rest
     except Exception as exc:
         raise StoreUnavailableError(f"Orthanc's index {index_dir / 'index'} cannot be read ({exc}): stop Orthanc, "
                                     "or scrub through it with --url") from exc
-    keyring = key_files.load_public_key_ring(config.key_directory, config.trusted_keys)
+    keyring = key_files.load_public_key_ring(config.signing_key, config.key_directory, config.trusted_keys,
+                                             config.key_registry_anchor)
     manifests_path = config.data_directory / "manifests.db"
     manifests = ManifestStore(manifests_path, readonly=True) if manifests_path.is_file() else None
     state = ScrubState(config.data_directory / "scrub-cli.db")

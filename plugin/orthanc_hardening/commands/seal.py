@@ -68,7 +68,7 @@ def seal_offline(orthanc_config: dict[str, Any], env: dict[str, str], now: dt.da
     storage = Path(str(orthanc_config.get("StorageDirectory", "OrthancStorage"))).absolute()
     index_dir = Path(str(orthanc_config.get("IndexDirectory", storage))).absolute()
     keyring = key_files.load_key_ring(config.signing_key, passphrase_from_env(config, env), config.key_directory,
-                                   config.trusted_keys, now)
+                                   config.trusted_keys, now, config.key_registry_anchor)
     store = SQLiteSealStore(config.seal_database, config.sqlite_synchronous)
     since = _sealing_since(store, keyring)
     try:

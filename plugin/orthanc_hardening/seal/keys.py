@@ -41,6 +41,21 @@ class SigningKey(Protocol):
     def sign(self, data: bytes) -> bytes: ...
 
 
+class CurrentKey(Protocol):
+    """The current key as the key ring holds it: a ``Signer`` (file key) or a token key."""
+
+    @property
+    def key_id(self) -> str: ...
+
+    @property
+    def algorithm(self) -> str: ...
+
+    @property
+    def public_key(self) -> PublicKey: ...
+
+    def sign(self, data: bytes) -> bytes: ...
+
+
 class Verifier(Protocol):
     """What verification needs from the trusted keys (``KeyRing``, or a cache in front of it).
 
@@ -218,42 +233,13 @@ def encrypt_private_key(private_key: PrivateKey, passphrase: bytes) -> bytes:
     )
 
 
-# -- registry entries ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class KeyEntry:
-    """One key the registry knows."""
-
-    key_id: str
-    algorithm: str
-    public_key_file: str  # relative to the key directory
-    created_at: str
-    retired_at: str = ""
-    revoked_at: str = ""
-
-    @property
-    def is_revoked(self) -> bool:
-        return bool(self.revoked_at)
-
-    def as_dict(self) -> dict[str, str]:
-        return {
-            "key_id": self.key_id,
-            "algorithm": self.algorithm,
-            "public_key_file": self.public_key_file,
-            "created_at": self.created_at,
-            "retired_at": self.retired_at,
-            "revoked_at": self.revoked_at,
-        }
-
-
 # -- key ring -------------------------------------------------------------------------------
 
 
 class KeyRing:
     """Signs with the current key; verifies with the current and the trusted keys only."""
 
-    def __init__(self, signer: Signer, trusted: Mapping[str, PublicKey] | None = None,
+    def __init__(self, signer: CurrentKey, trusted: Mapping[str, PublicKey] | None = None,
                  revoked: Iterable[str] = ()) -> None:
         # Replaced, never mutated (copy on write): readers on any thread see either the old or
         # the new state, without a lock.
@@ -262,17 +248,17 @@ class KeyRing:
             raise ConfigError(SIGNING_KEY, f"the signing key {signer.key_id} is revoked in the key registry")
         self._signer = signer
         self._trusted = {k: v for k, v in (trusted or {}).items() if k not in self._revoked}
-        self._listeners: list[Callable[[Signer], None]] = []
+        self._listeners: list[Callable[[CurrentKey], None]] = []
 
-    def add_listener(self, listener: Callable[[Signer], None]) -> None:
+    def add_listener(self, listener: Callable[[CurrentKey], None]) -> None:
         """Call ``listener(new_signer)`` whenever the current key changes."""
         self._listeners.append(listener)
 
     @property
-    def signer(self) -> Signer:
+    def signer(self) -> CurrentKey:
         return self._signer
 
-    def replace_signer(self, signer: Signer) -> None:
+    def replace_signer(self, signer: CurrentKey) -> None:
         """Make ``signer`` current; the previous current key stays trusted.
 
         Rotation is done by one administrator request at a time (the caller serialises it).

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
-from orthanc_hardening.audit.chain import StoredEvent
+from orthanc_hardening.audit.chain import Checkpoint, StoredEvent
 from orthanc_hardening.errors import StoreUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,9 @@ class AuditExporter:
 
     def __init__(self, store: ExportStore, transport: ExportTransport, formatter: Callable[[StoredEvent], bytes],
                  report: Report | None = None, cursor_name: str = CURSOR_NAME, batch: int = 200,
-                 poll_seconds: float = 0.5, backoff_seconds: tuple[float, float] = (0.5, 30.0)) -> None:
+                 poll_seconds: float = 0.5, backoff_seconds: tuple[float, float] = (0.5, 30.0),
+                 checkpoint_formatter: Callable[[Checkpoint, Checkpoint | None], bytes] | None = None,
+                 last_checkpoint: Callable[[], Checkpoint | None] | None = None) -> None:
         """Prepare the exporter (no thread yet).
 
         Args:
@@ -75,6 +77,11 @@ class AuditExporter:
             batch: rows per send.
             poll_seconds: idle wait between looks at the store.
             backoff_seconds: first and longest wait after a failure (doubling in between).
+            checkpoint_formatter: ``(checkpoint, previous sent) -> framed message``: with
+                ``last_checkpoint`` (the store's), each delivered batch that reaches the newest
+                signed checkpoint carries it too, after its rows, so that the collector is a
+                witness of the log's signed heads (``audit/witness.py``).
+            last_checkpoint: the store's newest checkpoint.
         """
         if batch < 1:
             raise ValueError("batch must be at least 1")
@@ -86,6 +93,9 @@ class AuditExporter:
         self._batch = batch
         self._poll = poll_seconds
         self._backoff = backoff_seconds
+        self._checkpoint_formatter = checkpoint_formatter
+        self._last_checkpoint = last_checkpoint
+        self._sent_checkpoint: Checkpoint | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -119,13 +129,26 @@ class AuditExporter:
             self._report("audit_export_backlog", 0)
             return 0
         frames = [self._formatter(row) for row in rows]
+        checkpoint = self._checkpoint_for(start, rows[-1].seq)
+        if checkpoint is not None and self._checkpoint_formatter is not None:
+            frames.append(self._checkpoint_formatter(checkpoint, self._sent_checkpoint))
         self._transport.send(frames)
+        if checkpoint is not None:
+            self._sent_checkpoint = checkpoint
         # Only now is the batch delivered: the cursor moves past it, durably.
         self._store.set_cursor(self._cursor_name, rows[-1].seq)
         self.exported += len(rows)
         self._report("audit_exported_total", self.exported)
         self._report("audit_export_backlog", self.backlog())
         return len(rows)
+
+    def _checkpoint_for(self, start: int, end: int) -> Checkpoint | None:
+        if self._last_checkpoint is None:
+            return None
+        newest = self._last_checkpoint()
+        if newest is None or not start < newest.seq <= end:
+            return None
+        return newest
 
     def run(self, wait: Callable[[float], bool] | None = None) -> None:
         """Loop until ``stop()``: send while there is a backlog, back off after failures.

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from orthanc_hardening.audit.chain import StoredEvent, link, make_checkpoint
+from orthanc_hardening.audit.chain import Checkpoint, StoredEvent, link, make_checkpoint
 from orthanc_hardening.audit.event import AuditEvent
 from orthanc_hardening.errors import StoreUnavailableError
 from orthanc_hardening.seal.keys import SigningKey
@@ -81,12 +81,14 @@ class AuditWriter:
         keep_failed: bool = False,
         backlog_limit: int = 100_000,
         on_commit: Callable[[list[StoredEvent]], None] | None = None,
+        on_checkpoint: Callable[[Checkpoint], None] | None = None,
     ) -> None:
         """Open the writer on ``store`` and start its thread.
 
         ``on_commit`` observes each committed batch (rows with their ``seq`` and ``hash``) on
         the writer's thread, after the callers were released; its errors are logged, never
-        raised: the events are durable whatever it does.
+        raised: the events are durable whatever it does. ``on_checkpoint`` likewise observes
+        each committed checkpoint (the witnesses, ``services/audit_witness.py``).
 
         Raises:
             StoreUnavailableError: the store's head cannot be read.
@@ -99,6 +101,7 @@ class AuditWriter:
         self._keep_failed = keep_failed
         self._backlog_limit = backlog_limit
         self._on_commit = on_commit
+        self._on_checkpoint = on_checkpoint
         self._head = store.head()
         last = store.last_checkpoint()
         self._signed_seq = last.seq if last else 0
@@ -211,11 +214,19 @@ class AuditWriter:
                 flush, self._flush_wanted = self._flush_wanted, False
             self._last_batch = max(1, len(events))
             committed: list[StoredEvent] = []
+            signed: list[Checkpoint] = []
             try:
-                batch.error = self._commit(events, flush, committed)
+                batch.error = self._commit(events, flush, committed, signed)
             except Exception as exc:
                 logger.exception("audit writer failed unexpectedly")
                 batch.error = StoreUnavailableError(f"audit writer failure: {type(exc).__name__}")
+            # The witnesses get the checkpoint before the callers are released, so that a
+            # flush() returns once the witnesses hold it (one fsync per checkpoint, not per event).
+            if signed and self._on_checkpoint is not None:
+                try:
+                    self._on_checkpoint(signed[-1])
+                except Exception:
+                    logger.exception("audit checkpoint observer failed (the checkpoint is stored)")
             batch.done.set()
             if committed and self._on_commit is not None:
                 try:
@@ -243,8 +254,8 @@ class AuditWriter:
             return max(0.05, self._seconds - (time.monotonic() - self._signed_at))
         return self._seconds
 
-    def _commit(self, events: list[AuditEvent], flush: bool,
-                committed: list[StoredEvent]) -> StoreUnavailableError | None:
+    def _commit(self, events: list[AuditEvent], flush: bool, committed: list[StoredEvent],
+                signed: list[Checkpoint]) -> StoreUnavailableError | None:
         """Commit the backlog and ``events`` (and a checkpoint when due); return the error, if any.
 
         The committed rows are appended to ``committed``.
@@ -279,6 +290,7 @@ class AuditWriter:
         self.batches += 1
         self.is_healthy = True
         if checkpoint is not None:
+            signed.append(checkpoint)
             self._signed_seq = checkpoint.seq
             self._signed_at = time.monotonic()
             self._sign_next = False

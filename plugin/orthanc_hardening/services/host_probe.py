@@ -24,7 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from orthanc_hardening.tls.facts import FileFacts, HostFacts, LibsslFacts
+from orthanc_hardening.tls.facts import FileFacts, HostFacts, LibsslFacts, TLSMeasurement
 
 CIVETWEB = b"libcivetweb.so"
 LIBRARY_DIRECTORIES = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib", "/usr/lib", "/usr/local/lib")
@@ -165,6 +165,7 @@ def gather_host_facts(
     libssl: LibsslFacts | None,
     modalities: Mapping[str, Any] | None = None,
     peers: Mapping[str, Any] | None = None,
+    tls: Mapping[str, TLSMeasurement] | None = None,
 ) -> HostFacts:
     """Assemble ``HostFacts`` from the files named by ``posture.files_to_inspect``."""
     return HostFacts(
@@ -173,6 +174,7 @@ def gather_host_facts(
         libssl=libssl,
         modalities=modalities,
         peers=peers,
+        tls=tls,
     )
 
 

@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from orthanc_hardening.config import check_python_threads, load_config
-from orthanc_hardening.errors import ConfigError, StoreUnavailableError
+from orthanc_hardening.errors import ConfigError, IntegrityError, KeyRegistryError, StoreUnavailableError
 from orthanc_hardening.shell.guard import use_capabilities
 from orthanc_hardening.shell.logsink import install_logging
 from orthanc_hardening.shell.orthanc_api import PinnedOrthanc, unwrap
@@ -34,6 +34,8 @@ def install(orthanc: Any) -> Plugin:
     Raises:
         ConfigError: the configuration is invalid; Orthanc must not start.
         StoreUnavailableError: a store cannot be opened; Orthanc must not start.
+        KeyRegistryError: the key registry does not verify; Orthanc must not start.
+        AuditChainError: the audit log does not extend its witness; Orthanc must not start.
     """
     orthanc = PinnedOrthanc(unwrap(orthanc))
     use_capabilities(orthanc.capabilities)
@@ -45,6 +47,12 @@ def install(orthanc: Any) -> Plugin:
         plugin = build(orthanc, config, orthanc_config)
     except ConfigError as exc:
         orthanc.LogError(f"orthanc-hardening refuses to start: {exc.key}: {exc.problem}")
+        raise
+    except KeyRegistryError as exc:
+        orthanc.LogError(f"orthanc-hardening refuses to start: key registry: {exc}")
+        raise
+    except IntegrityError as exc:  # the audit log does not extend what its witness saw
+        orthanc.LogError(f"orthanc-hardening refuses to start: {type(exc).__name__}: {exc}")
         raise
     except StoreUnavailableError as exc:
         orthanc.LogError(f"orthanc-hardening refuses to start: {exc}")

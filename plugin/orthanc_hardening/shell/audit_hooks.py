@@ -47,13 +47,15 @@ from orthanc_hardening.audit.orthanc_log import SOURCE_PLUGIN, orthanc_audit_log
 from orthanc_hardening.audit.query import parse_query, render
 from orthanc_hardening.audit.routes import Access, classify
 from orthanc_hardening.audit.sink import AuditSink, Waiter
-from orthanc_hardening.config import HardeningConfig
+from orthanc_hardening.audit.witness import inspect_witness
+from orthanc_hardening.config import HardeningConfig, redact_url
 from orthanc_hardening.errors import (
     AccessDeniedError,
     StoreUnavailableError,
 )
 from orthanc_hardening.identity import AUDITOR, HttpRequest, Requester
 from orthanc_hardening.seal.keys import KeyRing
+from orthanc_hardening.services.audit_witness import AuditWitness, check_log_extends_witness
 from orthanc_hardening.services.audit_writer import DONE, AuditWriter
 from orthanc_hardening.shell.guard import alert
 from orthanc_hardening.shell.orthanc_api import capabilities_of
@@ -61,6 +63,7 @@ from orthanc_hardening.shell.rest import Reply, RestCall, register
 from orthanc_hardening.shell.runtime import Runtime
 from orthanc_hardening.shell.storage import SealedStorage
 from orthanc_hardening.stores.audit_store import AuditStore, open_store
+from orthanc_hardening.stores.witness_file import WitnessFile
 
 logger = logging.getLogger(__name__)
 
@@ -461,15 +464,32 @@ class AuditHooks:
         return Reply(raw=body, content_type=content_type)
 
     def verify_route(self, call: RestCall) -> Reply:
-        report = inspect_chain(self.reader.iter_rows(), self.reader.checkpoints(), self.keyring)
-        self.record([self._log_used(call, f"verify: {'ok' if report.ok else 'BROKEN'}")])
-        if not report.ok:
-            self.alert(call.requester, VERIFY_ROUTE,
-                        f"audit chain broken at seq {report.first_broken_seq}: {report.problems[:1]}")
-            return Reply({"error": "integrity check failed",
-                          "detail": f"audit chain broken at seq {report.first_broken_seq}", **report.as_dict()},
-                         status=409)
-        return Reply(report.as_dict())
+        witness_path = self.runtime.config.audit.witness_file
+        lines = WitnessFile(witness_path).lines() if witness_path is not None and witness_path.exists() else []
+        wanted = {line.seq for line in lines}
+        hash_at: dict[int, str] = {}
+
+        def rows() -> Iterator[StoredEvent]:
+            for row in self.reader.iter_rows():
+                if row.seq in wanted:
+                    hash_at[row.seq] = row.hash
+                yield row
+
+        report = inspect_chain(rows(), self.reader.checkpoints(), self.keyring)
+        answer = report.as_dict()
+        witness_problems = inspect_witness(lines, hash_at, report.last_seq, self.keyring) if lines else []
+        if witness_path is not None:
+            answer["witness"] = {"file": str(witness_path), "lines": len(lines),
+                                 "last_seq": lines[-1].seq if lines else 0, "problems": witness_problems}
+        ok = report.ok and not witness_problems
+        self.record([self._log_used(call, f"verify: {'ok' if ok else 'BROKEN'}")])
+        if not ok:
+            first = report.problems[:1] if not report.ok else witness_problems[:1]
+            where = f"seq {report.first_broken_seq}" if not report.ok else "a witnessed checkpoint"
+            self.alert(call.requester, VERIFY_ROUTE, f"audit chain broken at {where}: {first}")
+            return Reply({"error": "integrity check failed", "detail": f"audit chain broken at {where}",
+                          **answer, "ok": False}, status=409)
+        return Reply(answer)
 
     def _log_used(self, call: RestCall, detail: str) -> AuditEvent:
         return self.event(call.requester, EventCode.AUDIT_LOG_USED, Action.READ, f"{call.method} {call.uri}", None,
@@ -495,6 +515,7 @@ class AuditTrail:
     reader: AuditStore
     sink: AuditSink
     emitter: OrthancAuditLogs | None
+    witness: AuditWitness | None = None
 
 
 def open_trail(orthanc: Any, config: HardeningConfig, keys: KeyRing, clock: Callable[[], Any]) -> AuditTrail:
@@ -503,19 +524,27 @@ def open_trail(orthanc: Any, config: HardeningConfig, keys: KeyRing, clock: Call
     Raises:
         StoreUnavailableError: the audit store cannot be opened; Orthanc must not serve without
             its audit trail.
+        AuditChainError: the log does not extend the newest checkpoint its witness holds (it
+            was cut or rewritten); the plugin must not sign a checkpoint over it.
     """
     emitter = OrthancAuditLogs(orthanc) if capabilities_of(orthanc).emit_audit_log else None
+    witness: AuditWitness | None = None
     try:
         store = open_store(config.audit.database, config.sqlite_synchronous)
         reader = open_store(config.audit.database, config.sqlite_synchronous)
+        if config.audit.witness_file is not None:
+            witness_file = WitnessFile(config.audit.witness_file)
+            # Before the writer exists: its first commit signs the head.
+            last = check_log_extends_witness(store, witness_file, keys)
+            witness = AuditWitness(witness_file, last, lambda: keys.signer, clock)
         writer = AuditWriter(store, lambda: keys.signer, clock, config.audit.checkpoint_every,
                              config.audit.checkpoint_seconds, keep_failed=not config.is_enforcing,
-                             on_commit=emitter)
+                             on_commit=emitter, on_checkpoint=witness)
     except StoreUnavailableError:
-        logger.error("audit store %s cannot be opened", config.audit.database)
+        logger.error("audit store %s cannot be opened", redact_url(config.audit.database))
         raise
     sink: AuditSink = writer if config.is_enforcing else LenientSink(writer)
-    return AuditTrail(writer, reader, sink, emitter)
+    return AuditTrail(writer, reader, sink, emitter, witness)
 
 
 def install(runtime: Runtime, trail: AuditTrail, storage: SealedStorage) -> AuditHooks:
@@ -548,7 +577,7 @@ def install(runtime: Runtime, trail: AuditTrail, storage: SealedStorage) -> Audi
     register(runtime, AUDIT_ROUTE, {"GET": hooks.audit_route}, role=AUDITOR, name="audit")
     register(runtime, VERIFY_ROUTE, {"GET": hooks.verify_route}, role=AUDITOR, name="audit-verify")
     _watch_metrics(runtime, writer)
-    logger.info("audit trail in %s (head %s)", config.audit.database, writer.head)
+    logger.info("audit trail in %s (head %s)", redact_url(config.audit.database), writer.head)
     return hooks
 
 

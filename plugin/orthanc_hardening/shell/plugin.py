@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from orthanc_hardening.config import HardeningConfig, passphrase_from_env
+from orthanc_hardening.config import HardeningConfig, take_passphrase
 from orthanc_hardening.seal.keys import KeyRing
 from orthanc_hardening.services.audit_export import AuditExporter
 from orthanc_hardening.shell import (
@@ -73,14 +73,15 @@ class Plugin:
     exporter: AuditExporter | None
 
 
-def load_keys(config: HardeningConfig, env: Mapping[str, str], runtime_clock: Any = utc_now) -> KeyRing:
+def load_keys(config: HardeningConfig, passphrase: bytes | None, runtime_clock: Any = utc_now) -> KeyRing:
     """The key ring: the signing key (decrypted with its passphrase) and the trusted keys.
 
     Raises:
         ConfigError: a key cannot be loaded.
+        KeyRegistryError: the key registry or its anchor does not verify.
     """
-    return key_files.load_key_ring(config.signing_key, passphrase_from_env(config, env), config.key_directory,
-                                   config.trusted_keys, runtime_clock())
+    return key_files.load_key_ring(config.signing_key, passphrase, config.key_directory, config.trusted_keys,
+                                   runtime_clock(), config.key_registry_anchor)
 
 
 def build(orthanc: OrthancApi, config: HardeningConfig, orthanc_config: Mapping[str, Any]) -> Plugin:
@@ -90,7 +91,10 @@ def build(orthanc: OrthancApi, config: HardeningConfig, orthanc_config: Mapping[
         ConfigError: the configuration or a key is unusable.
         StoreUnavailableError: a store cannot be opened.
     """
-    keys = load_keys(config, os.environ)
+    # Read once, then gone from the environment (children of Orthanc do not inherit it); the
+    # key rotation route gets it from here.
+    passphrase = take_passphrase(config, os.environ)
+    keys = load_keys(config, passphrase)
     cache = SignatureCache()
     trail = audit_hooks.open_trail(orthanc, config, keys, utc_now)
     metrics = Metrics(orthanc)
@@ -105,7 +109,7 @@ def build(orthanc: OrthancApi, config: HardeningConfig, orthanc_config: Mapping[
     body_limits.install(runtime)
     sealed = storage.install(runtime, keys, cache)
     archive_routes = archives.install(runtime, sealed)
-    seal_routes.install(runtime, sealed)
+    seal_routes.install(runtime, sealed, passphrase)
     hooks = audit_hooks.install(runtime, trail, sealed)
     queries = query.install(runtime, sealed, hooks)
     manifests, scrubber = scrub.install(runtime, sealed)

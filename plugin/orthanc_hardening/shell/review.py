@@ -13,14 +13,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 from orthanc_hardening.audit.atna import AuditSource, audit_message
-from orthanc_hardening.audit.chain import StoredEvent
+from orthanc_hardening.audit.chain import GENESIS_HASH, Checkpoint, StoredEvent
 from orthanc_hardening.audit.event import Outcome
 from orthanc_hardening.audit.syslog import frame, syslog_message
 from orthanc_hardening.errors import NotFoundError
@@ -30,6 +32,7 @@ from orthanc_hardening.services.syslog_transport import TLSSyslogTransport
 from orthanc_hardening.shell.rest import Reply, RestCall, register
 from orthanc_hardening.shell.runtime import Runtime
 from orthanc_hardening.stores.audit_store import open_store
+from orthanc_hardening.timefmt import parse_time
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +126,37 @@ def syslog_formatter(runtime: Runtime) -> tuple[AuditSource, object]:
     return source, formatter
 
 
+CHECKPOINT_MSGID = "HARDENING-CHECKPOINT"
+
+
+def checkpoint_syslog_formatter(runtime: Runtime) -> Callable[[Checkpoint, Checkpoint | None], bytes]:
+    """Build the checkpoint -> framed syslog message function (MSGID ``HARDENING-CHECKPOINT``).
+
+    The message is JSON: the signed checkpoint (``seq``, ``hash``, ``time``, ``key_id``,
+    ``signature``: verify it over ``audit.chain.checkpoint_bytes``) and the previous checkpoint
+    this exporter sent (``previous_seq``, ``previous_hash``; 0 and zeros after a restart).
+    """
+    config = runtime.config.audit.syslog
+    if config is None:
+        raise RuntimeError("no syslog configuration")
+    hostname = socket.gethostname() or "-"
+    procid = str(os.getpid())
+    app_name = config.app_name
+
+    def formatter(checkpoint: Checkpoint, previous: Checkpoint | None) -> bytes:
+        payload = json.dumps({
+            "type": "audit-checkpoint", "v": 1, "seq": checkpoint.seq, "hash": checkpoint.hash,
+            "time": checkpoint.time, "key_id": checkpoint.key_id, "signature": checkpoint.signature,
+            "previous_seq": previous.seq if previous else 0,
+            "previous_hash": previous.hash if previous else GENESIS_HASH,
+        }, sort_keys=True, separators=(",", ":")).encode("ascii")
+        return frame(syslog_message(payload, time=parse_time(checkpoint.time), hostname=hostname,
+                                    app_name=app_name, procid=procid, msgid=CHECKPOINT_MSGID,
+                                    sequence_id=checkpoint.seq))
+
+    return formatter
+
+
 def start_exporter(runtime: Runtime) -> AuditExporter | None:
     """Start the syslog exporter when ``Hardening.Audit.Syslog`` is set; stop it at Orthanc stop."""
     config = runtime.config.audit.syslog
@@ -137,7 +171,9 @@ def start_exporter(runtime: Runtime) -> AuditExporter | None:
     def report(name: str, value: float) -> None:
         metrics.set(name, value)
 
-    exporter = AuditExporter(store, transport, formatter, report=report)  # type: ignore[arg-type]
+    exporter = AuditExporter(store, transport, formatter, report=report,  # type: ignore[arg-type]
+                             checkpoint_formatter=checkpoint_syslog_formatter(runtime),
+                             last_checkpoint=store.last_checkpoint)
 
     def stop() -> None:
         exporter.stop()

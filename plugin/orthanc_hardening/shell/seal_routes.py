@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from typing import Any
 
 from orthanc_hardening.audit.event import Action, AuditEvent, EventCode, Outcome
-from orthanc_hardening.config import passphrase_from_env
 from orthanc_hardening.errors import BadRequestError, SealInvalidError, SealMissingError
 from orthanc_hardening.identity import ADMINISTRATOR
 from orthanc_hardening.integrity.legacy import StoredAttachment, plan_legacy_sealing
@@ -67,20 +65,22 @@ def seal_existing(storage: SealedStorage, since: int, limit: int) -> dict[str, A
             "done": len(ids) < limit}
 
 
-def install(runtime: Runtime, storage: SealedStorage) -> None:
-    """Register the seal and key routes."""
+def install(runtime: Runtime, storage: SealedStorage, passphrase: bytes | None = None) -> None:
+    """Register the seal and key routes (``passphrase``: the signing key's, read once at start)."""
     config = runtime.config
 
     def seal_of_instance(call: RestCall) -> Reply:
         return Reply(storage.seal_report(call.groups[0]))
 
     def list_keys(call: RestCall) -> Reply:
-        entries = key_files.read_registry(config.key_directory)
+        # The registry file is verified again (against its anchor): a file edited since the
+        # start is refused (409), never listed as if it were trusted.
+        state = key_files.registry_state(config.signing_key, config.key_directory, config.key_registry_anchor)
         current = storage.keyring.signer.key_id
         accepted = storage.keyring.public_keys()
         rows = []
-        for kid in sorted(set(entries) | set(accepted)):
-            entry = entries.get(kid)
+        for kid in sorted(set(state.keys) | set(accepted)):
+            entry = state.keys.get(kid)
             status = "current" if kid == current else "revoked" if entry and entry.is_revoked else "trusted"
             rows.append({
                 "key_id": kid,
@@ -92,13 +92,13 @@ def install(runtime: Runtime, storage: SealedStorage) -> None:
                 "source": "registry" if entry else "TrustedKeys",
                 "public_key": accepted.get(kid, b"").decode("ascii"),
             })
-        return Reply({"current": current, "keys": rows})
+        return Reply({"current": current, "keys": rows, "registry": {"entries": state.count, "head": state.head}})
 
     def rotate(call: RestCall) -> Reply:
-        passphrase = passphrase_from_env(config, os.environ)
         if not passphrase:
             raise BadRequestError("passphrase", f"{config.signing_key_passphrase_env} is not set")
-        old, new = key_files.rotate_key(config.signing_key, config.key_directory, passphrase, runtime.clock())
+        old, new = key_files.rotate_key(config.signing_key, config.key_directory, passphrase, runtime.clock(),
+                                       anchor_file=config.key_registry_anchor)
         storage.keyring.replace_signer(new)
         runtime.audit.record(AuditEvent(
             time=runtime.clock(), event=EventCode.APPLICATION_ACTIVITY, action=Action.EXECUTE,

@@ -33,8 +33,9 @@ import datetime as dt
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -42,6 +43,7 @@ from orthanc_hardening.errors import AccessDeniedError, BadRequestError
 from orthanc_hardening.identity import ADMINISTRATOR, HttpRequest, Requester, transport_of_uri
 from orthanc_hardening.request_body import MAX_DEPTH, nesting_depth
 from orthanc_hardening.services import host_probe as host
+from orthanc_hardening.services.tls_probe import measure_endpoints
 from orthanc_hardening.shell.guard import JSON_CONTENT_TYPE, RestRefusal, alert, answer_json, decide
 from orthanc_hardening.shell.orthanc_api import core_call
 from orthanc_hardening.shell.requester import internal_requester, rest_requester
@@ -58,6 +60,7 @@ from orthanc_hardening.tls.enforcement import (
     judge_definition,
     judge_request,
 )
+from orthanc_hardening.tls.facts import TLSMeasurement
 from orthanc_hardening.tls.posture import (
     PostureReport,
     Status,
@@ -97,13 +100,17 @@ FORBIDDEN_ROUTES = (
 )
 
 
-def evaluate_posture(runtime: Runtime, live: bool) -> PostureReport:
+Measure = Callable[[Mapping[str, Any], Path], dict[str, TLSMeasurement]]
+
+
+def evaluate_posture(runtime: Runtime, live: bool, measure: Measure | None = None) -> PostureReport:
     """Gather host facts and run the posture checks.
 
     Args:
         runtime: the plugin runtime.
-        live: read modalities and peers through the REST API (not possible during
-            Orthanc's initialisation; they come from the configuration then).
+        live: read modalities and peers through the REST API and measure the TLS endpoints
+            (not possible during Orthanc's initialisation; they come from the configuration then).
+        measure: what measures the TLS endpoints (``measure_endpoints``; tests pass a fake).
 
     Raises:
         ConfigError: a configured certificate file is missing, unreadable or not a
@@ -115,7 +122,9 @@ def evaluate_posture(runtime: Runtime, live: bool) -> PostureReport:
     libssl = host.probe_libssl(host.civetweb_in_process())
     modalities = _rest_json(runtime, "/modalities?expand") if live else None
     peers = _rest_json(runtime, "/peers?expand") if live else None
-    facts = host.gather_host_facts(wanted, base, libssl, modalities, peers)
+    # The servers listen only once Orthanc has started: what they accept is measured live.
+    tls = (measure or measure_endpoints)(config, base) if live else None
+    facts = host.gather_host_facts(wanted, base, libssl, modalities, peers, tls)
     if not live:
         check_certificate_files(config, facts)
     report = inspect_posture(config, runtime.config, facts, runtime.clock())
@@ -133,8 +142,11 @@ class TLSGate:
     outgoing: OutgoingPolicy
 
 
-def install_early(runtime: Runtime) -> TLSGate:
+def install_early(runtime: Runtime, measure: Measure | None = None) -> TLSGate:
     """Evaluate the posture, decide on lockdown and register every TLS route (see module doc).
+
+    ``measure`` measures the running TLS endpoints for ``GET /hardening/posture``
+    (``measure_endpoints`` by default).
 
     Raises:
         ConfigError: a configured certificate file cannot be used; Orthanc must not start.
@@ -163,7 +175,7 @@ def install_early(runtime: Runtime) -> TLSGate:
     _install_enforcement(runtime, gate.outgoing)
 
     def posture(call: RestCall) -> Reply:
-        gate.report = evaluate_posture(runtime, live=True)
+        gate.report = evaluate_posture(runtime, live=True, measure=measure)
         return Reply(gate.report.to_json(runtime.config.mode.value, runtime.lockdown))
 
     register(runtime, POSTURE_ROUTE, {"GET": posture}, role=ADMINISTRATOR)

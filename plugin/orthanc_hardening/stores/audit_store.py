@@ -29,6 +29,7 @@ from urllib.parse import urlparse
 from orthanc_hardening.audit.chain import Checkpoint, StoredEvent, event_from_fields, row_fields
 from orthanc_hardening.audit.event import Action, AuditEvent, EventCode, Outcome, Transport
 from orthanc_hardening.audit.query import AuditQuery
+from orthanc_hardening.config import redact_url
 from orthanc_hardening.errors import StoreUnavailableError
 from orthanc_hardening.timefmt import format_time
 
@@ -140,6 +141,15 @@ def open_store(url: str, synchronous: str = "FULL") -> AuditStore:
     if parsed.scheme in ("postgresql", "postgres"):
         return PostgresAuditStore(url)
     raise ValueError(f"unsupported audit database URL {url!r}")
+
+
+def _without_password(text: str, url: str) -> str:
+    """``text`` (a driver's error message) with the URL's password, if any, replaced by ``***``."""
+    password = urlparse(url).password
+    for part in urlparse(url).query.split("&"):
+        if part.lower().startswith("password="):
+            password = part.split("=", 1)[1]
+    return text.replace(password, "***") if password else text
 
 
 def _row_values(row: StoredEvent) -> tuple[Any, ...]:
@@ -362,7 +372,8 @@ class PostgresAuditStore:
                 self._conn.execute("INSERT INTO meta (name, value) VALUES ('schema', %s) ON CONFLICT DO NOTHING",
                                    (str(SCHEMA_VERSION),))
         except psycopg.Error as exc:
-            raise StoreUnavailableError(f"PostgreSQL audit store cannot be opened: {exc}") from exc
+            raise StoreUnavailableError(f"PostgreSQL audit store {redact_url(url)} cannot be opened: "
+                                        f"{_without_password(str(exc), url)}") from exc
 
     def _run(self, action: str, function: Any) -> Any:
         with self._lock:
@@ -372,7 +383,8 @@ class PostgresAuditStore:
                 with self._conn.transaction():
                     return function(self._conn)
             except self._psycopg.Error as exc:
-                raise StoreUnavailableError(f"audit store cannot {action}: {exc}") from exc
+                raise StoreUnavailableError(f"audit store cannot {action}: "
+                                            f"{_without_password(str(exc), self._url)}") from exc
 
     def head(self) -> tuple[int, str] | None:
         row = self._run("read", lambda c: c.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")

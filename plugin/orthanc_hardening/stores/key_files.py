@@ -1,12 +1,14 @@
 """Key files: the signing key, public keys, the key registry and rotation (file I/O).
 
 * ``load_signing_key`` / ``load_public_key`` read PEM files (parsed by ``seal/keys.py``).
-* The registry (``registry.json`` under ``HardeningConfig.key_directory``) remembers every key
-  that ever signed: its public key file, when it became current, when it retired, and whether
-  it was revoked. ``rotate_key`` makes a new key current: the old public key stays trusted
-  until revoked, and the configured signing-key file is replaced by the new key, encrypted with
-  the same passphrase.
-* ``load_key_ring`` builds the ``KeyRing`` the plugin verifies with.
+* The registry (``registry.json`` under ``HardeningConfig.key_directory``) is the signed log of
+  ``seal/registry.py``: every key that ever signed, added by a rotation signed by the key it
+  replaced, and every revocation, signed. Its anchor (the head, signed by the current key)
+  lives beside the signing key, outside ``DataDirectory``. ``rotate_key`` makes a new key
+  current: the old public key stays trusted until revoked, and the configured signing-key
+  file is replaced by the new key, encrypted with the same passphrase.
+* ``load_key_ring`` builds the ``KeyRing`` the plugin verifies with, from the verified
+  registry only: a registry that does not verify raises ``KeyRegistryError``.
 
 Files are written atomically (temporary file, fsync, rename). The caller passes ``now`` and the
 passphrase.
@@ -17,27 +19,28 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 
-from orthanc_hardening.errors import ConfigError
+from orthanc_hardening.errors import ConfigError, KeyRegistryError
+from orthanc_hardening.seal import registry
 from orthanc_hardening.seal.keys import (
     SIGNING_KEY,
     TRUSTED_KEYS,
-    KeyEntry,
+    CurrentKey,
     KeyRing,
     PublicKey,
     PublicKeyRing,
     Signer,
-    algorithm_of,
     encrypt_private_key,
     generate_private_key,
     key_id,
     parse_public_key,
     parse_signing_key,
-    public_pem,
 )
+from orthanc_hardening.seal.registry import RegisteredKey, RegistryAnchor, RegistryEntry, RegistryState
+from orthanc_hardening.stores.token_keys import Token, is_token_uri
 
 REGISTRY_FILE = "registry.json"
 
@@ -110,57 +113,215 @@ def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
 # -- registry -------------------------------------------------------------------------------
 
 
-def _iso(now: datetime) -> str:
-    if now.tzinfo is None:
-        raise ValueError("now must be timezone-aware")
-    return now.isoformat().replace("+00:00", "Z")
-
-
-def read_registry(directory: Path) -> dict[str, KeyEntry]:
-    """Read ``registry.json`` (missing file: empty registry).
+def anchor_path(signing_key: Path, anchor: Path | None = None) -> Path:
+    """Where the registry anchor lives: ``anchor`` (``Hardening.KeyRegistryAnchor``) when given,
+    else beside the signing key file, outside ``DataDirectory``.
 
     Raises:
-        ConfigError: the registry is not valid JSON of the expected shape.
+        ConfigError: a PKCS#11 key (no file to sit beside) without ``anchor``.
+    """
+    if anchor is not None:
+        return Path(anchor)
+    if is_token_uri(signing_key):
+        raise ConfigError("Hardening.KeyRegistryAnchor", "is required with a PKCS#11 signing key (a file outside "
+                                                         "DataDirectory for the key registry's anchor)")
+    signing_key = Path(signing_key)
+    return signing_key.with_name(signing_key.name + ".registry-anchor.json")
+
+
+def load_signer(signing_key: Path, passphrase: bytes | None, key_directory: Path) -> CurrentKey:
+    """The current signing key: the encrypted key file, or the key in a PKCS#11 token.
+
+    For a token, the key the (unverified) registry names as current is looked up by its id, so
+    that a key made by a rotation is found; the registry is verified against it afterwards.
+
+    Raises:
+        ConfigError: (key ``Hardening.SigningKey``) the key cannot be loaded.
+    """
+    if not is_token_uri(signing_key):
+        return load_signing_key(signing_key, passphrase)
+    hint = None
+    try:
+        entries = read_registry(key_directory)
+        hint = registry.inspect_registry(entries).current if entries else None
+    except (KeyRegistryError, _UnsignedRegistry):
+        hint = None  # the verification that follows names the problem
+    return Token.open(str(signing_key), passphrase).signer(hint)
+
+
+def _pending_path(signing_key: Path) -> Path:
+    signing_key = Path(signing_key)
+    return signing_key.with_name(signing_key.name + ".pending")
+
+
+def read_registry(directory: Path) -> list[RegistryEntry] | None:
+    """Read the entries of ``registry.json`` (``None`` when there is no registry yet).
+
+    Raises:
+        KeyRegistryError: the file is unreadable or not a registry of a known format.
+        _UnsignedRegistry: a registry of the first, unsigned format (version 1); the caller
+            decides whether it can be replaced.
     """
     path = Path(directory) / REGISTRY_FILE
     if not path.exists():
-        return {}
+        return None
     try:
         raw = json.loads(path.read_text())
-        entries = {item["key_id"]: KeyEntry(**item) for item in raw["keys"]}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError("Hardening.DataDirectory", f"key registry {path} is unreadable: {exc}") from exc
-    return entries
+    except (OSError, ValueError) as exc:
+        raise KeyRegistryError(f"key registry {path} is unreadable: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise KeyRegistryError(f"key registry {path} is not a JSON object")
+    if raw.get("version") == 1:
+        raise _UnsignedRegistry([str(k.get("key_id")) for k in raw.get("keys", []) if isinstance(k, dict)])
+    if raw.get("version") != registry.VERSION or not isinstance(raw.get("entries"), list):
+        raise KeyRegistryError(f"key registry {path} has an unknown format")
+    return [RegistryEntry.from_dict(item) for item in raw["entries"]]
 
 
-def write_registry(directory: Path, entries: Mapping[str, KeyEntry]) -> None:
-    """Write ``registry.json`` atomically."""
-    body = {"version": 1, "keys": [entries[k].as_dict() for k in sorted(entries)]}
-    write_private(Path(directory) / REGISTRY_FILE, (json.dumps(body, indent=2, sort_keys=True) + "\n").encode(), 0o644)
+class _UnsignedRegistry(Exception):
+    """A version 1 registry (nothing signed), with the key ids it lists."""
+
+    def __init__(self, key_ids: list[str]) -> None:
+        super().__init__(", ".join(key_ids))
+        self.key_ids = key_ids
 
 
-def register_key(directory: Path, public_key: PublicKey, now: datetime) -> KeyEntry:
-    """Make sure ``public_key`` is in the registry with its public key file; return its entry."""
-    directory = Path(directory)
-    entries = read_registry(directory)
-    kid = key_id(public_key)
-    file_name = f"{kid}.pub.pem"
-    pub_path = directory / file_name
-    if not pub_path.exists():
-        write_private(pub_path, public_pem(public_key), 0o644)
-    if kid not in entries:
-        entries[kid] = KeyEntry(kid, algorithm_of(public_key), file_name, _iso(now))
-        write_registry(directory, entries)
-    return entries[kid]
+def write_registry(directory: Path, entries: Sequence[RegistryEntry]) -> None:
+    """Write ``registry.json`` atomically.
+
+    Raises:
+        ConfigError: (key ``Hardening.DataDirectory``) the key directory is not writable.
+    """
+    body = {"version": registry.VERSION, "entries": [e.as_dict() for e in entries]}
+    try:
+        write_private(Path(directory) / REGISTRY_FILE,
+                      (json.dumps(body, indent=2, sort_keys=True) + "\n").encode(), 0o644)
+    except OSError as exc:
+        raise ConfigError("Hardening.DataDirectory", f"cannot write the key registry in {directory}: "
+                                                     f"{exc.strerror}") from exc
+
+
+def read_anchor(signing_key: Path, anchor: Path | None = None) -> RegistryAnchor | None:
+    """Read the anchor beside the signing key (``None`` when there is none).
+
+    Raises:
+        KeyRegistryError: the anchor is unreadable or malformed.
+    """
+    path = anchor_path(signing_key, anchor)
+    if not path.exists():
+        return None
+    try:
+        return RegistryAnchor.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError) as exc:
+        raise KeyRegistryError(f"registry anchor {path} is unreadable: {exc}") from exc
+
+
+def write_anchor(signing_key: Path, record: RegistryAnchor, anchor: Path | None = None) -> None:
+    """Write the anchor atomically beside the signing key.
+
+    Raises:
+        ConfigError: (key ``Hardening.SigningKey``) the key's directory is not writable.
+    """
+    path = anchor_path(signing_key, anchor)
+    try:
+        write_private(path, (json.dumps(record.as_dict(), indent=2, sort_keys=True) + "\n").encode(), 0o644)
+    except OSError as exc:
+        raise ConfigError(SIGNING_KEY, f"cannot write the key registry's anchor {path}: {exc.strerror}") from exc
+
+
+def _finish_pending_rotation(signing_key: Path, passphrase: bytes | None, key_directory: Path) -> None:
+    """Complete or undo a rotation that stopped between the registry and the key file.
+
+    A rotation writes the new key to ``<SigningKey>.pending``, appends its signed entry to the
+    registry, then renames the pending file over the signing key. When the registry's last
+    entry made the pending key current, the rename is finished; otherwise the pending key was
+    never committed and is removed.
+    """
+    if is_token_uri(signing_key):
+        return  # a token rotation has no file to rename
+    pending = _pending_path(signing_key)
+    if not pending.exists():
+        return
+    try:
+        candidate = load_signing_key(pending, passphrase)
+        entries = read_registry(key_directory)
+    except (ConfigError, KeyRegistryError, _UnsignedRegistry):
+        entries, candidate = None, None
+    if entries and candidate is not None and entries[-1].kind == "rotate" and entries[-1].key_id == candidate.key_id:
+        os.replace(pending, signing_key)
+    else:
+        pending.unlink()
+
+
+def _verified_registry(signer: CurrentKey, key_directory: Path, signing_key: Path, now: datetime,
+                       anchor_file: Path | None = None) -> tuple[list[RegistryEntry], RegistryState]:
+    """The registry's entries and state, verified against the signing key and the anchor.
+
+    On the first start (no registry and no anchor) the registry is created with the signing
+    key as its genesis. The anchor is rewritten when the registry verifiably extends it.
+
+    Raises:
+        KeyRegistryError: the registry or the anchor is missing while the other exists, does
+            not verify, or does not lead to the signing key.
+    """
+    try:
+        entries = read_registry(key_directory)
+    except _UnsignedRegistry as unsigned:
+        if set(unsigned.key_ids) - {signer.key_id}:
+            raise KeyRegistryError(
+                f"the key registry in {key_directory} is of the unsigned first format and lists keys other than "
+                f"the signing key ({unsigned}); nothing vouches for them: put the public keys you trust in "
+                f"Hardening.TrustedKeys (outside DataDirectory) and remove {REGISTRY_FILE}") from None
+        entries = None  # it only listed the signing key: start the signed registry from it
+    anchor = read_anchor(signing_key, anchor_file)
+    where = anchor_path(signing_key, anchor_file)
+    if entries is None:
+        if anchor is not None:
+            raise KeyRegistryError(f"the key registry {Path(key_directory) / REGISTRY_FILE} is missing, but its "
+                                   f"anchor {where} vouches for {anchor.count} entries")
+        entries = [registry.genesis(signer, signer.public_key, now)]
+        state = registry.verify_registry(entries, signer.key_id)
+        write_registry(key_directory, entries)
+        write_anchor(signing_key, registry.anchor_of(state, signer, now), anchor_file)
+        return entries, state
+    if anchor is None:
+        raise KeyRegistryError(f"the key registry's anchor {where} is missing: nothing outside "
+                               f"DataDirectory vouches for the registry")
+    state = registry.verify_registry(entries, signer.key_id)
+    registry.verify_anchor(state, entries, anchor)
+    if anchor.count != state.count or anchor.key_id != state.current:
+        write_anchor(signing_key, registry.anchor_of(state, signer, now), anchor_file)
+    return entries, state
+
+
+def registry_state(signing_key: Path, key_directory: Path, anchor_file: Path | None = None) -> RegistryState:
+    """The registry verified against its anchor, without the private key (offline tools, listings).
+
+    Raises:
+        KeyRegistryError: no registry or no anchor, or either does not verify.
+    """
+    try:
+        entries = read_registry(key_directory)
+    except _UnsignedRegistry as unsigned:
+        raise KeyRegistryError(f"the key registry is of the unsigned first format ({unsigned}); start the "
+                               f"plugin once to replace it by a signed one") from None
+    anchor = read_anchor(signing_key, anchor_file)
+    if entries is None or anchor is None:
+        raise KeyRegistryError(f"no signed key registry: {Path(key_directory) / REGISTRY_FILE} and "
+                               f"{anchor_path(signing_key, anchor_file)} must both exist")
+    state = registry.inspect_registry(entries)
+    registry.verify_anchor(state, entries, anchor)
+    return state
 
 
 def rotate_key(
-    signing_key: Path, key_directory: Path, passphrase: bytes, now: datetime, algorithm: str | None = None
-) -> tuple[Signer, Signer]:
-    """Make a new signing key current; keep the old public key trusted in the registry.
+    signing_key: Path, key_directory: Path, passphrase: bytes, now: datetime, algorithm: str | None = None,
+    anchor_file: Path | None = None,
+) -> tuple[CurrentKey, CurrentKey]:
+    """Make a new signing key current; the old public key stays trusted in the registry.
 
-    The old key's public key is written under ``key_directory`` and marked retired; the new
-    key replaces ``signing_key`` (same passphrase); the registry lists both.
+    The rotation entry is signed by the old key and by the new one; the new key replaces
+    ``signing_key`` (same passphrase) and signs the new anchor.
 
     Args:
         signing_key: path of ``Hardening.SigningKey``.
@@ -174,85 +335,90 @@ def rotate_key(
 
     Raises:
         ConfigError: the current key cannot be loaded.
+        KeyRegistryError: the registry does not verify (nothing is rotated over it).
     """
-    old = load_signing_key(signing_key, passphrase)
-    register_key(key_directory, old.public_key, now)
+    _finish_pending_rotation(signing_key, passphrase, key_directory)
+    old = load_signer(signing_key, passphrase, key_directory)
+    entries, _state = _verified_registry(old, key_directory, signing_key, now, anchor_file)
+    if is_token_uri(signing_key):
+        # The new key is made inside the token; the registry (signed by both) makes it current.
+        if algorithm not in (None, "ed25519"):
+            raise ConfigError("--algorithm", "keys in a PKCS#11 token are Ed25519")
+        token_key = Token.open(str(signing_key), passphrase).generate()
+        entries = [*entries, registry.rotation(entries, old, token_key, token_key.public_key, now)]
+        write_registry(key_directory, entries)
+        write_anchor(signing_key, registry.anchor_of(registry.verify_registry(entries, token_key.key_id),
+                                                     token_key, now), anchor_file)
+        return old, token_key
     new_private = generate_private_key(algorithm or old.algorithm)
     new = Signer.of(new_private)
-    register_key(key_directory, new.public_key, now)
-    entries = read_registry(key_directory)
-    entries[old.key_id] = _replace(entries[old.key_id], retired_at=_iso(now))
+    pending = _pending_path(signing_key)
+    write_private(pending, encrypt_private_key(new_private, passphrase))
+    entries = [*entries, registry.rotation(entries, old, new, new.public_key, now)]
     write_registry(key_directory, entries)
-    # The registry already trusts the new key when the file is swapped: a crash in between
-    # leaves the old key current and the new one merely known.
-    write_private(Path(signing_key), encrypt_private_key(new_private, passphrase))
+    # A crash here leaves the pending key and a registry naming it: the next start finishes.
+    os.replace(pending, Path(signing_key))
+    write_anchor(signing_key, registry.anchor_of(registry.verify_registry(entries, new.key_id), new, now),
+                 anchor_file)
     return old, new
 
 
-def revoke_key(key_directory: Path, kid: str, now: datetime) -> KeyEntry:
-    """Mark a retired key revoked: its seals stop verifying.
+def revoke_key(signing_key: Path, passphrase: bytes | None, key_directory: Path, kid: str,
+               now: datetime, anchor_file: Path | None = None) -> RegisteredKey:
+    """Revoke a retired key (signed by the current key): its seals stop verifying.
 
     Raises:
-        ConfigError: the key id is not in the registry.
+        ConfigError: (key ``key_id``) the key id is not in the registry or is the current key;
+            the signing key cannot be loaded.
+        KeyRegistryError: the registry does not verify.
     """
-    entries = read_registry(key_directory)
-    if kid not in entries:
+    signer = load_signer(signing_key, passphrase, key_directory)
+    entries, state = _verified_registry(signer, key_directory, signing_key, now, anchor_file)
+    if kid not in state.keys:
         raise ConfigError("key_id", f"{kid} is not in the key registry")
-    entries[kid] = _replace(entries[kid], revoked_at=_iso(now))
+    if kid == state.current:
+        raise ConfigError("key_id", f"{kid} is the current key; rotate first, then revoke it")
+    entries = [*entries, registry.revocation(entries, signer, kid, now)]
+    state = registry.verify_registry(entries, signer.key_id)
     write_registry(key_directory, entries)
-    return entries[kid]
-
-
-def _replace(entry: KeyEntry, **changes: str) -> KeyEntry:
-    values = entry.as_dict()
-    values.update(changes)
-    return KeyEntry(**values)
+    write_anchor(signing_key, registry.anchor_of(state, signer, now), anchor_file)
+    return state.keys[kid]
 
 
 def load_key_ring(signing_key: Path, passphrase: bytes | None, key_directory: Path,
-                  trusted_files: Iterable[Path], now: datetime) -> KeyRing:
-    """Load the current key, the registry's unrevoked keys and the ``TrustedKeys`` files.
+                  trusted_files: Iterable[Path], now: datetime, anchor_file: Path | None = None) -> KeyRing:
+    """Load the current key, the verified registry's unrevoked keys and the ``TrustedKeys`` files.
 
-    The current key is added to the registry when missing (first start).
+    The registry is created with the current key as genesis on the first start.
 
     Raises:
         ConfigError: a key file cannot be loaded, or the current key is revoked.
+        KeyRegistryError: the registry or its anchor does not verify (the plugin must not start).
     """
-    signer = load_signing_key(signing_key, passphrase)
-    register_key(key_directory, signer.public_key, now)
-    entries = read_registry(key_directory)
-    trusted: dict[str, PublicKey] = {}
-    for entry in entries.values():
-        if entry.key_id == signer.key_id or entry.is_revoked:
-            continue
-        public_key = load_public_key(Path(key_directory) / entry.public_key_file, "Hardening.DataDirectory")
-        if key_id(public_key) != entry.key_id:
-            raise ConfigError("Hardening.DataDirectory", f"registry file for key {entry.key_id} holds another key")
-        trusted[entry.key_id] = public_key
+    _finish_pending_rotation(signing_key, passphrase, key_directory)
+    signer = load_signer(signing_key, passphrase, key_directory)
+    _entries, state = _verified_registry(signer, key_directory, signing_key, now, anchor_file)
+    trusted = {kid: pk for kid, pk in state.trusted().items() if kid != signer.key_id}
     for index, path in enumerate(trusted_files):
         public_key = load_public_key(Path(path), f"{TRUSTED_KEYS}[{index}]")
         trusted[key_id(public_key)] = public_key
-    revoked = [e.key_id for e in entries.values() if e.is_revoked]
-    return KeyRing(signer, trusted, revoked)
+    return KeyRing(signer, trusted, state.revoked())
 
 
-def load_public_key_ring(key_directory: Path, trusted_files: Iterable[Path]) -> PublicKeyRing:
-    """The public keys a verifier accepts: the registry's unrevoked keys and ``TrustedKeys``.
+def load_public_key_ring(signing_key: Path, key_directory: Path, trusted_files: Iterable[Path],
+                         anchor_file: Path | None = None) -> PublicKeyRing:
+    """The public keys a verifier accepts: the verified registry's unrevoked keys and ``TrustedKeys``.
 
     Raises:
-        ConfigError: a key file cannot be read or holds another key than its registry entry.
+        ConfigError: a ``TrustedKeys`` file cannot be read.
+        KeyRegistryError: the registry or its anchor does not verify.
     """
-    found: dict[str, PublicKey] = {}
-    for entry in read_registry(key_directory).values():
-        if entry.is_revoked:
-            continue
-        public_key = load_public_key(Path(key_directory) / entry.public_key_file, "Hardening.DataDirectory")
-        if key_id(public_key) != entry.key_id:
-            raise ConfigError("Hardening.DataDirectory", f"registry file for key {entry.key_id} holds another key")
-        found[entry.key_id] = public_key
+    state = registry_state(signing_key, key_directory, anchor_file)
+    found: dict[str, PublicKey] = dict(state.trusted())
     for index, path in enumerate(trusted_files):
         public_key = load_public_key(Path(path), f"{TRUSTED_KEYS}[{index}]")
-        found[key_id(public_key)] = public_key
+        if key_id(public_key) not in state.revoked():
+            found[key_id(public_key)] = public_key
     return PublicKeyRing(found)
 
 

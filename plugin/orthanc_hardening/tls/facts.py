@@ -41,6 +41,29 @@ class FileFacts:
 
 
 @dataclass(frozen=True, slots=True)
+class TLSMeasurement:
+    """What a TLS endpoint of the running server accepted, handshake by handshake.
+
+    Attributes:
+        endpoint: ``host:port`` measured.
+        accepted: every offer the server completed a handshake for, as
+            ``(offer, negotiated protocol, negotiated cipher)``; ``offer`` names what the
+            client proposed (``"TLS 1.1"``, ``"TLS 1.2 without forward secrecy"`` …).
+        refused: the offers the server refused.
+        weak: the accepted offers that are weak (TLS 1.0/1.1, no forward secrecy).
+        untested: offers the client itself could not make (its OpenSSL lacks them).
+        error: why nothing could be measured (no handshake completed at all), else ``""``.
+    """
+
+    endpoint: str
+    accepted: tuple[tuple[str, str, str], ...] = ()
+    refused: tuple[str, ...] = ()
+    weak: tuple[str, ...] = ()
+    untested: tuple[str, ...] = ()
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class LibsslFacts:
     """How Orthanc's HTTP server would load OpenSSL (see ORTHANC-NOTES: civetweb + OpenSSL 3).
 
@@ -79,6 +102,8 @@ class HostFacts:
     libssl: LibsslFacts | None = None
     modalities: Mapping[str, Any] | None = None
     peers: Mapping[str, Any] | None = None
+    # What the running server accepted, per endpoint ("https", "dicom"), when measured.
+    tls: Mapping[str, TLSMeasurement] | None = None
 
     def file(self, path: Path) -> FileFacts:
         """Return the facts about ``path`` (absolute), or "does not exist" when not gathered."""

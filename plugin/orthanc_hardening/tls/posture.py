@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orthanc_hardening.config import HardeningConfig, Mode
+from orthanc_hardening.config import HardeningConfig, Mode, database_transport_problem, redact_url
 from orthanc_hardening.errors import ConfigError
 from orthanc_hardening.tls.certificates import RENEWAL_WARNING_DAYS, CertificateInfo, inspect_certificate
 from orthanc_hardening.tls.enforcement import Destination, modality_destination, peer_destination
@@ -203,9 +203,17 @@ def files_to_inspect(config: Mapping[str, Any], hardening: HardeningConfig | Non
         wanted[facts.resolve(value)] = key != "DicomTlsPrivateKey"
     for directory in _data_directories(config, hardening, facts):
         wanted.setdefault(directory, False)
-    if hardening is not None:
+    if hardening is not None and not hardening.signing_key_in_token:
         wanted.setdefault(hardening.signing_key, False)
+        for candidate in passphrase_file_candidates(hardening.signing_key):
+            wanted.setdefault(candidate, False)
     return wanted
+
+
+def passphrase_file_candidates(signing_key: Path) -> list[Path]:
+    """Files beside the signing key that would hold its passphrase (``make run`` writes ``passphrase``)."""
+    return [signing_key.parent / "passphrase", signing_key.parent / "passphrase.txt",
+            signing_key.with_name(signing_key.name + ".pass"), signing_key.with_name(signing_key.name + ".passphrase")]
 
 
 def _data_directories(config: Mapping[str, Any], hardening: HardeningConfig | None, facts: HostFacts) -> list[Path]:
@@ -269,6 +277,8 @@ def inspect_posture(
     checks.append(_http_tls(http_on, https_on))
     checks.append(_libssl(https_on, facts))
     checks.append(_tls_version(config, https_on))
+    checks.append(_tls_measured("https-tls-measured", "HTTPS accepts only TLS 1.2+ with forward secrecy (measured)",
+                                "https", https_on, facts, HTTPS_TLS_REMEDY))
     checks.extend(
         _certificate_checks(
             "https-certificate",
@@ -303,6 +313,9 @@ def inspect_posture(
         )
     )
     checks.append(_dicom_client_certificates(config, dicom_tls_on))
+    checks.append(_tls_measured("dicom-tls-measured",
+                                "DICOM TLS accepts only TLS 1.2+ with forward secrecy (measured)", "dicom",
+                                dicom_tls_on, facts, DICOM_TLS_REMEDY))
     checks.append(_dicom_always_allow(config, dicom_on))
     checks.append(_dicom_check_host(config, dicom_on))
     checks.append(_modalities(config, facts))
@@ -313,9 +326,13 @@ def inspect_posture(
     checks.append(_webdav(config, http_on, auth_on))
     checks.append(_filesystem_routes(config))
     checks.append(_storage_cache(config))
+    checks.append(_storage_compression(config))
     checks.append(_storage_permissions(config, hardening, facts))
     if hardening is not None:
         checks.append(_signing_key_permissions(hardening, facts))
+        checks.append(_passphrase_beside_key(hardening, facts))
+        checks.append(_audit_witness(hardening))
+        checks.append(_audit_database_transport(hardening))
         checks.append(_mode(hardening))
         checks.append(_route_permissions(hardening))
     return PostureReport(
@@ -397,6 +414,54 @@ def _tls_version(config: Mapping[str, Any], https_on: bool) -> Check:
         f"SslMinimumProtocolVersion is {value!r}: {shown} and newer are accepted",
         'Set "SslMinimumProtocolVersion": 4 (TLS 1.2 and newer only).',
     )
+
+
+FORWARD_SECRET_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+)
+TLS13_CIPHERS = ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256")
+_CIPHER_LIST = ", ".join(f'"{c}"' for c in FORWARD_SECRET_CIPHERS)
+HTTPS_TLS_REMEDY = (f'Set "SslMinimumProtocolVersion": 4 and "SslCiphersAccepted": [{_CIPHER_LIST}] '
+                    "(Orthanc 1.8.2 and later).")
+DICOM_TLS_REMEDY = (f'Set "DicomTlsMinimumProtocolVersion": 4 and "DicomTlsCiphersAccepted": [{_CIPHER_LIST}, '
+                    + ", ".join(f'"{c}"' for c in TLS13_CIPHERS) + "] (Orthanc 1.12.4 and later; earlier Orthancs "
+                    "have no such setting: upgrade, or accept DICOM TLS only through a TLS proxy that refuses them).")
+
+
+def _tls_measured(check_id: str, title: str, endpoint: str, enabled: bool, facts: HostFacts,
+                  remedy: str) -> Check:
+    make = _check(check_id, title, Severity.HIGH)
+    if not enabled:
+        return make(Status.WARN, "not applicable: TLS is off on this endpoint (see the checks above)", remedy)
+    measured = (facts.tls or {}).get(endpoint)
+    if measured is None:
+        return make(Status.WARN, "not measured: ask the running server (GET /hardening/posture)", remedy,
+                    Severity.LOW)
+    if measured.error:
+        return make(Status.WARN, f"{measured.endpoint}: could not be measured: {measured.error}", remedy,
+                    Severity.MEDIUM)
+    accepted = "; ".join(f"{offer} -> {protocol} {cipher}" for offer, protocol, cipher in measured.accepted)
+    refused = ", ".join(measured.refused) or "nothing"
+    untested = f"; not tested (client): {', '.join(measured.untested)}" if measured.untested else ""
+    if measured.weak:
+        return make(Status.FAIL, f"{measured.endpoint} accepted {', '.join(measured.weak)} (accepted: {accepted}; "
+                                 f"refused: {refused}{untested})", remedy)
+    return make(Status.PASS, f"{measured.endpoint} accepted: {accepted}; refused: {refused}{untested}")
+
+
+def _storage_compression(config: Mapping[str, Any]) -> Check:
+    make = _check("storage-compression", "Seals bind each file to its instance (StorageCompression off)",
+                  Severity.HIGH)
+    if setting(config, "StorageCompression") is True:
+        return make(
+            Status.FAIL,
+            "StorageCompression is true: the storage area receives compressed bytes, so seals are made over them "
+            "without the instance's identity (UIDs, patient id, index tags): query answers and the identity of a "
+            "served instance cannot be checked against its seal",
+            'Set "StorageCompression": false (compress on the file system instead, e.g. a compressed volume).',
+        )
+    return make(Status.PASS, "StorageCompression is false: seals bind the DICOM bytes to their identity")
 
 
 def _certificate_checks(
@@ -755,6 +820,8 @@ def _storage_permissions(config: Mapping[str, Any], hardening: HardeningConfig |
 
 def _signing_key_permissions(hardening: HardeningConfig, facts: HostFacts) -> Check:
     make = _check("signing-key-permissions", "The seal signing key is private", Severity.HIGH)
+    if hardening.signing_key_in_token:
+        return make(Status.PASS, "the signing key is in a PKCS#11 token: the private key never leaves it")
     found = facts.file(hardening.signing_key)
     if not found.exists:
         return make(Status.FAIL, f"{hardening.signing_key} does not exist", "Create it (`make run` does).")
@@ -790,6 +857,49 @@ def _route_permissions(hardening: HardeningConfig) -> Check:
         return make(Status.WARN, f"unauthenticated requests hold the roles {', '.join(table.anonymous)}",
                     'Keep "Anonymous" empty and turn "AuthenticationEnabled" on.')
     return make(Status.PASS, f"{len(table.users)} users with roles; holding all: {', '.join(everything) or 'nobody'}")
+
+
+def _passphrase_beside_key(hardening: HardeningConfig, facts: HostFacts) -> Check:
+    make = _check("signing-key-passphrase", "The signing key's passphrase is not stored beside it", Severity.HIGH)
+    if hardening.signing_key_in_token:
+        return make(Status.PASS, f"PKCS#11 token key; its PIN comes from {hardening.signing_key_passphrase_env}")
+    found = [path for path in passphrase_file_candidates(hardening.signing_key) if facts.file(path).exists]
+    if not found:
+        return make(Status.PASS, f"no passphrase file beside {hardening.signing_key}")
+    return make(
+        Status.WARN,
+        f"{', '.join(str(p) for p in found)} beside {hardening.signing_key}: whoever can read that directory can "
+        "decrypt the key and sign seals, manifests, checkpoints and key rotations",
+        f"Keep the passphrase out of the key's directory (a systemd credential, a secret store, or typed at "
+        f"start into {hardening.signing_key_passphrase_env}); make run's passphrase file is for development only.",
+    )
+
+
+def _audit_witness(hardening: HardeningConfig) -> Check:
+    make = _check("audit-witness", "Audit checkpoints are witnessed outside the audit database", Severity.HIGH)
+    witness = hardening.audit.witness_file
+    syslog = hardening.audit.syslog
+    if witness is not None:
+        also = f"; events also exported to syslog {syslog.host}:{syslog.port}" if syslog is not None else ""
+        return make(Status.PASS, f"witnessed checkpoints are appended to {witness}{also}")
+    return make(
+        Status.WARN,
+        "Hardening.Audit.WitnessFile is not set: an intruder who can write the audit database can delete events, "
+        "recompute the chain and remove the checkpoints after the edit without being detected by audit verify",
+        'Set "Hardening": {"Audit": {"WitnessFile": "/var/log/orthanc-hardening/audit.witness"}} on another file '
+        "system (append-only: chattr +a), and keep a copy off the server.",
+    )
+
+
+def _audit_database_transport(hardening: HardeningConfig) -> Check:
+    make = _check("audit-database-tls", "The audit database connection is encrypted", Severity.HIGH)
+    url = hardening.audit.database
+    problem = database_transport_problem(url)
+    if problem is None:
+        return make(Status.PASS, f"{redact_url(url)}: local or TLS with a verified server")
+    return make(Status.FAIL, f"{redact_url(url)}: {problem}",
+                "Add ?sslmode=verify-full&sslrootcert=/path/to/ca.pem to the PostgreSQL URL (or connect through "
+                "a Unix socket or loopback).")
 
 
 def _mode(hardening: HardeningConfig) -> Check:

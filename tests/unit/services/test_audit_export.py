@@ -185,3 +185,23 @@ def test_cursor_survives_a_restart_with_the_real_store(tmp_path) -> None:
 def test_bad_batch_size_is_a_programming_error() -> None:
     with pytest.raises(ValueError):
         AuditExporter(FakeStore(0), FakeCollector(), formatter, batch=0)
+
+
+def test_batch_reaching_the_newest_checkpoint_carries_it_after_its_rows() -> None:
+    from orthanc_hardening.audit.chain import Checkpoint
+
+    store, collector = FakeStore(10), FakeCollector()
+    newest = {"checkpoint": Checkpoint(6, f"{6:064x}", "2026-03-04T00:00:00.000000Z", "k" * 16, "sig")}
+
+    def checkpoint_frame(checkpoint: Checkpoint, previous: Checkpoint | None) -> bytes:
+        return f"cp{checkpoint.seq}<-{previous.seq if previous else 0}".encode()
+
+    export = AuditExporter(store, collector, formatter, batch=4, checkpoint_formatter=checkpoint_frame,
+                           last_checkpoint=lambda: newest["checkpoint"])
+    drain(export)
+    # Rows 1-4 (no checkpoint in them), 5-8 with the checkpoint at 6, then 9-10.
+    assert [f.decode() for f in collector.received] == ["1", "2", "3", "4", "5", "6", "7", "8", "cp6<-0", "9", "10"]
+    store.add(4)
+    newest["checkpoint"] = Checkpoint(14, f"{14:064x}", "2026-03-04T00:00:01.000000Z", "k" * 16, "sig")
+    drain(export)
+    assert collector.received[-1] == b"cp14<-6"

@@ -19,6 +19,7 @@ from orthanc_hardening.shell.callbacks import install_callbacks
 from orthanc_hardening.shell.guard import DIMSE_NOT_AUTHORIZED
 from orthanc_hardening.shell.metrics import Metrics
 from orthanc_hardening.shell.runtime import Runtime
+from orthanc_hardening.tls.facts import TLSMeasurement
 from tests.unit.fakes import ChangeType, FakeOrthanc, FakeOutput, MemoryAuditSink, ResourceType
 from tests.unit.tls.conftest import NOW, secure_config
 
@@ -57,8 +58,17 @@ class StorageStandIn:
 STARTED: dict[int, tuple[tls_gate.TLSGate, StorageStandIn]] = {}
 
 
+MEASURED = {
+    "https": TLSMeasurement("127.0.0.1:8042", accepted=(("TLS 1.2 forward-secret", "TLSv1.2",
+                                                       "ECDHE-RSA-AES128-GCM-SHA256"),),
+                            refused=("TLS 1.0", "TLS 1.1", "TLS 1.2 without forward secrecy")),
+    "dicom": TLSMeasurement("127.0.0.1:4242", accepted=(("TLS 1.1", "TLSv1.1", "AES128-SHA"),), weak=("TLS 1.1",)),
+}
+
+
 def start(runtime: Runtime) -> FakeOrthanc:
-    gate = tls_gate.install_early(runtime)
+    # No socket in unit tests: the measurement of the running endpoints is given.
+    gate = tls_gate.install_early(runtime, measure=lambda _config, _base: dict(MEASURED))
     storage = StorageStandIn()
     tls_gate.install_dimse(runtime, storage)  # type: ignore[arg-type]
     STARTED[id(runtime)] = (gate, storage)
@@ -168,6 +178,10 @@ def test_posture_route_for_administrators(secure: dict[str, Any], tmp_path: Path
     assert checks["modalities-dicom-tls"]["status"] == "pass"
     assert set(checks["http-tls"]) == {"id", "title", "status", "severity", "evidence", "remedy"}
     assert orthanc.metrics["hardening_certificate_days_left"] > 300
+    # What the running endpoints accepted, as measured.
+    assert checks["https-tls-measured"]["status"] == "pass"
+    assert checks["dicom-tls-measured"]["status"] == "fail"
+    assert "accepted TLS 1.1" in checks["dicom-tls-measured"]["evidence"]
 
 
 @pytest.mark.attack
