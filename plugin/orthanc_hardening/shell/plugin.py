@@ -25,7 +25,18 @@ from typing import Any
 from orthanc_hardening.config import HardeningConfig, passphrase_from_env
 from orthanc_hardening.seal.keys import KeyRing
 from orthanc_hardening.services.audit_export import AuditExporter
-from orthanc_hardening.shell import archives, audit_hooks, cmove, query, review, scrub, seal_routes, storage, tls_gate
+from orthanc_hardening.shell import (
+    archives,
+    audit_hooks,
+    binding,
+    cmove,
+    query,
+    review,
+    scrub,
+    seal_routes,
+    storage,
+    tls_gate,
+)
 from orthanc_hardening.shell.audit_hooks import AuditHooks, AuditTrail
 from orthanc_hardening.shell.callbacks import install_callbacks
 from orthanc_hardening.shell.cmove import MoveHandler
@@ -83,6 +94,7 @@ def build(orthanc: OrthancApi, config: HardeningConfig, orthanc_config: Mapping[
                       audit=trail.sink, clock=utc_now)
     tls = tls_gate.install_early(runtime)
     sealed = storage.install(runtime, keys, cache)
+    binding.install(runtime, sealed.store, sealed.attachments_of)
     archive_routes = archives.install(runtime, sealed)
     seal_routes.install(runtime, sealed)
     hooks = audit_hooks.install(runtime, trail, sealed)

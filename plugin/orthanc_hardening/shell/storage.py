@@ -16,6 +16,8 @@ through the guard as a gatekeeper that fails by raising (Orthanc then fails the 
   ``hardening_integrity_failures_total``, is recorded in the seal store and as a Security
   Alert, and in enforce mode makes the read raise (HTTP 500, DIMSE failure). Monitor mode
   serves the bytes. The read hooks (audit, lockdown) run before the bytes are returned.
+* every verified read of a DICOM attachment is also bound to the index (``shell/binding.py``):
+  the instance its seal names is indexed, under its sealed parents, with this very attachment.
 * ``check_instance`` verifies a whole instance from disk against what the index says it is,
   before a send on a job thread (archives, C-MOVE).
 """
@@ -51,6 +53,7 @@ from orthanc_hardening.seal.keys import KeyRing
 from orthanc_hardening.seal.layout import attachment_path
 from orthanc_hardening.seal.record import Seal, check_identity, seal_attachment
 from orthanc_hardening.seal.storage_event import READ, WRITE, StorageEvent
+from orthanc_hardening.shell.binding import IndexBinding
 from orthanc_hardening.shell.guard import alert, decide, mark_audited, refuse_raise
 from orthanc_hardening.shell.runtime import Runtime
 from orthanc_hardening.stores.attachment_files import read_file, remove_file, unlink, write_file
@@ -86,6 +89,8 @@ class SealedStorage:
     # the "until pixel data" attachment (a prefix of the file) right after, on the same thread.
     _last: dict[int, tuple[bytes, InstanceIdentity]] = field(default_factory=dict)
     _last_lock: threading.Lock = field(default_factory=threading.Lock)
+    # The index side of every read (``shell/binding.py``); ``None`` only in unit tests.
+    index_binding: IndexBinding | None = None
     # Index tags parsed at create, by attachment uuid, for the query catalogue (bounded).
     _recent_tags: OrderedDict[str, IndexTags] = field(default_factory=OrderedDict)
 
@@ -176,6 +181,9 @@ class SealedStorage:
             if check.seal is None:
                 self.runtime.metrics.increment("unsealed_reads_total")
                 logger.warning("served unsealed (legacy) attachment %s type %d", uuid, content_type)
+            elif self.index_binding is not None:
+                # Bound to what the index says this file is, whoever reads it (integrity/binding.py).
+                self.index_binding.check(check.seal)
         except IntegrityError as exc:
             self.report_failure(uuid, content_type, seal, exc)
             if self.runtime.config.is_enforcing:
@@ -484,6 +492,7 @@ def install(runtime: Runtime, keys: KeyRing, cache: SignatureCache) -> SealedSto
     store = SQLiteSealStore(config.seal_database, config.sqlite_synchronous)
     storage = SealedStorage(runtime=runtime, root=root, store=store, keyring=keys, cache=cache,
                             sync=bool(runtime.orthanc_config.get("SyncStorageArea", True)))
+    storage.index_binding = IndexBinding(runtime)
     storage.sealing_since = load_sealing_since(store, keys, now)
     clean_through = store.max_rowid()
     suspects = reconcile_files(root, store, now)
