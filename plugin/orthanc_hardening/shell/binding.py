@@ -155,7 +155,13 @@ class ReadBinding:
         named = ExpectedRead(sop_instance_uid=sop_uid, series_uid=series_uid, study_uid=study_uid, source=source)
         if read.level == "instances":
             ids = [read.resource] if read.resource else self._lookup(sop_uid, "Instance")
-            return [(i, dataclasses.replace(named, instance_id=i)) for i in ids]
+            found = []
+            for instance_id in ids:
+                # The series the index puts the instance in: a re-parented instance is refused here.
+                indexed = self._get(f"/instances/{instance_id}")
+                parent = str(indexed.get("ParentSeries", "")) if isinstance(indexed, dict) else ""
+                found.append((instance_id, dataclasses.replace(named, instance_id=instance_id, series_id=parent)))
+            return found
         if read.resource:
             groups = [(read.level, read.resource)]
         elif read.level == "series":
