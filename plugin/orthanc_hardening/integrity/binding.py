@@ -151,7 +151,9 @@ def index_binding(seal: Seal, indexed: Mapping[str, str] | None, indexed_uuid: s
 
 _ID = r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{8}){4}"
 _UID = r"[0-9][0-9.]{0,63}"
-_INSTANCE_READ = re.compile(rf"^/instances/({_ID})/([^/]+)(?:/.*)?$")
+_INSTANCE_READ = re.compile(rf"^/instances/({_ID})/([^/]+)(/.*)?$")
+# Attachment routes that return stored bytes (the others answer from the index).
+_ATTACHMENT_DATA = re.compile(r"^/[^/]+/(data|compressed-data)$")
 _GROUP_READ = re.compile(rf"^/(patients|studies|series)/({_ID})/([^/]+)(?:/.*)?$")
 _WADO_RS = re.compile(rf"^/dicom-web/studies/({_UID})(?:/series/({_UID})(?:/instances/({_UID}))?)?(/[^/]+)?(?:/.*)?$")
 # Sub-resources of an instance whose answer comes from its stored bytes (Orthanc 1.10 to 1.13).
@@ -201,6 +203,8 @@ def requested_read(method: str, uri: str, query: Mapping[str, str]) -> Requested
     match = _INSTANCE_READ.match(uri)
     if match and match.group(2).lower() in _INSTANCE_CONTENT:
         sub = match.group(2).lower()
+        if sub == "attachments" and not _ATTACHMENT_DATA.match(match.group(3) or ""):
+            return None
         if (method == "POST") == (sub in ("modify", "anonymize", "export")) and method in ("GET", "POST"):
             return RequestedRead("instances", match.group(1).lower(), route=route)
         return None

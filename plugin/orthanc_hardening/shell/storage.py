@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orthanc_hardening.audit.event import Transport
+from orthanc_hardening.audit.event import Action, AuditEvent, EventCode, Outcome, Transport
 from orthanc_hardening.errors import (
     HardeningError,
     IntegrityError,
@@ -44,7 +44,13 @@ from orthanc_hardening.errors import (
     StoreUnavailableError,
 )
 from orthanc_hardening.identity import Requester
-from orthanc_hardening.integrity.legacy import is_legacy
+from orthanc_hardening.integrity.legacy import (
+    InventoryRule,
+    StoredAttachment,
+    check_legacy_entry,
+    plan_inventory,
+    sign_legacy_entry,
+)
 from orthanc_hardening.integrity.read import verify_read
 from orthanc_hardening.seal import epoch
 from orthanc_hardening.seal.identity import NO_IDENTITY, InstanceIdentity, identity_of_dataset, parse_dataset
@@ -57,6 +63,7 @@ from orthanc_hardening.shell.binding import IndexBinding
 from orthanc_hardening.shell.guard import alert, decide, mark_audited, refuse_raise
 from orthanc_hardening.shell.runtime import Runtime
 from orthanc_hardening.stores.attachment_files import read_file, remove_file, unlink, write_file
+from orthanc_hardening.stores.legacy_inventory import SQLiteLegacyInventory, inventory_path
 from orthanc_hardening.stores.seal_store import SQLiteSealStore
 from orthanc_hardening.stores.signature_cache import SignatureCache
 
@@ -89,6 +96,8 @@ class SealedStorage:
     # the "until pixel data" attachment (a prefix of the file) right after, on the same thread.
     _last: dict[int, tuple[bytes, InstanceIdentity]] = field(default_factory=dict)
     _last_lock: threading.Lock = field(default_factory=threading.Lock)
+    # The signed legacy inventory (``integrity/legacy.py``); ``None``: nothing is legacy.
+    legacy: SQLiteLegacyInventory | None = None
     # The index side of every read (``shell/binding.py``); ``None`` only in unit tests.
     index_binding: IndexBinding | None = None
     # Index tags parsed at create, by attachment uuid, for the query catalogue (bounded).
@@ -177,7 +186,8 @@ class SealedStorage:
                     f"attachment {uuid} (type {content_type}) is sealed but its file is missing"
                 ) from exc
             check = verify_read(uuid, content_type, data, seal, self.keyring, self.runtime.config.unsealed_policy,
-                                is_legacy=lambda: self.is_legacy_bytes(data), cache=self.cache, record=record)
+                                is_legacy=lambda: self.is_provably_legacy(uuid, content_type), cache=self.cache,
+                                record=record)
             if check.seal is None:
                 self.runtime.metrics.increment("unsealed_reads_total")
                 logger.warning("served unsealed (legacy) attachment %s type %d", uuid, content_type)
@@ -200,20 +210,60 @@ class SealedStorage:
             hook(event)
         return data
 
-    def is_legacy_bytes(self, data: bytes) -> bool:
-        """Whether Orthanc received the instance of these unsealed bytes before sealing began."""
-        if not self.sealing_since:
-            return False
-        from orthanc_hardening.seal.identity import identify
+    def is_provably_legacy(self, uuid: str, content_type: int, instance_id: str | None = None) -> bool:
+        """Whether an unsealed attachment is in the signed legacy inventory, for the instance the index names.
 
+        Decided by the inventory and the index, never by the bytes served (``integrity/legacy.py``).
+
+        Args:
+            uuid: the attachment.
+            content_type: its content type.
+            instance_id: the instance the index names it for, when the caller knows; else the
+                inventoried instance must still name this attachment in the index.
+        """
+        if self.legacy is None or not self.sealing_since:
+            return False
+        found = self.legacy.get(uuid, content_type)
+        if found is None:
+            return False
+        entry, signature = found
         try:
-            sop = identify(data).sop_instance_uid
-        except ValueError:
+            if instance_id is None:
+                names = {(int(kind), str(u)) for _n, kind, u in self.attachments_of(entry.instance_id)}
+                instance_id = entry.instance_id if (int(content_type), uuid) in names else ""
+            check_legacy_entry(StoredAttachment(instance_id, int(content_type), uuid, None), entry, signature,
+                               self.keyring)
+        except HardeningError as exc:
+            logger.error("attachment %s is not provably legacy: %s", uuid, exc)
             return False
-        instance_id = self.lookup_instance(sop)
-        if instance_id is None:
-            return False
-        return is_legacy(self.reception_date(instance_id), self.sealing_since)
+        return True
+
+    def take_inventory(self, fresh: bool) -> None:
+        """Take the signed legacy inventory once (the first start of a version that has one).
+
+        Args:
+            fresh: sealing began at this start (everything unsealed the index holds predates it);
+                otherwise the older rule (``ReceptionDate`` before the start of sealing), audited.
+        """
+        if self.legacy is None or not self.sealing_since or self.legacy.taken() is not None:
+            return
+        rule = InventoryRule.BEFORE_SEALING if fresh else InventoryRule.RECEPTION_DATE
+        orthanc = self.runtime.orthanc
+        listed: list[StoredAttachment] = []
+        for instance_id in json.loads(orthanc.RestApiGet("/instances")):
+            received = self.reception_date(instance_id) if rule is InventoryRule.RECEPTION_DATE else None
+            listed.extend(StoredAttachment(instance_id, content_type, uuid, received)
+                          for _name, content_type, uuid in self.attachments_of(instance_id))
+        entries = plan_inventory(listed, lambda uuid, kind: self.store.get(uuid, kind) is not None, rule,
+                                 self.sealing_since)
+        signer = self.keyring.signer
+        count = self.legacy.take(((entry, sign_legacy_entry(entry, signer)) for entry in entries), rule.value)
+        detail = f"legacy inventory taken ({rule.value}): {count} unsealed attachment(s) of {len(listed)} are legacy"
+        logger.warning("%s", detail)
+        self.runtime.audit.record(AuditEvent(
+            time=self.runtime.clock(), event=EventCode.APPLICATION_ACTIVITY, action=Action.EXECUTE,
+            outcome=Outcome.SUCCESS if rule is InventoryRule.BEFORE_SEALING else Outcome.MINOR_FAILURE,
+            transport=Transport.INTERNAL, route="legacy-inventory", detail=detail))
 
     def reception_date(self, instance_id: str) -> str | None:
         """Orthanc's ``ReceptionDate`` metadata of an instance (``YYYYMMDDTHHMMSS``), or ``None``."""
@@ -359,7 +409,8 @@ class SealedStorage:
         except FileNotFoundError as exc:
             raise SealMismatchError(f"attachment {uuid} (type {content_type}): file is missing") from exc
         check = verify_read(uuid, content_type, data, seal, self.keyring, self.runtime.config.unsealed_policy,
-                            is_legacy=lambda: self.is_legacy_bytes(data), cache=self.cache, record=record)
+                            is_legacy=lambda: self.is_provably_legacy(uuid, content_type), cache=self.cache,
+                            record=record)
         if check.seal is not None and expected is not None and check.seal.sop_instance_uid:
             check_identity(check.seal, expected)
         return check.seal
@@ -429,20 +480,28 @@ def storage_root(orthanc_config: Any) -> Path:
     return Path(str(orthanc_config.get("StorageDirectory", "OrthancStorage"))).absolute()
 
 
-def load_sealing_since(store: SQLiteSealStore, keyring: KeyRing, now: dt.datetime) -> str:
-    """The signed time sealing began (set at the first start); ``""`` if it does not verify."""
+def load_sealing_since(store: SQLiteSealStore, keyring: KeyRing, now: dt.datetime) -> tuple[str, bool]:
+    """The signed time sealing began (set at the first start); ``""`` if it does not verify.
+
+    Returns:
+        ``(start, fresh)``: ``fresh`` when sealing begins now (no seal exists yet). Seals without
+        a recorded start mean the start was deleted: nothing unsealed is legacy then.
+    """
     value = store.get_meta(epoch.META_NAME)
     if value is None:
+        if store.max_rowid() > 0:
+            logger.error("seals exist but the signed start of sealing is gone: every unsealed attachment is refused")
+            return "", False
         value = epoch.orthanc_time(now)
         store.set_meta(epoch.META_SIGNATURE, epoch.sign_epoch(value, keyring.signer))
         store.set_meta(epoch.META_NAME, value)
-        return value
+        return value, True
     try:
         epoch.verify_epoch(value, store.get_meta(epoch.META_SIGNATURE) or "", keyring)
     except IntegrityError:
         logger.error("the signed start of sealing does not verify: every unsealed attachment is refused")
-        return ""
-    return value
+        return "", False
+    return value, False
 
 
 def reconcile_files(root: Path, store: SQLiteSealStore, now: dt.datetime) -> list[Seal]:
@@ -493,7 +552,8 @@ def install(runtime: Runtime, keys: KeyRing, cache: SignatureCache) -> SealedSto
     storage = SealedStorage(runtime=runtime, root=root, store=store, keyring=keys, cache=cache,
                             sync=bool(runtime.orthanc_config.get("SyncStorageArea", True)))
     storage.index_binding = IndexBinding(runtime)
-    storage.sealing_since = load_sealing_since(store, keys, now)
+    storage.sealing_since, fresh = load_sealing_since(store, keys, now)
+    storage.legacy = SQLiteLegacyInventory(inventory_path(config.seal_database))
     clean_through = store.max_rowid()
     suspects = reconcile_files(root, store, now)
     runtime.metrics.set(FAILURES_METRIC, 0)
@@ -516,6 +576,7 @@ def install(runtime: Runtime, keys: KeyRing, cache: SignatureCache) -> SealedSto
     def reconcile_on_start(change_type: int, _level: int, _resource: str) -> None:
         if change_type == started:
             reconcile_index(storage, suspects, clean_through)
+            storage.take_inventory(fresh)
 
     runtime.change_observers.append(reconcile_on_start)
     runtime.stop_actions.append(store.mark_clean)

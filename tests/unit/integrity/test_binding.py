@@ -121,6 +121,8 @@ ID = "0a1b2c3d-0a1b2c3d-0a1b2c3d-0a1b2c3d-0a1b2c3d"
     ("GET", f"/instances/{ID}/file", {}, RequestedRead("instances", ID, route=f"GET /instances/{ID}/file")),
     ("GET", f"/instances/{ID}/frames/0/preview", {}, RequestedRead("instances", ID,
                                                                   route=f"GET /instances/{ID}/frames/0/preview")),
+    ("GET", f"/instances/{ID}/attachments/dicom/data", {},
+     RequestedRead("instances", ID, route=f"GET /instances/{ID}/attachments/dicom/data")),
     ("POST", f"/instances/{ID}/modify", {}, RequestedRead("instances", ID, route=f"POST /instances/{ID}/modify")),
     ("POST", f"/studies/{ID}/anonymize", {}, RequestedRead("studies", ID, route=f"POST /studies/{ID}/anonymize")),
     ("GET", f"/series/{ID}/instances-tags", {}, RequestedRead("series", ID,
@@ -142,6 +144,8 @@ def test_requested_read_names_what_the_request_reads(method, uri, query, expecte
 @pytest.mark.parametrize(("method", "uri"), [
     ("GET", f"/instances/{ID}"),  # index only
     ("GET", f"/instances/{ID}/metadata"),
+    ("GET", f"/instances/{ID}/attachments/dicom/info"),
+    ("GET", f"/instances/{ID}/attachments"),
     ("GET", f"/instances/{ID}/modify"),
     ("DELETE", f"/instances/{ID}/file"),
     ("GET", "/dicom-web/studies/1.2/series"),  # QIDO-RS: the query verifier's
