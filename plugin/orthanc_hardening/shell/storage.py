@@ -52,6 +52,7 @@ from orthanc_hardening.integrity.legacy import (
     sign_legacy_entry,
 )
 from orthanc_hardening.integrity.read import verify_read
+from orthanc_hardening.seal import content_type as content_types
 from orthanc_hardening.seal import epoch
 from orthanc_hardening.seal.identity import NO_IDENTITY, InstanceIdentity, identity_of_dataset, parse_dataset
 from orthanc_hardening.seal.index_tags import IndexTags, index_tags_digest
@@ -108,6 +109,12 @@ class SealedStorage:
     def create(self, uuid: str, content_type: int, data: bytes) -> None:
         """Seal and store one attachment; raise to make Orthanc fail the ingest."""
         content_type = int(content_type)
+        if content_type == content_types.UNKNOWN:
+            # A user-defined attachment: sealed under the type Orthanc's index names (seal/content_type.py).
+            request = self.runtime.current_request()
+            content_type = content_types.sealed_content_type(
+                content_type, request.method if request else "", request.uri if request else "",
+                content_types.user_content_types(self.runtime.orthanc_config))
         final = attachment_path(self.root, uuid)
         identity = self._identity_for(content_type, data, uuid)
         seal = seal_attachment(uuid, content_type, data, identity, self.keyring.signer, self.runtime.clock())
@@ -167,9 +174,16 @@ class SealedStorage:
 
     # -- read ----------------------------------------------------------------------------
 
+    def stored_type(self, uuid: str, content_type: int) -> int:
+        """The type an attachment is sealed under when the storage area is given ``0`` (user-defined)."""
+        if content_type != content_types.UNKNOWN:
+            return content_type
+        sealed = self.store.content_types_of(uuid)
+        return sealed[-1] if sealed else content_type
+
     def read(self, uuid: str, content_type: int) -> bytes:
         """Read, verify and return one attachment; raise (enforce) if it does not verify."""
-        content_type = int(content_type)
+        content_type = self.stored_type(uuid, int(content_type))
         path = attachment_path(self.root, uuid)
         seal: Seal | None = None
         data = b""
@@ -314,7 +328,7 @@ class SealedStorage:
     def remove(self, uuid: str, content_type: int) -> None:
         """Delete the file and record the removal (the seal row stays as evidence)."""
         remove_file(attachment_path(self.root, uuid))
-        self.store.mark_removed(uuid, int(content_type), self.runtime.clock())
+        self.store.mark_removed(uuid, self.stored_type(uuid, int(content_type)), self.runtime.clock())
 
     # -- the storage area with ranges (RegisterStorageArea3, Python plugin 7.1) ----------
 
@@ -403,6 +417,10 @@ class SealedStorage:
             IntegrityError: any verification failure (also in monitor mode: callers decide).
         """
         record = self.store.get_record(uuid, content_type)
+        if record is None and content_type >= content_types.FIRST_USER_TYPE:
+            # Sealed before its type was known (created without a request naming it): type 0.
+            record = self.store.get_record(uuid, content_types.UNKNOWN)
+            content_type = content_types.UNKNOWN if record is not None else content_type
         seal = None if record is None else self.cache.parse_seal(record)
         try:
             data = read_file(attachment_path(self.root, uuid))
