@@ -44,6 +44,7 @@ from orthanc_hardening.errors import (
     StoreUnavailableError,
 )
 from orthanc_hardening.identity import Requester
+from orthanc_hardening.integrity.binding import requested_read
 from orthanc_hardening.integrity.legacy import (
     InventoryRule,
     StoredAttachment,
@@ -174,6 +175,15 @@ class SealedStorage:
 
     # -- read ----------------------------------------------------------------------------
 
+    def _bound_by_request(self) -> bool:
+        """Whether this read serves an HTTP request whose reads the HTTP gate already bound.
+
+        Such a read is not checked against the index again: an index call from inside a read
+        that another plugin started (orthanc-dicomweb's ``/rendered``) hangs Orthanc 1.10.
+        """
+        request = self.runtime.current_request()
+        return request is not None and requested_read(request.method, request.uri, request.query) is not None
+
     def stored_type(self, uuid: str, content_type: int) -> int:
         """The type an attachment is sealed under when the storage area is given ``0`` (user-defined)."""
         if content_type != content_types.UNKNOWN:
@@ -205,7 +215,7 @@ class SealedStorage:
             if check.seal is None:
                 self.runtime.metrics.increment("unsealed_reads_total")
                 logger.warning("served unsealed (legacy) attachment %s type %d", uuid, content_type)
-            elif self.index_binding is not None:
+            elif self.index_binding is not None and not self._bound_by_request():
                 # Bound to what the index says this file is, whoever reads it (integrity/binding.py).
                 self.index_binding.check(check.seal)
         except IntegrityError as exc:
