@@ -3,9 +3,9 @@
 Two ways:
 
 * offline, on a **stopped** Orthanc with a SQLite index: ``seal-existing CONFIG`` reads the index
-  (``IndexDirectory/index``) read-only, and seals every attachment without a seal whose instance
-  Orthanc received before sealing began (``ReceptionDate`` earlier than the signed start of
-  sealing, or every instance when the plugin never ran). Seals are marked ``sealed_after_ingest``.
+  (``IndexDirectory/index``) read-only, and seals every attachment without a seal that the signed
+  legacy inventory holds for the instance the index names (``integrity/legacy.py``; every
+  attachment when the plugin never ran). Seals are marked ``sealed_after_ingest``.
 * online, through a running Orthanc: ``seal-existing --url https://host:8042 --user admin``
   (password from ``--password-env``, CA from ``--ca``) pages through
   ``POST /hardening/seal-existing``.
@@ -27,13 +27,21 @@ from typing import Any
 from orthanc_hardening.commands.posture import load_orthanc_configuration
 from orthanc_hardening.config import load_config, passphrase_from_env
 from orthanc_hardening.errors import ConfigError, IntegrityError, StoreUnavailableError
-from orthanc_hardening.integrity.legacy import StoredAttachment, plan_legacy_sealing
+from orthanc_hardening.integrity.legacy import (
+    InventoryRule,
+    StoredAttachment,
+    check_legacy_entry,
+    plan_inventory,
+    plan_legacy_sealing,
+    sign_legacy_entry,
+)
 from orthanc_hardening.seal import epoch
 from orthanc_hardening.seal import keys as keymod
 from orthanc_hardening.seal.identity import NO_IDENTITY, identify
 from orthanc_hardening.seal.layout import attachment_path
 from orthanc_hardening.seal.record import seal_attachment
 from orthanc_hardening.stores import key_files
+from orthanc_hardening.stores.legacy_inventory import SQLiteLegacyInventory, inventory_path
 from orthanc_hardening.stores.seal_store import SQLiteSealStore
 
 RECEPTION_DATE = 2  # Orthanc's MetadataType_Instance_ReceptionDate
@@ -84,7 +92,25 @@ def seal_offline(orthanc_config: dict[str, Any], env: dict[str, str], now: dt.da
         raise StoreUnavailableError(f"cannot read Orthanc's index in {index_dir} (is Orthanc stopped?): {exc}") from exc
     listed = [StoredAttachment(str(instance_id), int(content_type), str(uuid), received)
               for instance_id, content_type, uuid, received in rows]
-    plan = plan_legacy_sealing(listed, lambda uuid, kind: store.get(uuid, kind) is not None, since)
+    is_sealed = lambda uuid, kind: store.get(uuid, kind) is not None  # noqa: E731
+    inventory = SQLiteLegacyInventory(inventory_path(config.seal_database))
+    if since is not None and inventory.taken() is None:
+        # Upgraded from a version without inventory and not started since: the older rule, once.
+        entries = plan_inventory(listed, is_sealed, InventoryRule.RECEPTION_DATE, since)
+        inventory.take(((e, sign_legacy_entry(e, keyring.signer)) for e in entries), InventoryRule.RECEPTION_DATE.value)
+
+    def is_provably_legacy(attachment: StoredAttachment) -> bool:
+        if since is None:
+            return True  # the plugin never ran here: nothing was ever sealed, everything predates it
+        found = inventory.get(attachment.uuid, attachment.content_type)
+        try:
+            check_legacy_entry(attachment, found[0] if found else None, found[1] if found else "", keyring)
+        except IntegrityError:
+            return False
+        return True
+
+    plan = plan_legacy_sealing(listed, is_sealed, is_provably_legacy)
+    inventory.close()
     counts: dict[str, Any] = {"attachments": len(rows), "sealed": 0, "already_sealed": plan.already_sealed,
                               "refused": len(plan.refused), "missing_files": 0,
                               "refused_instances": plan.refused_instances}

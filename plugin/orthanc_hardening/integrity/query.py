@@ -137,6 +137,8 @@ class SealedTagIndex:
         # (level, resource id) -> {tag level -> {digest: how many member instances carry it}}
         self._counts: dict[tuple[str, str], dict[str, dict[str, int]]] = {}
         self._members: dict[tuple[str, str], set[str]] = {}
+        # (identifier, normalised sealed value) -> instance ids: who has what, for completeness.
+        self._by_identifier: dict[tuple[str, str], set[str]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -149,6 +151,8 @@ class SealedTagIndex:
         if entry.instance_id in self._entries:
             self.remove(entry.instance_id)
         self._entries[entry.instance_id] = entry
+        for name, value in _identifiers_of(entry):
+            self._by_identifier.setdefault((name, value), set()).add(entry.instance_id)
         for level, resource_id in entry.ids.items():
             key = (level, resource_id)
             self._members.setdefault(key, set()).add(entry.instance_id)
@@ -166,6 +170,12 @@ class SealedTagIndex:
         entry = self._entries.pop(instance_id, None)
         if entry is None:
             return
+        for name, value in _identifiers_of(entry):
+            holders = self._by_identifier.get((name, value))
+            if holders is not None:
+                holders.discard(instance_id)
+                if not holders:
+                    self._by_identifier.pop((name, value), None)
         for level, resource_id in entry.ids.items():
             key = (level, resource_id)
             members = self._members.get(key, set())
@@ -193,6 +203,81 @@ class SealedTagIndex:
 
     def instance_ids(self) -> list[str]:
         return list(self._entries)
+
+    def matching(self, level: str, constraints: Mapping[str, str]) -> set[str]:
+        """The Orthanc ids of the ``level`` resources whose sealed identifiers equal every constraint.
+
+        Args:
+            level: ``Patient``/``Study``/``Series``/``Instance``.
+            constraints: exact identifier constraints (``identifier_constraints``), not empty.
+        """
+        holders: set[str] | None = None
+        for name, value in constraints.items():
+            found = self._by_identifier.get((name, _identifier_value(value)), set())
+            holders = set(found) if holders is None else holders & found
+            if not holders:
+                return set()
+        return {self._entries[i].ids[level] for i in holders or ()}
+
+
+# The identifiers Orthanc matches exactly (its "DicomIdentifiers"), and their level.
+IDENTIFIERS = {"PatientID": PATIENT, "StudyInstanceUID": STUDY, "AccessionNumber": STUDY,
+               "SeriesInstanceUID": SERIES, "SOPInstanceUID": INSTANCE}
+_WILDCARDS = frozenset("*?\\")
+
+
+def _identifier_value(value: str) -> str:
+    # Orthanc normalises identifiers for lookups (trimmed, upper case): so does the catalogue.
+    return value.strip().upper()
+
+
+def _identifiers_of(entry: SealedInstanceTags) -> list[tuple[str, str]]:
+    found = []
+    for name, tag_level in IDENTIFIERS.items():
+        value = entry.tags.get(tag_level, {}).get(name)
+        if isinstance(value, str) and value.strip():
+            found.append((name, _identifier_value(value)))
+    return found
+
+
+def identifier_constraints(level: str, query: Mapping[str, Any]) -> dict[str, str] | None:
+    """The query's constraints when every one is an exact identifier at or above ``level``, else ``None``.
+
+    Only then can the catalogue say which sealed resources the answer must hold: a constraint
+    on any other tag, a wildcard, a list or a range is matched by Orthanc's rules, which the
+    catalogue does not replay.
+    """
+    depth = RESOURCE_LEVELS.index(level)
+    constraints: dict[str, str] = {}
+    for name, value in query.items():
+        if name not in IDENTIFIERS or not isinstance(value, str):
+            return None
+        if not value.strip():
+            continue  # an empty constraint matches everything: a return key, not a filter
+        if any(c in _WILDCARDS for c in value) or RESOURCE_LEVELS.index(IDENTIFIERS[name]) > depth:
+            return None
+        constraints[name] = value
+    return constraints or None
+
+
+def missing_from_answer(level: str, query: Mapping[str, Any], answered: Iterable[str],
+                        index: SealedTagIndex) -> list[str]:
+    """Sealed resources that match an exact-identifier query but are missing from its answer.
+
+    Args:
+        level: the query level.
+        query: the query's constraints (tag name -> value).
+        answered: the Orthanc ids the answer holds.
+        index: the catalogue of sealed tags.
+
+    Returns:
+        The missing ids, sorted (``[]`` also when the query is not one the catalogue can check).
+        The caller confirms each is still in Orthanc's index (hidden, not deleted).
+    """
+    constraints = identifier_constraints(level, query)
+    if constraints is None:
+        return []
+    return sorted(index.matching(level, constraints) - set(answered))
 
 
 class Verdict(enum.Enum):

@@ -28,6 +28,7 @@ from orthanc_hardening.services.audit_export import AuditExporter
 from orthanc_hardening.shell import (
     archives,
     audit_hooks,
+    binding,
     body_limits,
     cmove,
     ingest_limits,
@@ -108,6 +109,7 @@ def build(orthanc: OrthancApi, config: HardeningConfig, orthanc_config: Mapping[
     ingest_limits.install(runtime)
     body_limits.install(runtime)
     sealed = storage.install(runtime, keys, cache)
+    binding.install(runtime, sealed.store, sealed.attachments_of)
     archive_routes = archives.install(runtime, sealed)
     seal_routes.install(runtime, sealed, passphrase)
     hooks = audit_hooks.install(runtime, trail, sealed)

@@ -35,7 +35,7 @@ from urllib.parse import quote
 from pydicom.datadict import keyword_for_tag
 
 from orthanc_hardening.audit.event import Outcome, Transport
-from orthanc_hardening.errors import AccessDeniedError, HardeningError, SealMismatchError
+from orthanc_hardening.errors import AccessDeniedError, HardeningError, IntegrityError, SealMismatchError
 from orthanc_hardening.identity import HttpRequest, Requester, dimse_requester
 from orthanc_hardening.integrity.cfind import (
     MODALITIES_IN_STUDY,
@@ -61,14 +61,23 @@ from orthanc_hardening.integrity.cfind import (
     qido_keyword,
     tag_key,
 )
-from orthanc_hardening.integrity.query import INSTANCE, FilteredAnswer, ItemCheck, Verdict, level_of
+from orthanc_hardening.integrity.query import (
+    INSTANCE,
+    FilteredAnswer,
+    ItemCheck,
+    Verdict,
+    level_of,
+    missing_from_answer,
+)
 from orthanc_hardening.request_body import parse_json_object
 from orthanc_hardening.services.tag_catalogue import SealedTagCatalogue
 from orthanc_hardening.shell.guard import (
     JSON_CONTENT_TYPE,
     RestRefusal,
+    alert,
     answer_json,
     decide,
+    mark_audited,
     refuse_raise,
     security_alert,
 )
@@ -84,6 +93,10 @@ logger = logging.getLogger(__name__)
 
 DICOM = 1
 FIND_ROUTE = "/tools/find"
+# Fields that make a /tools/find answer a page or a subset on purpose: no completeness check.
+_PARTIAL_FIND_FIELDS = ("Since", "Limit", "Labels", "LabelsConstraint", "ParentPatient", "ParentStudy",
+                        "ParentSeries", "MetadataQuery", "OrderBy")
+MISSING_HEADER = "X-Hardening-Missing"
 LIST_ROUTE = "/(patients|studies|series)"
 RESOURCE_ROUTE = "/(patients|studies|series|instances)/([^/]+)"
 CHILD_ROUTE = "/(patients|studies|series|instances)/([^/]+)/(patient|study|series|studies|instances)"
@@ -196,6 +209,43 @@ class QueryVerifier:
                 raise
 
 
+    def hidden_from_answer(self, level: str, query: Mapping[str, Any], answered: Iterable[Any],
+                           requester: Requester, route: str) -> list[str]:
+        """Sealed resources an answer should hold but does not, each alerted (complete answers).
+
+        The catalogue of seals says who has what (``integrity.query.missing_from_answer``); a
+        resource it names that Orthanc's index still holds, but did not return, was hidden by an
+        edit of the index's identifiers. Checked for exact-identifier queries only.
+
+        Raises:
+            IntegrityError: in enforce mode, when a sealed resource is missing.
+        """
+        answered_ids = {str(i) for i in (_item_id(item) for item in answered) if i}
+        with self.catalogue.lock:
+            self.catalogue.refresh()
+            missing = missing_from_answer(level, query, answered_ids, self.catalogue.index)
+        hidden = []
+        for resource_id in missing:
+            try:
+                json.loads(self.runtime.orthanc.RestApiGet(f"/{_PLURAL_OF[level]}/{resource_id}"))
+            except Exception:
+                continue  # deleted since: not hidden
+            hidden.append(resource_id)
+        if not hidden:
+            return []
+        self.runtime.metrics.increment("query_missing_total", len(hidden))
+        constraints = ", ".join(f"{k}={v}" for k, v in sorted(query.items()) if isinstance(v, str) and v)
+        for resource_id in hidden:
+            logger.warning("query answer: missing %s %s (%s)", level, resource_id, constraints)
+            alert(self.runtime, requester, route,
+                  f"query answer incomplete: sealed {level.lower()} {resource_id} matches {constraints} but "
+                  "Orthanc's index did not return it (its identifiers were edited in the index)")
+        if self.runtime.config.is_enforcing:
+            raise mark_audited(IntegrityError(
+                f"query answer incomplete: {len(hidden)} sealed {level.lower()}(s) matching the query are hidden "
+                f"by Orthanc's index ({', '.join(hidden[:5])})"))
+        return hidden
+
     def _answer(self, output: Any, payload: Any, answer: FilteredAnswer, raw: Any = None) -> None:
         """Answer JSON with the verification headers; ``raw`` is Orthanc's own body when unchanged."""
         for name, value in answer.headers.items():
@@ -257,6 +307,11 @@ class QueryVerifier:
             level = level_of(str(query.get("Level", "")))
             expanded = self._expanded_for(query, answered, level)
             answer = self.judge(expanded, requester, "/tools/find", level)
+            constraints = query.get("Query")
+            if isinstance(constraints, dict) and not any(key in query for key in _PARTIAL_FIND_FIELDS):
+                hidden = self.hidden_from_answer(level, constraints, expanded, requester, "/tools/find")
+                if hidden:
+                    output.SetHttpHeader(MISSING_HEADER, str(len(hidden)))
             if not answer.withheld:
                 self._answer(output, None, answer, raw)
                 return
@@ -435,6 +490,8 @@ class QueryVerifier:
         if withheld:
             raise AccessDeniedError(f"QIDO-RS search refused: {len(withheld)} matching item(s) disagree "
                                     f"with their seals ({', '.join(c.resource_id for c in withheld[:5])})")
+        if not any(key.lower() in ("limit", "offset") for key in request.query):
+            self.hidden_from_answer(level, constraints, items, request.requester, request.uri)
 
     def judge_parent_studies(self, items: Iterable[Mapping[str, Any]], level: str, requester: Requester,
                              route: str) -> tuple[list[ItemCheck], list[Mapping[str, Any]]]:
@@ -506,6 +563,7 @@ class QueryVerifier:
             withheld_parents, kept = self.judge_parent_studies(kept, request.level, requester, "C-FIND")
         constraints = {str(keyword_for_tag(key.tag) or tag_key(key.tag)): key.constraint
                        for key in request.keys if key.constraint}
+        self.hidden_from_answer(request.level, constraints, items, requester, "C-FIND")
         self._audit_cfind(requester, request.level, constraints, len(kept))
         retrieve_aet = str(settings.get("DicomAet", "ORTHANC"))
         cache: dict[str, Any] = {}

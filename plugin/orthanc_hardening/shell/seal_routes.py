@@ -5,8 +5,8 @@
   their status; rotation to a new signing key (the old one stays trusted).
 * ``POST /hardening/seal-existing`` (administrators): seal the attachments Orthanc stored before
   sealing began, one page of instances at a time, with the same planner as the offline
-  ``seal-existing`` command (``integrity/legacy.py``): legacy is what the index says was received
-  before the signed start of sealing; anything else without a seal is refused and alerted.
+  ``seal-existing`` command (``integrity/legacy.py``): legacy is what the signed legacy inventory
+  holds for the instance the index names; anything else without a seal is refused and alerted.
 """
 
 from __future__ import annotations
@@ -42,10 +42,10 @@ def seal_existing(storage: SealedStorage, since: int, limit: int) -> dict[str, A
         raise SealInvalidError("the signed start of sealing does not verify: no data can be proven legacy")
     orthanc = storage.runtime.orthanc
     ids = json.loads(orthanc.RestApiGet(f"/instances?since={since}&limit={limit}"))
-    listed = [StoredAttachment(instance_id, content_type, uuid, storage.reception_date(instance_id))
+    listed = [StoredAttachment(instance_id, content_type, uuid, None)
               for instance_id in ids for _name, content_type, uuid in storage.attachments_of(instance_id)]
     plan = plan_legacy_sealing(listed, lambda uuid, kind: storage.store.get(uuid, kind) is not None,
-                               storage.sealing_since)
+                               lambda a: storage.is_provably_legacy(a.uuid, a.content_type, a.instance_id))
     for attachment in plan.refused:
         storage.report_failure(attachment.uuid, attachment.content_type, None, SealMissingError(
             f"attachment {attachment.uuid} of instance {attachment.instance_id} was stored after sealing began "

@@ -17,6 +17,8 @@ through the guard as a gatekeeper that fails by raising (Orthanc then fails the 
   ``hardening_integrity_failures_total``, is recorded in the seal store and as a Security
   Alert, and in enforce mode makes the read raise (HTTP 500, DIMSE failure). Monitor mode
   serves the bytes. The read hooks (audit, lockdown) run before the bytes are returned.
+* every verified read of a DICOM attachment is also bound to the index (``shell/binding.py``):
+  the instance its seal names is indexed, under its sealed parents, with this very attachment.
 * ``check_instance`` verifies a whole instance from disk against what the index says it is,
   before a send on a job thread (archives, C-MOVE).
 """
@@ -34,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orthanc_hardening.audit.event import Transport
+from orthanc_hardening.audit.event import Action, AuditEvent, EventCode, Outcome, Transport
 from orthanc_hardening.audit.sink import Waiter
 from orthanc_hardening.errors import (
     HardeningError,
@@ -45,8 +47,16 @@ from orthanc_hardening.errors import (
     StoreUnavailableError,
 )
 from orthanc_hardening.identity import Requester
-from orthanc_hardening.integrity.legacy import is_legacy
+from orthanc_hardening.integrity.binding import requested_read
+from orthanc_hardening.integrity.legacy import (
+    InventoryRule,
+    StoredAttachment,
+    check_legacy_entry,
+    plan_inventory,
+    sign_legacy_entry,
+)
 from orthanc_hardening.integrity.read import verify_read
+from orthanc_hardening.seal import content_type as content_types
 from orthanc_hardening.seal import epoch
 from orthanc_hardening.seal.identity import NO_IDENTITY, InstanceIdentity, identity_of_dataset, parse_dataset
 from orthanc_hardening.seal.index_tags import IndexTags, index_tags_digest
@@ -54,9 +64,11 @@ from orthanc_hardening.seal.keys import KeyRing
 from orthanc_hardening.seal.layout import attachment_path
 from orthanc_hardening.seal.record import Seal, check_identity, seal_attachment
 from orthanc_hardening.seal.storage_event import READ, WRITE, StorageEvent
+from orthanc_hardening.shell.binding import IndexBinding
 from orthanc_hardening.shell.guard import alert, decide, mark_audited, refuse_raise
 from orthanc_hardening.shell.runtime import Runtime
 from orthanc_hardening.stores.attachment_files import read_file, remove_file, unlink, write_file
+from orthanc_hardening.stores.legacy_inventory import SQLiteLegacyInventory, inventory_path
 from orthanc_hardening.stores.seal_store import SQLiteSealStore
 from orthanc_hardening.stores.signature_cache import SignatureCache
 
@@ -89,6 +101,10 @@ class SealedStorage:
     # the "until pixel data" attachment (a prefix of the file) right after, on the same thread.
     _last: dict[int, tuple[bytes, InstanceIdentity]] = field(default_factory=dict)
     _last_lock: threading.Lock = field(default_factory=threading.Lock)
+    # The signed legacy inventory (``integrity/legacy.py``); ``None``: nothing is legacy.
+    legacy: SQLiteLegacyInventory | None = None
+    # The index side of every read (``shell/binding.py``); ``None`` only in unit tests.
+    index_binding: IndexBinding | None = None
     # Index tags parsed at create, by attachment uuid, for the query catalogue (bounded).
     _recent_tags: OrderedDict[str, IndexTags] = field(default_factory=OrderedDict)
 
@@ -97,6 +113,12 @@ class SealedStorage:
     def create(self, uuid: str, content_type: int, data: bytes) -> None:
         """Seal and store one attachment; raise to make Orthanc fail the ingest."""
         content_type = int(content_type)
+        if content_type == content_types.UNKNOWN:
+            # A user-defined attachment: sealed under the type Orthanc's index names (seal/content_type.py).
+            request = self.runtime.current_request()
+            content_type = content_types.sealed_content_type(
+                content_type, request.method if request else "", request.uri if request else "",
+                content_types.user_content_types(self.runtime.orthanc_config))
         final = attachment_path(self.root, uuid)
         identity, derived = self._identity_for(content_type, data, uuid)
         seal = seal_attachment(uuid, content_type, data, identity, self.keyring.signer, self.runtime.clock())
@@ -170,9 +192,25 @@ class SealedStorage:
 
     # -- read ----------------------------------------------------------------------------
 
+    def _bound_by_request(self) -> bool:
+        """Whether this read serves an HTTP request whose reads the HTTP gate already bound.
+
+        Such a read is not checked against the index again: an index call from inside a read
+        that another plugin started (orthanc-dicomweb's ``/rendered``) hangs Orthanc 1.10.
+        """
+        request = self.runtime.current_request()
+        return request is not None and requested_read(request.method, request.uri, request.query) is not None
+
+    def stored_type(self, uuid: str, content_type: int) -> int:
+        """The type an attachment is sealed under when the storage area is given ``0`` (user-defined)."""
+        if content_type != content_types.UNKNOWN:
+            return content_type
+        sealed = self.store.content_types_of(uuid)
+        return sealed[-1] if sealed else content_type
+
     def read(self, uuid: str, content_type: int) -> bytes:
         """Read, verify and return one attachment; raise (enforce) if it does not verify."""
-        content_type = int(content_type)
+        content_type = self.stored_type(uuid, int(content_type))
         path = attachment_path(self.root, uuid)
         seal: Seal | None = None
         data = b""
@@ -189,10 +227,14 @@ class SealedStorage:
                     f"attachment {uuid} (type {content_type}) is sealed but its file is missing"
                 ) from exc
             check = verify_read(uuid, content_type, data, seal, self.keyring, self.runtime.config.unsealed_policy,
-                                is_legacy=lambda: self.is_legacy_bytes(data), cache=self.cache, record=record)
+                                is_legacy=lambda: self.is_provably_legacy(uuid, content_type), cache=self.cache,
+                                record=record)
             if check.seal is None:
                 self.runtime.metrics.increment("unsealed_reads_total")
                 logger.warning("served unsealed (legacy) attachment %s type %d", uuid, content_type)
+            elif self.index_binding is not None and not self._bound_by_request():
+                # Bound to what the index says this file is, whoever reads it (integrity/binding.py).
+                self.index_binding.check(check.seal)
         except IntegrityError as exc:
             rebuilt = self.rebuild_derived(uuid, content_type, seal, exc, data)
             if rebuilt is None:
@@ -256,20 +298,60 @@ class SealedStorage:
             return header
         return None
 
-    def is_legacy_bytes(self, data: bytes) -> bool:
-        """Whether Orthanc received the instance of these unsealed bytes before sealing began."""
-        if not self.sealing_since:
-            return False
-        from orthanc_hardening.seal.identity import identify
+    def is_provably_legacy(self, uuid: str, content_type: int, instance_id: str | None = None) -> bool:
+        """Whether an unsealed attachment is in the signed legacy inventory, for the instance the index names.
 
+        Decided by the inventory and the index, never by the bytes served (``integrity/legacy.py``).
+
+        Args:
+            uuid: the attachment.
+            content_type: its content type.
+            instance_id: the instance the index names it for, when the caller knows; else the
+                inventoried instance must still name this attachment in the index.
+        """
+        if self.legacy is None or not self.sealing_since:
+            return False
+        found = self.legacy.get(uuid, content_type)
+        if found is None:
+            return False
+        entry, signature = found
         try:
-            sop = identify(data).sop_instance_uid
-        except ValueError:
+            if instance_id is None:
+                names = {(int(kind), str(u)) for _n, kind, u in self.attachments_of(entry.instance_id)}
+                instance_id = entry.instance_id if (int(content_type), uuid) in names else ""
+            check_legacy_entry(StoredAttachment(instance_id, int(content_type), uuid, None), entry, signature,
+                               self.keyring)
+        except HardeningError as exc:
+            logger.error("attachment %s is not provably legacy: %s", uuid, exc)
             return False
-        instance_id = self.lookup_instance(sop)
-        if instance_id is None:
-            return False
-        return is_legacy(self.reception_date(instance_id), self.sealing_since)
+        return True
+
+    def take_inventory(self, fresh: bool) -> None:
+        """Take the signed legacy inventory once (the first start of a version that has one).
+
+        Args:
+            fresh: sealing began at this start (everything unsealed the index holds predates it);
+                otherwise the older rule (``ReceptionDate`` before the start of sealing), audited.
+        """
+        if self.legacy is None or not self.sealing_since or self.legacy.taken() is not None:
+            return
+        rule = InventoryRule.BEFORE_SEALING if fresh else InventoryRule.RECEPTION_DATE
+        orthanc = self.runtime.orthanc
+        listed: list[StoredAttachment] = []
+        for instance_id in json.loads(orthanc.RestApiGet("/instances")):
+            received = self.reception_date(instance_id) if rule is InventoryRule.RECEPTION_DATE else None
+            listed.extend(StoredAttachment(instance_id, content_type, uuid, received)
+                          for _name, content_type, uuid in self.attachments_of(instance_id))
+        entries = plan_inventory(listed, lambda uuid, kind: self.store.get(uuid, kind) is not None, rule,
+                                 self.sealing_since)
+        signer = self.keyring.signer
+        count = self.legacy.take(((entry, sign_legacy_entry(entry, signer)) for entry in entries), rule.value)
+        detail = f"legacy inventory taken ({rule.value}): {count} unsealed attachment(s) of {len(listed)} are legacy"
+        logger.warning("%s", detail)
+        self.runtime.audit.record(AuditEvent(
+            time=self.runtime.clock(), event=EventCode.APPLICATION_ACTIVITY, action=Action.EXECUTE,
+            outcome=Outcome.SUCCESS if rule is InventoryRule.BEFORE_SEALING else Outcome.MINOR_FAILURE,
+            transport=Transport.INTERNAL, route="legacy-inventory", detail=detail))
 
     def reception_date(self, instance_id: str) -> str | None:
         """Orthanc's ``ReceptionDate`` metadata of an instance (``YYYYMMDDTHHMMSS``), or ``None``."""
@@ -320,7 +402,7 @@ class SealedStorage:
     def remove(self, uuid: str, content_type: int) -> None:
         """Delete the file and record the removal (the seal row stays as evidence)."""
         remove_file(attachment_path(self.root, uuid))
-        self.store.mark_removed(uuid, int(content_type), self.runtime.clock())
+        self.store.mark_removed(uuid, self.stored_type(uuid, int(content_type)), self.runtime.clock())
 
     # -- the storage area with ranges (RegisterStorageArea3, Python plugin 7.1) ----------
 
@@ -409,6 +491,10 @@ class SealedStorage:
             IntegrityError: any verification failure (also in monitor mode: callers decide).
         """
         record = self.store.get_record(uuid, content_type)
+        if record is None and content_type >= content_types.FIRST_USER_TYPE:
+            # Sealed before its type was known (created without a request naming it): type 0.
+            record = self.store.get_record(uuid, content_types.UNKNOWN)
+            content_type = content_types.UNKNOWN if record is not None else content_type
         seal = None if record is None else self.cache.parse_seal(record)
         data = b""
         try:
@@ -417,7 +503,8 @@ class SealedStorage:
             except FileNotFoundError as exc:
                 raise SealMismatchError(f"attachment {uuid} (type {content_type}): file is missing") from exc
             check = verify_read(uuid, content_type, data, seal, self.keyring, self.runtime.config.unsealed_policy,
-                                is_legacy=lambda: self.is_legacy_bytes(data), cache=self.cache, record=record)
+                                is_legacy=lambda: self.is_provably_legacy(uuid, content_type), cache=self.cache,
+                                record=record)
         except SealMismatchError as exc:
             if self.rebuild_derived(uuid, content_type, seal, exc, data) is None:
                 raise
@@ -507,20 +594,28 @@ def storage_root(orthanc_config: Any) -> Path:
     return Path(str(orthanc_config.get("StorageDirectory", "OrthancStorage"))).absolute()
 
 
-def load_sealing_since(store: SQLiteSealStore, keyring: KeyRing, now: dt.datetime) -> str:
-    """The signed time sealing began (set at the first start); ``""`` if it does not verify."""
+def load_sealing_since(store: SQLiteSealStore, keyring: KeyRing, now: dt.datetime) -> tuple[str, bool]:
+    """The signed time sealing began (set at the first start); ``""`` if it does not verify.
+
+    Returns:
+        ``(start, fresh)``: ``fresh`` when sealing begins now (no seal exists yet). Seals without
+        a recorded start mean the start was deleted: nothing unsealed is legacy then.
+    """
     value = store.get_meta(epoch.META_NAME)
     if value is None:
+        if store.max_rowid() > 0:
+            logger.error("seals exist but the signed start of sealing is gone: every unsealed attachment is refused")
+            return "", False
         value = epoch.orthanc_time(now)
         store.set_meta(epoch.META_SIGNATURE, epoch.sign_epoch(value, keyring.signer))
         store.set_meta(epoch.META_NAME, value)
-        return value
+        return value, True
     try:
         epoch.verify_epoch(value, store.get_meta(epoch.META_SIGNATURE) or "", keyring)
     except IntegrityError:
         logger.error("the signed start of sealing does not verify: every unsealed attachment is refused")
-        return ""
-    return value
+        return "", False
+    return value, False
 
 
 def reconcile_files(root: Path, store: SQLiteSealStore, now: dt.datetime) -> list[Seal]:
@@ -570,7 +665,9 @@ def install(runtime: Runtime, keys: KeyRing, cache: SignatureCache) -> SealedSto
     store = SQLiteSealStore(config.seal_database, config.sqlite_synchronous)
     storage = SealedStorage(runtime=runtime, root=root, store=store, keyring=keys, cache=cache,
                             sync=bool(runtime.orthanc_config.get("SyncStorageArea", True)))
-    storage.sealing_since = load_sealing_since(store, keys, now)
+    storage.index_binding = IndexBinding(runtime)
+    storage.sealing_since, fresh = load_sealing_since(store, keys, now)
+    storage.legacy = SQLiteLegacyInventory(inventory_path(config.seal_database))
     clean_through = store.max_rowid()
     suspects = reconcile_files(root, store, now)
     runtime.metrics.set(FAILURES_METRIC, 0)
@@ -593,6 +690,7 @@ def install(runtime: Runtime, keys: KeyRing, cache: SignatureCache) -> SealedSto
     def reconcile_on_start(change_type: int, _level: int, _resource: str) -> None:
         if change_type == started:
             reconcile_index(storage, suspects, clean_through)
+            storage.take_inventory(fresh)
 
     runtime.change_observers.append(reconcile_on_start)
     runtime.stop_actions.append(store.mark_clean)

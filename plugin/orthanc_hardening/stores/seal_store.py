@@ -163,6 +163,16 @@ class SQLiteSealStore:
             ).fetchone()
         return None if found is None else bytes(found[0])
 
+    def content_types_of(self, uuid: str) -> list[int]:
+        """The content types an attachment uuid is sealed under (a primary-key prefix select).
+
+        Raises:
+            StoreUnavailableError: the store cannot be read.
+        """
+        with self._cursor() as db:
+            rows = db.execute("SELECT content_type FROM seals WHERE uuid = ? ORDER BY content_type", (uuid,)).fetchall()
+        return [int(row[0]) for row in rows]
+
     def get_row(self, uuid: str, content_type: int) -> SealRow | None:
         """Like ``get`` with the row id and state."""
         with self._cursor() as db:

@@ -204,3 +204,49 @@ def test_removing_an_instance_forgets_only_the_tags_no_other_instance_carries() 
     assert inspect_item("Study", orthanc_study(*pairs[0]), index).verdict is Verdict.OK
     index.add(sealed_instance_tags(*pairs[2]))
     assert inspect_item("Study", orthanc_study(*pairs[2]), index).verdict is Verdict.OK
+
+
+# -- complete answers: the catalogue says who has what --------------------------------------
+
+
+def _catalogue_entry(patient_id: str, study_uid: str):
+    from orthanc_hardening.integrity.query import SealedInstanceTags, orthanc_id
+
+    ids = {"Patient": orthanc_id(patient_id), "Study": orthanc_id(patient_id, study_uid),
+           "Series": orthanc_id(patient_id, study_uid, study_uid + ".1"),
+           "Instance": orthanc_id(patient_id, study_uid, study_uid + ".1", study_uid + ".1.1")}
+    tags = {"Patient": {"PatientID": patient_id, "PatientName": "X^Y"},
+            "Study": {"StudyInstanceUID": study_uid, "AccessionNumber": "ACC" + study_uid[-1]},
+            "Series": {"SeriesInstanceUID": study_uid + ".1"}, "Instance": {"SOPInstanceUID": study_uid + ".1.1"}}
+    return SealedInstanceTags(ids, tags, "uuid-" + study_uid)
+
+
+@pytest.mark.attack
+def test_study_hidden_from_a_patient_id_query_is_missing_from_the_answer():
+    from orthanc_hardening.integrity.query import SealedTagIndex, missing_from_answer
+
+    index = SealedTagIndex()
+    hidden, other = _catalogue_entry("PAT-H", "1.2.3"), _catalogue_entry("PAT-O", "1.2.4")
+    index.add(hidden)
+    index.add(other)
+    assert missing_from_answer("Study", {"PatientID": "PAT-H"}, [], index) == [hidden.ids["Study"]]
+    assert missing_from_answer("Study", {"PatientID": "pat-h "}, [], index) == [hidden.ids["Study"]]
+    assert missing_from_answer("Study", {"PatientID": "PAT-H"}, [hidden.ids["Study"]], index) == []
+    assert missing_from_answer("Series", {"StudyInstanceUID": "1.2.3"}, [], index) == [hidden.ids["Series"]]
+    assert missing_from_answer("Study", {"PatientID": "PAT-H", "AccessionNumber": "ACC4"}, [], index) == []
+    index.remove(hidden.instance_id)
+    assert missing_from_answer("Study", {"PatientID": "PAT-H"}, [], index) == []
+
+
+@pytest.mark.parametrize("query", [
+    {"PatientID": "PAT*"},  # wildcard: Orthanc's rules, not replayed
+    {"PatientID": "PAT-H", "PatientName": "X^Y"},  # a non-identifier constraint
+    {"PatientID": ""},  # a return key only
+    {"SeriesInstanceUID": "1.2.3.1"},  # below the query level
+])
+def test_completeness_is_checked_only_for_exact_identifier_queries(query):
+    from orthanc_hardening.integrity.query import SealedTagIndex, missing_from_answer
+
+    index = SealedTagIndex()
+    index.add(_catalogue_entry("PAT-H", "1.2.3"))
+    assert missing_from_answer("Study", query, [], index) == []

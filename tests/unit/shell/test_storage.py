@@ -11,6 +11,8 @@ import pytest
 from orthanc_hardening.audit.event import EventCode
 from orthanc_hardening.config import Durability, HardeningConfig, Mode
 from orthanc_hardening.errors import AccessDeniedError, SealInvalidError, SealMismatchError, SealMissingError
+from orthanc_hardening.integrity.binding import WrongInstanceError
+from orthanc_hardening.integrity.query import orthanc_ids_of_seal
 from orthanc_hardening.shell import archives as archives_module
 from orthanc_hardening.shell import seal_routes
 from orthanc_hardening.shell import storage as storage_module
@@ -45,6 +47,30 @@ def installed(runtime):
     return storage
 
 
+def index_as_sealed(runtime, storage, uuid=UUID, content_type=1, indexed_uuid=None):
+    """Make the fake index hold the instance the seal of ``uuid`` names, with that attachment."""
+    ids = orthanc_ids_of_seal(storage.store.get(uuid, content_type))
+    rest = runtime.orthanc.rest
+    rest[("GET", f"/instances/{ids['Instance']}")] = {"ID": ids["Instance"], "ParentSeries": ids["Series"]}
+    rest[("GET", f"/instances/{ids['Instance']}/attachments/dicom/info")] = {"Uuid": indexed_uuid or uuid}
+    rest[("GET", f"/series/{ids['Series']}")] = {"ID": ids["Series"], "ParentStudy": ids["Study"]}
+    rest[("GET", f"/studies/{ids['Study']}")] = {"ID": ids["Study"], "ParentPatient": ids["Patient"]}
+    return ids
+
+
+@pytest.mark.attack
+def test_read_of_a_file_the_index_gives_to_another_instance_is_refused(runtime):
+    storage = installed(runtime)
+    create, read, _remove = runtime.orthanc.storage_area
+    create(UUID, 1, make_instance(patient_id="U-SWAP"))
+    # Swapped pointers: the sealed instance's index entry names another file.
+    index_as_sealed(runtime, storage, indexed_uuid="ffffffff-4b5a-4978-8695-a4b3c2d1e0f9")
+    with pytest.raises(WrongInstanceError, match="attachment"):
+        read(UUID, 1)
+    assert runtime.audit.events[-1].event is EventCode.SECURITY_ALERT
+    assert runtime.audit.events[-1].patient_id == "U-SWAP"
+
+
 def test_create_then_read_round_trips_and_runs_hooks(runtime, tmp_path):
     storage = installed(runtime)
     create, read, remove = runtime.orthanc.storage_area
@@ -53,6 +79,7 @@ def test_create_then_read_round_trips_and_runs_hooks(runtime, tmp_path):
     storage.read_hooks.append(events.append)
     data = make_instance(patient_id="U-1")
     create(UUID, 1, data)
+    index_as_sealed(runtime, storage)
     path = tmp_path / "storage" / UUID[:2] / UUID[2:4] / UUID
     assert path.read_bytes() == data
     assert read(UUID, 1) == data
@@ -198,6 +225,7 @@ def test_seal_row_edited_after_create_is_caught_although_the_seal_was_cached(run
     storage = installed(runtime)
     create, read, _remove = runtime.orthanc.storage_area
     create(UUID, 1, make_instance(patient_id="U-9"))
+    index_as_sealed(runtime, storage)
     read(UUID, 1)
     record = json.loads(storage.store.get_record(UUID, 1))
     record["patient_id"] = "SOMEONE-ELSE"

@@ -1,0 +1,233 @@
+"""Reads bound to the request and to the index (``integrity/binding.py``), wired into Orthanc.
+
+* ``ReadBinding.http_gate`` (an HTTP gate, before Orthanc serves): for a request that reads the
+  stored bytes of resources it names (REST by Orthanc id, WADO-RS and WADO-URI by UIDs, series
+  and study content, ``modify``/``anonymize``/``export`` sources), it lists the instances the
+  index puts under what was asked for, and the attachments the index names for each, and checks
+  with ``verify_bound`` that their seals name that very instance, series, study and patient
+  (and the UIDs the request named). Index and seal store only: no file is read here; the storage
+  read then verifies the bytes against the same seal. In enforce mode a wrong seal refuses the
+  request (the HTTP filter's 403) with a Security Alert; monitor mode records the alert only.
+* ``IndexBinding`` (called by the storage read, on every path and thread: HTTP, Orthanc 1.13's
+  loader threads, job threads of sends and modifications, C-GET and C-MOVE on DICOM threads):
+  the instance the seal of the attachment read names must be in the index, under its sealed
+  parents, and the index must name this very attachment for it.
+
+What neither can see (README, "Reads bound to the request"): a read whose request names its
+resources in a body the HTTP filter is not shown (sends to modalities and peers, ``/tools/*``)
+and a C-GET (no hook in the Python plugin) are bound by the index only. There, an index that
+points instance A at B's file *while B still points at it too* serves B's file as part of A's
+answer; the scrub and the seal report name such an instance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from orthanc_hardening.errors import IntegrityError
+from orthanc_hardening.identity import HttpRequest
+from orthanc_hardening.integrity.binding import (
+    ExpectedRead,
+    RequestedRead,
+    WrongInstanceError,
+    index_binding,
+    requested_read,
+    verify_bound,
+)
+from orthanc_hardening.integrity.query import orthanc_ids_of_seal
+from orthanc_hardening.seal.record import Seal
+from orthanc_hardening.shell.guard import alert, mark_audited
+from orthanc_hardening.shell.runtime import Runtime
+from orthanc_hardening.stores.seal_store import SQLiteSealStore
+
+logger = logging.getLogger(__name__)
+
+# Orthanc's names of its own DICOM attachment types (FileContentType 1, 2, 3).
+DICOM_ATTACHMENTS = {1: "dicom", 2: "dicom-as-json", 3: "dicom-until-pixel-data"}
+BINDING_FAILURES = "binding_failures_total"
+# How long a series' parents, read from the index, are reused by the storage read. Orthanc
+# holds its SQLite index locked while it runs, so an edit there needs a restart (which empties
+# this cache); with PostgreSQL an edit is seen at most this much later.
+PARENTS_SECONDS = 5.0
+PARENTS_REMEMBERED = 4096
+
+
+class IndexBinding:
+    """The index side of a read: the sealed instance is indexed where sealed, with this attachment."""
+
+    def __init__(self, runtime: Runtime, clock: Callable[[], float] = time.monotonic) -> None:
+        self.runtime = runtime
+        self.clock = clock
+        self._parents: OrderedDict[str, tuple[float, str, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _get(self, uri: str) -> Any | None:
+        try:
+            return json.loads(self.runtime.orthanc.RestApiGet(uri))
+        except Exception:
+            return None
+
+    def _series_parents(self, series_id: str) -> tuple[str, str]:
+        """``(study id, patient id)`` of a series as the index says (``""`` when unknown)."""
+        now = self.clock()
+        with self._lock:
+            known = self._parents.get(series_id)
+        if known is not None and now - known[0] < PARENTS_SECONDS:
+            return known[1], known[2]
+        series = self._get(f"/series/{series_id}") or {}
+        study_id = str(series.get("ParentStudy", ""))
+        study = (self._get(f"/studies/{study_id}") or {}) if study_id else {}
+        patient = str(study.get("ParentPatient", ""))
+        with self._lock:
+            self._parents[series_id] = (now, study_id, patient)
+            while len(self._parents) > PARENTS_REMEMBERED:
+                self._parents.popitem(last=False)
+        return study_id, patient
+
+    def forget(self) -> None:
+        """Drop the remembered parents (after a change of the index: a deletion)."""
+        with self._lock:
+            self._parents.clear()
+
+    def check(self, seal: Seal) -> None:
+        """Check that the index holds the instance ``seal`` names, under its sealed parents, with this attachment.
+
+        Only DICOM attachments (types 1 to 3) sealed with an identity are bound: other types
+        carry no identity in their seal (their instance is named by the index alone).
+
+        Raises:
+            WrongInstanceError: the index places the sealed instance elsewhere, does not hold
+                it, or names another attachment for it.
+        """
+        name = DICOM_ATTACHMENTS.get(int(seal.content_type))
+        if name is None or not seal.sop_instance_uid:
+            return
+        instance_id = orthanc_ids_of_seal(seal)["Instance"]
+        indexed = self._get(f"/instances/{instance_id}")
+        indexed_uuid: str | None = None
+        parents: dict[str, str] | None = None
+        if isinstance(indexed, dict):
+            info = self._get(f"/instances/{instance_id}/attachments/{name}/info")
+            indexed_uuid = str(info["Uuid"]) if isinstance(info, dict) and "Uuid" in info else None
+            series_id = str(indexed.get("ParentSeries", ""))
+            study_id, patient = self._series_parents(series_id)
+            parents = {"ID": str(indexed.get("ID", instance_id)), "ParentSeries": series_id,
+                       "ParentStudy": study_id, "ParentPatient": patient}
+        verify_bound(seal, index_binding(seal, parents, indexed_uuid))
+
+
+class ReadBinding:
+    """The request side of a read: the HTTP gate (see the module docstring)."""
+
+    def __init__(self, runtime: Runtime, store: SQLiteSealStore,
+                 attachments_of: Callable[[str], list[tuple[str, int, str]]]) -> None:
+        self.runtime = runtime
+        self.store = store
+        self.attachments_of = attachments_of
+
+    def _get(self, uri: str) -> Any | None:
+        try:
+            return json.loads(self.runtime.orthanc.RestApiGet(uri))
+        except Exception:
+            return None
+
+    def _lookup(self, uid: str, kind: str) -> list[str]:
+        try:
+            found = json.loads(self.runtime.orthanc.RestApiPost("/tools/lookup", uid))
+        except Exception:
+            return []
+        return [str(item["ID"]) for item in found if isinstance(item, dict) and item.get("Type") == kind]
+
+    def expected_reads(self, read: RequestedRead) -> list[tuple[str, ExpectedRead]]:
+        """``(instance id, expectation)`` for every instance the index puts under what ``read`` names.
+
+        An unknown resource gives no instance: Orthanc answers it with its own 404.
+        """
+        source = f"the request {read.route}"
+        study_uid, series_uid, sop_uid = read.uids
+        named = ExpectedRead(sop_instance_uid=sop_uid, series_uid=series_uid, study_uid=study_uid, source=source)
+        if read.level == "instances":
+            ids = [read.resource] if read.resource else self._lookup(sop_uid, "Instance")
+            found = []
+            for instance_id in ids:
+                # The series the index puts the instance in: a re-parented instance is refused here.
+                indexed = self._get(f"/instances/{instance_id}")
+                parent = str(indexed.get("ParentSeries", "")) if isinstance(indexed, dict) else ""
+                found.append((instance_id, dataclasses.replace(named, instance_id=instance_id, series_id=parent)))
+            return found
+        if read.resource:
+            groups = [(read.level, read.resource)]
+        elif read.level == "series":
+            groups = [("series", i) for i in self._lookup(series_uid, "Series")]
+        else:
+            groups = [("studies", i) for i in self._lookup(study_uid, "Study")]
+        result = []
+        for level, group in groups:
+            listed = self._get(f"/{level}/{group}/instances")
+            if not isinstance(listed, list):
+                continue
+            for item in listed:
+                if not isinstance(item, dict) or "ID" not in item:
+                    continue
+                expected = dataclasses.replace(
+                    named, instance_id=str(item["ID"]),
+                    series_id=str(item.get("ParentSeries", "")) if level != "series" else group,
+                    study_id=group if level == "studies" else "",
+                    patient_id_hash=group if level == "patients" else "")
+                result.append((str(item["ID"]), expected))
+        return result
+
+    def check_read(self, read: RequestedRead) -> None:
+        """Check the seals of every attachment a request will read against what it asked for.
+
+        Raises:
+            WrongInstanceError: an attachment's seal names another instance (or parent).
+        """
+        for instance_id, expected in self.expected_reads(read):
+            try:
+                attachments = self.attachments_of(instance_id)
+            except IntegrityError:
+                raise
+            except Exception:
+                continue  # deleted meanwhile: Orthanc answers it
+            for _name, content_type, uuid in attachments:
+                if content_type not in DICOM_ATTACHMENTS:
+                    continue
+                seal = self.store.get(uuid, content_type)
+                if seal is None or not seal.sop_instance_uid:
+                    continue  # unsealed: the storage read applies the unsealed policy
+                verify_bound(seal, dataclasses.replace(expected, uuid=uuid))
+
+    def http_gate(self, request: HttpRequest) -> None:
+        """HTTP gate: refuse (enforce) a read whose attachments are sealed for another instance.
+
+        Raises:
+            WrongInstanceError: in enforce mode, with its Security Alert already recorded.
+        """
+        read = requested_read(request.method, request.uri, request.query)
+        if read is None:
+            return
+        try:
+            self.check_read(read)
+        except WrongInstanceError as exc:
+            self.runtime.metrics.increment(BINDING_FAILURES)
+            logger.error("read bound to the request refused: %s", exc)
+            alert(self.runtime, request.requester, read.route, f"{type(exc).__name__}: {exc}")
+            if self.runtime.config.is_enforcing:
+                raise mark_audited(exc) from None
+            logger.warning("monitor mode: serving %s although its seal names another instance", read.route)
+
+
+def install(runtime: Runtime, store: SQLiteSealStore,
+            attachments_of: Callable[[str], list[tuple[str, int, str]]]) -> ReadBinding:
+    """Register the HTTP gate that binds reads to the request."""
+    binding = ReadBinding(runtime, store, attachments_of)
+    runtime.http_gates.append(binding.http_gate)
+    return binding

@@ -1,0 +1,215 @@
+"""Reads bound to what was asked for, against a real Orthanc whose index was edited behind its back.
+
+The attacker edits one thing in Orthanc's SQLite index, as someone with access to the disk
+would (Orthanc holds the index locked while it runs: stop, edit with sqlite3, start):
+
+* **pointer to another patient's file**: instance A's ``AttachedFiles`` rows are made copies of
+  instance B's (same uuid, sizes and MD5s), so A's id and UIDs lead to B's genuine, sealed file;
+* **swapped pointers**: A's rows and B's rows are exchanged;
+* **re-parenting**: an instance is moved under another patient's series (``Resources.parentId``).
+
+Each is refused on every read path with the exact refusal (the HTTP gate's 403; a failed read:
+C-GET 0xC000, a failed store job), a Security Alert naming the wrong instance is in the audit
+trail, and the untouched instances are still served byte-identical.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.support.dicom import make_instance, new_uid
+from tests.support.dimse import c_get
+from tests.support.scp import StorageSCP
+from tests.support.server import DICOMWEB_PLUGIN, PYTHON_PLUGIN, OrthancServer
+
+pytestmark = [pytest.mark.integration]
+
+
+@dataclass(frozen=True)
+class Stored:
+    id: str
+    data: bytes
+    patient: str
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+
+    def study_id(self, server: OrthancServer) -> str:
+        return str(server.get(f"/instances/{self.id}/study").json()["ID"])
+
+    def series_id(self, server: OrthancServer) -> str:
+        return str(server.get(f"/instances/{self.id}").json()["ParentSeries"])
+
+
+def store(server: OrthancServer, patient: str) -> Stored:
+    study, series, sop = new_uid(), new_uid(), new_uid()
+    data = make_instance(patient_id=patient, patient_name=f"{patient}^Test", study_uid=study, series_uid=series,
+                         sop_uid=sop)
+    return Stored(server.upload(data)["ID"], data, patient, study, series, sop)
+
+
+def edit_index(server: OrthancServer, edit) -> None:
+    """Stop Orthanc, let ``edit`` change its index database, start it again."""
+    server.stop()
+    db = sqlite3.connect(server.index_db)
+    for name in ("SignalFileDeleted", "SignalResourceDeleted", "SignalRemainingAncestor"):
+        db.create_function(name, -1, lambda *args: None)
+    try:
+        edit(db)
+        db.commit()
+    finally:
+        db.close()
+    server.start()
+
+
+def internal_id(db: sqlite3.Connection, public_id: str) -> int:
+    return int(db.execute("SELECT internalId FROM Resources WHERE publicId = ?", (public_id,)).fetchone()[0])
+
+
+def attachment_rows(db: sqlite3.Connection, internal: int) -> dict[int, dict]:
+    cursor = db.execute("SELECT * FROM AttachedFiles WHERE id = ?", (internal,))
+    names = [c[0] for c in cursor.description]
+    return {int(row[names.index("fileType")]): dict(zip(names, row, strict=True)) for row in cursor.fetchall()}
+
+
+def point_at(db: sqlite3.Connection, instance: str, rows: dict[int, dict]) -> None:
+    """Make ``instance``'s attachment rows copies of ``rows`` (every column but the owner)."""
+    target = internal_id(db, instance)
+    for file_type, row in rows.items():
+        columns = [c for c in row if c not in ("id", "fileType")]
+        db.execute(f"UPDATE AttachedFiles SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ? AND fileType = ?",
+                   (*[row[c] for c in columns], target, file_type))
+
+
+@dataclass(frozen=True)
+class Tampered:
+    server: OrthancServer
+    dup_a: Stored  # points at dup_b's file (dup_b still does too)
+    dup_b: Stored
+    swap_a: Stored  # swap_a and swap_b exchanged their files
+    swap_b: Stored
+    moved: Stored  # moved under host's series
+    host: Stored
+
+
+@pytest.fixture(scope="module")
+def tampered(start_orthanc_module) -> Iterator[Tampered]:
+    server = start_orthanc_module(config={"Plugins": [PYTHON_PLUGIN, DICOMWEB_PLUGIN],
+                                          "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}})
+    dup_a, dup_b = store(server, "BIND-DUP-A"), store(server, "BIND-DUP-B")
+    swap_a, swap_b = store(server, "BIND-SWAP-A"), store(server, "BIND-SWAP-B")
+    moved, host = store(server, "BIND-MOVED"), store(server, "BIND-HOST")
+    # Clean data is served as stored, on every path the attacks below use.
+    assert server.get(f"/instances/{dup_a.id}/file").content == dup_a.data
+    assert server.get(f"/instances/{moved.id}/file").content == moved.data
+    host_series = host.series_id(server)
+
+    def edit(db: sqlite3.Connection) -> None:
+        point_at(db, dup_a.id, attachment_rows(db, internal_id(db, dup_b.id)))
+        rows_a = attachment_rows(db, internal_id(db, swap_a.id))
+        rows_b = attachment_rows(db, internal_id(db, swap_b.id))
+        point_at(db, swap_a.id, rows_b)
+        point_at(db, swap_b.id, rows_a)
+        db.execute("UPDATE Resources SET parentId = ? WHERE internalId = ?",
+                   (internal_id(db, host_series), internal_id(db, moved.id)))
+
+    edit_index(server, edit)
+    yield Tampered(server, dup_a, dup_b, swap_a, swap_b, moved, host)
+
+
+def alerts(server: OrthancServer, needle: str) -> list[dict]:
+    response = server.get("/hardening/audit?limit=2000", user="auditor")
+    assert response.status_code == 200
+    body = response.json()
+    events = body.get("events", body) if isinstance(body, dict) else body
+    return [e for e in events if "110113" in str(e.get("event", "")) and needle in str(e.get("detail", ""))]
+
+
+def assert_gate_refused(server: OrthancServer, response, forbidden: bytes) -> None:
+    # The HTTP gate's refusal is Orthanc's empty 403 (a 500 from a bug does not pass for it).
+    assert response.status_code == 403, (response.status_code, response.text[:200])
+    assert response.content == b""
+    assert forbidden not in response.content
+
+
+def wait_job(server: OrthancServer, job_id: str) -> dict:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        state = server.get(f"/jobs/{job_id}").json()
+        if state["State"] in ("Success", "Failure"):
+            return state
+        time.sleep(0.05)
+    raise AssertionError("job did not finish")
+
+
+@pytest.mark.attack
+def test_pointer_to_another_patients_file_is_refused_on_rest_wado_uri_and_wado_rs(tampered) -> None:
+    server, a, b = tampered.server, tampered.dup_a, tampered.dup_b
+    before = len(alerts(server, "WrongInstanceError"))
+    for path in (f"/instances/{a.id}/file", f"/instances/{a.id}/attachments/dicom/data",
+                 f"/instances/{a.id}/preview", f"/instances/{a.id}/tags",
+                 f"/wado?requestType=WADO&studyUID={a.study_uid}&seriesUID={a.series_uid}&objectUID={a.sop_uid}"
+                 "&contentType=application/dicom",
+                 f"/dicom-web/studies/{a.study_uid}/series/{a.series_uid}/instances/{a.sop_uid}",
+                 f"/dicom-web/studies/{a.study_uid}/series/{a.series_uid}",
+                 f"/dicom-web/studies/{a.study_uid}/metadata"):
+        assert_gate_refused(server, server.get(path), b.data)
+    found = alerts(server, "WrongInstanceError")
+    assert len(found) >= before + 8
+    assert any(a.id in e["detail"] or a.sop_uid in e["detail"] for e in found)
+    assert all("names instance" in e["detail"] or "names SOP" in e["detail"] for e in found[:8])
+    # Nothing trusted changed: B is served as stored, A's index entry is still A's.
+    assert server.get(f"/instances/{b.id}/file").content == b.data
+    assert server.get(f"/instances/{a.id}").json()["MainDicomTags"]["SOPInstanceUID"] == a.sop_uid
+
+
+@pytest.mark.attack
+def test_pointer_to_another_patients_file_cannot_be_laundered_by_modify_or_anonymize(tampered) -> None:
+    server, a, b = tampered.server, tampered.dup_a, tampered.dup_b
+    instances = len(server.get("/instances").json())
+    assert_gate_refused(server, server.post(f"/instances/{a.id}/modify",
+                                            json={"Replace": {"PatientName": "Laundered"}, "Force": True}), b.data)
+    assert_gate_refused(server, server.post(f"/studies/{a.study_id(server)}/anonymize", json={}), b.data)
+    assert len(server.get("/instances").json()) == instances
+    assert alerts(server, f"POST /instances/{a.id}/modify")
+
+
+@pytest.mark.attack
+def test_swapped_pointers_are_refused_on_c_get_and_send_to_modality(tampered) -> None:
+    server, a, b = tampered.server, tampered.swap_a, tampered.swap_b
+    assert_gate_refused(server, server.get(f"/instances/{a.id}/file"), b.data)
+    # C-GET has no hook: the storage read binds the file to what the index says it is.
+    result = c_get(server, a.study_uid)
+    assert result.status == 0xC000
+    assert b.sop_uid not in result.received and a.sop_uid not in result.received
+    with StorageSCP(port=server.modality_port, pki=server.pki) as scp:
+        job = server.post("/modalities/TESTSCU/store",
+                          data=json.dumps({"Resources": [a.study_id(server)], "Asynchronous": True})).json()
+        assert wait_job(server, job["ID"])["State"] == "Failure"
+        assert b.sop_uid not in scp.received and a.sop_uid not in scp.received
+    found = alerts(server, "WrongInstanceError")
+    assert any("Orthanc's index" in e["detail"] and e.get("patient_id") in (a.patient, b.patient) for e in found)
+
+
+@pytest.mark.attack
+def test_reparented_instance_is_refused_in_series_reads_and_c_get(tampered) -> None:
+    server, moved, host = tampered.server, tampered.moved, tampered.host
+    host_series = host.series_id(server)
+    # The index now lists the moved instance in the host patient's series...
+    assert moved.id in [i["ID"] for i in server.get(f"/series/{host_series}/instances").json()]
+    # ...but no read serves it there, nor by itself.
+    assert_gate_refused(server, server.get(f"/instances/{moved.id}/file"), moved.data)
+    assert_gate_refused(server, server.get(f"/series/{host_series}/instances-tags"), moved.data)
+    assert_gate_refused(server, server.get(f"/dicom-web/studies/{host.study_uid}/series/{host.series_uid}"),
+                        moved.data)
+    result = c_get(server, host.study_uid)
+    assert result.status == 0xC000 and moved.sop_uid not in result.received
+    assert alerts(server, "series")
+    # The host's own instance is untouched and served as stored.
+    assert server.get(f"/instances/{host.id}/file").content == host.data
