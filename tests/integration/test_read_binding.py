@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -138,16 +137,6 @@ def assert_gate_refused(server: OrthancServer, response, forbidden: bytes) -> No
     assert forbidden not in response.content
 
 
-def wait_job(server: OrthancServer, job_id: str) -> dict:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        state = server.get(f"/jobs/{job_id}").json()
-        if state["State"] in ("Success", "Failure"):
-            return state
-        time.sleep(0.05)
-    raise AssertionError("job did not finish")
-
-
 @pytest.mark.attack
 def test_pointer_to_another_patients_file_is_refused_on_rest_wado_uri_and_wado_rs(tampered) -> None:
     server, a, b = tampered.server, tampered.dup_a, tampered.dup_b
@@ -191,7 +180,7 @@ def test_swapped_pointers_are_refused_on_c_get_and_send_to_modality(tampered) ->
     with StorageSCP(port=server.modality_port, pki=server.pki) as scp:
         job = server.post("/modalities/TESTSCU/store",
                           data=json.dumps({"Resources": [a.study_id(server)], "Asynchronous": True})).json()
-        assert wait_job(server, job["ID"])["State"] == "Failure"
+        assert server.wait_job(job["ID"])["State"] == "Failure"
         assert b.sop_uid not in scp.received and a.sop_uid not in scp.received
     found = alerts(server, "WrongInstanceError")
     assert any("Orthanc's index" in e["detail"] and e.get("patient_id") in (a.patient, b.patient) for e in found)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
@@ -56,16 +55,6 @@ def sop_of(data: bytes) -> str:
     from pydicom import dcmread
 
     return str(dcmread(BytesIO(data), stop_before_pixels=True).SOPInstanceUID)
-
-
-def wait_job(server: OrthancServer, job_id: str) -> dict:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        state = server.get(f"/jobs/{job_id}").json()
-        if state["State"] in ("Success", "Failure"):
-            return state
-        time.sleep(0.05)
-    raise AssertionError("job did not finish")
 
 
 def test_rest_upload_round_trips_byte_identical_and_is_sealed(server):
@@ -134,7 +123,7 @@ def test_send_to_modality_never_sends_tampered_instance(server):
     with StorageSCP(port=server.modality_port, pki=server.pki) as scp:
         job = server.post("/modalities/TESTSCU/store",
                           data=json.dumps({"Resources": [study], "Asynchronous": True})).json()
-        state = wait_job(server, job["ID"])
+        state = server.wait_job(job["ID"])
         # Orthanc's store job fails at the instance whose read is refused.
         assert state["State"] == "Failure"
         assert sop_of(files[1]) not in scp.received

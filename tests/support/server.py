@@ -282,6 +282,16 @@ class OrthancServer:
         headers.setdefault("Accept-Encoding", "identity")
         return requests.request(method, self.url + path, headers=headers, **kwargs)
 
+    def wait_job(self, job_id: str, timeout: float = 60) -> dict[str, Any]:
+        """Poll ``/jobs/{job_id}`` until it succeeded or failed; its last state."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = self.get(f"/jobs/{job_id}").json()
+            if state["State"] in ("Success", "Failure"):
+                return dict(state)
+            time.sleep(0.05)
+        raise AssertionError(f"job {job_id} did not finish within {timeout} s")
+
     def get(self, path: str, user: str | None = "admin", **kwargs: Any) -> requests.Response:
         return self.request("GET", path, user, **kwargs)
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from orthanc_hardening.audit.event import Action, AuditEvent, EventCode, Outcome, Transport
+from orthanc_hardening.canonical import canonical_json
 from orthanc_hardening.errors import AuditChainError, IntegrityError
 from orthanc_hardening.seal.keys import SigningKey, Verifier
 from orthanc_hardening.timefmt import format_time, parse_time
@@ -97,7 +98,7 @@ def row_fields(seq: int, event: AuditEvent, prev_hash: str) -> dict[str, object]
 
 def canonical(fields: dict[str, object]) -> bytes:
     """Canonical encoding: sorted-key, compact, ASCII-only JSON."""
-    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    return canonical_json(fields)
 
 
 def row_hash(seq: int, event: AuditEvent, prev_hash: str) -> str:

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from orthanc_hardening.canonical import canonical_json
 from orthanc_hardening.errors import AuditChainError, IntegrityError
 from orthanc_hardening.seal.keys import SigningKey, Verifier
 from orthanc_hardening.timefmt import format_time
@@ -42,7 +43,7 @@ _FIELDS = ("v", "seq", "hash", "time", "key_id", "previous_seq", "previous_hash"
 
 
 def _canonical(fields: Mapping[str, Any]) -> bytes:
-    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    return canonical_json(fields)
 
 
 @dataclass(frozen=True, slots=True)

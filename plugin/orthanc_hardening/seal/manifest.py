@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from orthanc_hardening.canonical import canonical_json
 from orthanc_hardening.errors import (
     IntegrityError,
     SealInvalidError,
@@ -244,7 +245,7 @@ class Manifest:
 
 
 def _canonical(body: Any) -> bytes:
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    return canonical_json(body)
 
 
 def _expect(condition: bool, problem: str) -> None:

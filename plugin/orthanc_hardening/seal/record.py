@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from orthanc_hardening.canonical import canonical_json
 from orthanc_hardening.errors import SealInvalidError, SealMismatchError
 from orthanc_hardening.seal.identity import NO_IDENTITY, InstanceIdentity
 from orthanc_hardening.seal.keys import SigningKey, Verifier
@@ -64,7 +65,7 @@ class Seal:
 
     def to_bytes(self) -> bytes:
         """Canonical JSON of the whole record, signature included (for storage)."""
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+        return canonical_json(self.to_dict())
 
     @property
     def identity(self) -> InstanceIdentity:
@@ -140,7 +141,7 @@ def _expect(condition: bool, problem: str) -> None:
 def canonical(seal: Seal) -> bytes:
     """Sorted-key compact ASCII JSON of every field but ``signature``."""
     body = {name: getattr(seal, name) for name in _UNSIGNED_FIELDS}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    return canonical_json(body)
 
 
 def seal_attachment(

@@ -25,13 +25,13 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from orthanc_hardening.canonical import canonical_json
 from orthanc_hardening.errors import IntegrityError, KeyRegistryError
 from orthanc_hardening.seal.keys import PublicKey, SigningKey, algorithm_of, key_id, parse_public_key, public_pem
 from orthanc_hardening.seal.keys import verify_signature as _verify_signature
@@ -49,7 +49,7 @@ _ENTRY_FIELDS = ("version", "seq", "kind", "key_id", "algorithm", "public_key", 
 
 
 def _canonical(fields: Mapping[str, Any]) -> bytes:
-    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    return canonical_json(fields)
 
 
 @dataclass(frozen=True, slots=True)
