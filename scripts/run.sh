@@ -80,8 +80,12 @@ unset REQUESTS_CA_BUNDLE SSL_CERT_FILE LD_PRELOAD
 RESTART_MARKER="$HARDENING_HOME/hardening/restart-requested"
 rm -f "$RESTART_MARKER"
 pid=""
-# Ctrl-C or SIGTERM stop Orthanc (and make run): forwarded, then waited for.
-trap '[[ -n "$pid" ]] && kill -TERM "$pid" 2>/dev/null; rm -f "$RESTART_MARKER"' INT TERM
+# Ctrl-C: the terminal sends SIGINT to the whole process group, Orthanc included, which stops
+# on it (its own handler); forwarding it as well would reach Orthanc after it has restored the
+# default handlers for its shutdown and kill it half-way. SIGTERM (systemd, Docker, kill) reaches
+# this script only: forwarded once, then waited for. Either way make run ends with Orthanc.
+trap 'rm -f "$RESTART_MARKER"' INT
+trap '[[ -n "$pid" ]] && kill -TERM "$pid" 2>/dev/null; rm -f "$RESTART_MARKER"' TERM
 while true; do
     "$ORTHANC" "$CONFIG_DIR" &
     pid=$!

@@ -98,9 +98,13 @@ class Deployment:
         raise AssertionError(f"no answer on {self.url} within {START_TIMEOUT}s ({last}):\n{self.log()}")
 
     def interrupt(self, timeout: float = 30.0) -> int:
-        """Ctrl-C: SIGINT to the process run.sh became (it ``exec``s Orthanc); return the exit code."""
+        """Ctrl-C as a terminal sends it: SIGINT to run.sh's whole process group; the exit code.
+
+        Not to run.sh alone: a shell started with SIGINT ignored (a CI job in the background)
+        cannot trap it, while Orthanc installs its own handler and stops.
+        """
         assert self.process is not None
-        os.kill(self.process.pid, signal.SIGINT)
+        os.killpg(self.process.pid, signal.SIGINT)
         return self.process.wait(timeout=timeout)
 
     def stop(self) -> None:
