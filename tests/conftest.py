@@ -32,8 +32,15 @@ def suite_budget() -> float:
         raise pytest.UsageError(f"HARDENING_SUITE_BUDGET must be a number of seconds, not {raw!r}") from None
 
 
+_BUDGET: list[float] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _BUDGET[:] = [suite_budget()]  # read once; a bad value stops the run before any test
+
+
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
-    budget = suite_budget()
+    budget = _BUDGET[0] if _BUDGET else 0.0
     spent = time.monotonic() - _STARTED
     if budget and nextitem is not None and spent > budget:
         item.session.shouldfail = (

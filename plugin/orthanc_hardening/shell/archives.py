@@ -170,10 +170,18 @@ def check_archive(storage: SealedStorage, data: bytes, uuids: frozenset[str], ma
     Raises:
         ArchiveRefusedError: a read failed after ``mark``, or the archive lacks an instance (enforce mode).
     """
-    if not storage.runtime.config.is_enforcing:
-        return
     refuse_late_failures(storage, uuids, mark)
-    _check_archive_complete(data, instances)
+    refuse_incomplete(storage, data, instances)
+
+
+def refuse_incomplete(storage: SealedStorage, data: bytes, instances: int) -> None:
+    """Refuse (enforce mode) an archive that holds fewer than ``instances`` DICOM files.
+
+    Raises:
+        ArchiveRefusedError: an instance is missing from the archive.
+    """
+    if storage.runtime.config.is_enforcing:
+        _check_archive_complete(data, instances)
 
 
 def refuse_late_failures(storage: SealedStorage, uuids: frozenset[str], mark: int) -> None:
@@ -236,12 +244,13 @@ def archive_of_job(archives: Archives, job_id: str) -> bytes:
     """
     storage = archives.storage
     job = archives.job(job_id)
+    # The job read the files while it ran: its failures are known before its archive is fetched.
     if job is not None:
         refuse_late_failures(storage, job.uuids, job.failure_mark)
     data = storage.runtime.orthanc.RestApiGet(f"/jobs/{job_id}/archive")
     data = data if isinstance(data, bytes) else str(data).encode("latin-1")
     if job is not None:
-        check_archive(storage, data, job.uuids, job.failure_mark, job.instances)
+        refuse_incomplete(storage, data, job.instances)
     return data
 
 

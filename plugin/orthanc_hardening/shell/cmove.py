@@ -140,19 +140,16 @@ class MoveHandler:
             self.hooks.alert(requester, route, detail)
             raise mark_audited(AccessDeniedError(detail))
         try:
+            # The destination first: an unknown or insecure one is refused before any lookup.
             modality = self._modality_of(target)
             self.outgoing.check_modality(modality, requester)
-        except AccessDeniedError as exc:
-            self.hooks.alert(requester, route, f"C-MOVE to {target} refused: {exc}")
-            raise mark_audited(exc) from None
-        instances = self._move_instances(request)
-        groups = self._group_by_series(instances)
-        try:
+            instances = self._move_instances(request)
             for instance_id in instances:
                 self.storage.check_instance(instance_id)
         except (AccessDeniedError, IntegrityError) as exc:
             self.hooks.alert(requester, route, f"C-MOVE to {target} refused: {exc}")
             raise mark_audited(exc) from None
+        groups = self._group_by_series(instances)
         detail = f"C-MOVE to {target} (modality {modality}), level {request.get('Level', '')}"
         self.hooks.record([self.hooks.event(requester, EventCode.BEGIN_TRANSFERRING, Action.EXECUTE, route, ref, detail)
                       for ref in groups])
