@@ -147,6 +147,29 @@ def index_binding(seal: Seal, indexed: Mapping[str, str] | None, indexed_uuid: s
     )
 
 
+def verify_not_shared(seal: Seal, owners: tuple[str, ...]) -> None:
+    """Check that Orthanc's index names the attachment ``seal`` covers for one resource only.
+
+    An index row copied from another instance's (the same uuid) makes a read of either
+    instance read the same file; where the reader is not known (C-GET, send and archive jobs,
+    loader threads) a read of it cannot be told apart from a read for the wrong instance.
+
+    Args:
+        seal: the verified seal of the attachment read.
+        owners: the Orthanc ids of every resource the index names this attachment for.
+
+    Raises:
+        WrongInstanceError: the index names the attachment for more than one resource.
+    """
+    if len(owners) < 2:
+        return
+    sealed = orthanc_ids_of_seal(seal)["Instance"] if seal.sop_instance_uid else "(no identity)"
+    others = [owner for owner in owners if owner != sealed]
+    raise WrongInstanceError(
+        f"attachment {seal.uuid} (type {seal.content_type}) is sealed for instance {sealed}, but Orthanc's index "
+        f"names this file for {', '.join(others)} too: a pointer was copied onto another instance's file")
+
+
 # -- which instances a request reads ----------------------------------------------------------
 
 _ID = r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{8}){4}"
@@ -234,4 +257,4 @@ def requested_read(method: str, uri: str, query: Mapping[str, str]) -> Requested
 
 
 __all__ = ["ExpectedRead", "RequestedRead", "WrongInstanceError", "index_binding", "requested_read",
-           "verify_bound"]
+           "verify_bound", "verify_not_shared"]

@@ -13,11 +13,15 @@
   the instance the seal of the attachment read names must be in the index, under its sealed
   parents, and the index must name this very attachment for it.
 
-What neither can see (README, "Reads bound to the request"): a read whose request names its
-resources in a body the HTTP filter is not shown (sends to modalities and peers, ``/tools/*``)
-and a C-GET (no hook in the Python plugin) are bound by the index only. There, an index that
-points instance A at B's file *while B still points at it too* serves B's file as part of A's
-answer; the scrub and the seal report name such an instance.
+* ``scan_shared_attachments`` (at plugin start, before Orthanc opens its SQLite index): the
+  attachments the index names for more than one instance. A read that the HTTP gate did not
+  bind to its request (C-GET, sends to modalities and peers, ``/tools/*`` jobs, loader threads)
+  cannot tell a read of such a file for its sealed instance from one for the instance whose
+  row was copied onto it, so ``IndexBinding`` refuses every such read of it, and the storage
+  area never deletes it (deleting the copy must not delete the original's file).
+
+What is left (README, "Reads bound to the request"): with an index in PostgreSQL, or an edit
+made while Orthanc runs, a copied pointer is seen only by the requests the HTTP gate binds.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from orthanc_hardening.errors import IntegrityError
@@ -40,11 +45,14 @@ from orthanc_hardening.integrity.binding import (
     index_binding,
     requested_read,
     verify_bound,
+    verify_not_shared,
 )
 from orthanc_hardening.integrity.query import orthanc_ids_of_seal
 from orthanc_hardening.seal.record import Seal
 from orthanc_hardening.shell.guard import alert, mark_audited
+from orthanc_hardening.shell.requester import internal_requester
 from orthanc_hardening.shell.runtime import Runtime
+from orthanc_hardening.stores.orthanc_index import shared_attachments
 from orthanc_hardening.stores.seal_store import SQLiteSealStore
 
 logger = logging.getLogger(__name__)
@@ -57,6 +65,8 @@ BINDING_FAILURES = "binding_failures_total"
 # this cache); with PostgreSQL an edit is seen at most this much later.
 PARENTS_SECONDS = 5.0
 PARENTS_REMEMBERED = 4096
+# Security Alerts recorded one by one at start for attachments named for several instances.
+SHARED_ALERTS = 100
 
 
 class IndexBinding:
@@ -67,6 +77,8 @@ class IndexBinding:
         self.clock = clock
         self._parents: OrderedDict[str, tuple[float, str, str]] = OrderedDict()
         self._lock = threading.Lock()
+        # uuid -> every Orthanc id the index names it for, when more than one (at start).
+        self.shared: dict[str, tuple[str, ...]] = {}
 
     def _get(self, uri: str) -> Any | None:
         try:
@@ -104,8 +116,9 @@ class IndexBinding:
 
         Raises:
             WrongInstanceError: the index places the sealed instance elsewhere, does not hold
-                it, or names another attachment for it.
+                it, names another attachment for it, or names this one for another instance too.
         """
+        verify_not_shared(seal, self.shared.get(seal.uuid, ()))
         name = DICOM_ATTACHMENTS.get(int(seal.content_type))
         if name is None or not seal.sop_instance_uid:
             return
@@ -223,6 +236,55 @@ class ReadBinding:
             if self.runtime.config.is_enforcing:
                 raise mark_audited(exc) from None
             logger.warning("monitor mode: serving %s although its seal names another instance", read.route)
+
+
+def index_file(orthanc_config: Any) -> Path | None:
+    """Orthanc's SQLite index file, or ``None`` when a database plugin (PostgreSQL) holds the index."""
+    postgresql = orthanc_config.get("PostgreSQL")
+    if isinstance(postgresql, dict) and postgresql.get("EnableIndex") is True:
+        return None
+    directory = orthanc_config.get("IndexDirectory", orthanc_config.get("StorageDirectory", "OrthancStorage"))
+    return Path(str(directory)).absolute() / "index"
+
+
+def scan_shared_attachments(runtime: Runtime, binding: IndexBinding) -> None:
+    """At plugin start: find the attachments the index names for more than one instance.
+
+    Orthanc opens its index after the plugins are loaded, so the SQLite file is read here, once
+    (one grouped query). Each one found is a Security Alert once Orthanc has started.
+    """
+    path = index_file(runtime.orthanc_config)
+    if path is None:
+        logger.info("the index is in PostgreSQL: copied attachment pointers are bound by the HTTP gate only")
+        return
+    if not path.is_file():
+        return  # a new installation: Orthanc creates the index
+    try:
+        binding.shared = shared_attachments(path)
+    except Exception as exc:  # locked or unreadable: the HTTP gate and the index binding still apply
+        logger.error("could not look for copied attachment pointers in %s: %s", path, exc)
+        return
+    if not binding.shared:
+        return
+    runtime.metrics.increment(BINDING_FAILURES, len(binding.shared))
+    started = runtime.orthanc.ChangeType.ORTHANC_STARTED
+    shared = dict(binding.shared)
+
+    def alert_on_start(change_type: int, _level: int, _resource: str) -> None:
+        if change_type != started:
+            return
+        for uuid, owners in sorted(shared.items())[:SHARED_ALERTS]:
+            logger.error("Orthanc's index names attachment %s for %d instances", uuid, len(owners))
+            alert(runtime, internal_requester(), "start",
+                  f"WrongInstanceError: Orthanc's index names attachment {uuid} for {', '.join(owners)}: "
+                  "a pointer was copied onto another instance's file; reads of it not bound to a request are "
+                  "refused and it is never deleted")
+        if len(shared) > SHARED_ALERTS:
+            alert(runtime, internal_requester(), "start",
+                  f"WrongInstanceError: {len(shared) - SHARED_ALERTS} more attachments are named for several "
+                  "instances in Orthanc's index")
+
+    runtime.change_observers.append(alert_on_start)
 
 
 def install(runtime: Runtime, store: SQLiteSealStore,

@@ -64,7 +64,7 @@ from orthanc_hardening.seal.keys import KeyRing
 from orthanc_hardening.seal.layout import attachment_path
 from orthanc_hardening.seal.record import Seal, check_identity, seal_attachment
 from orthanc_hardening.seal.storage_event import READ, WRITE, StorageEvent
-from orthanc_hardening.shell.binding import IndexBinding
+from orthanc_hardening.shell.binding import IndexBinding, scan_shared_attachments
 from orthanc_hardening.shell.guard import alert, decide, mark_audited, refuse_raise
 from orthanc_hardening.shell.runtime import Runtime
 from orthanc_hardening.stores.attachment_files import read_file, remove_file, unlink, write_file
@@ -400,7 +400,14 @@ class SealedStorage:
     # -- remove --------------------------------------------------------------------------
 
     def remove(self, uuid: str, content_type: int) -> None:
-        """Delete the file and record the removal (the seal row stays as evidence)."""
+        """Delete the file and record the removal (the seal row stays as evidence).
+
+        A file the index names for several instances (``shell/binding.py``) is kept: deleting
+        the instance whose row was copied onto it must not delete the original's file.
+        """
+        if self.index_binding is not None and uuid in self.index_binding.shared:
+            logger.warning("kept attachment %s: Orthanc's index names it for several instances", uuid)
+            return
         remove_file(attachment_path(self.root, uuid))
         self.store.mark_removed(uuid, self.stored_type(uuid, int(content_type)), self.runtime.clock())
 
@@ -666,6 +673,7 @@ def install(runtime: Runtime, keys: KeyRing, cache: SignatureCache) -> SealedSto
     storage = SealedStorage(runtime=runtime, root=root, store=store, keyring=keys, cache=cache,
                             sync=bool(runtime.orthanc_config.get("SyncStorageArea", True)))
     storage.index_binding = IndexBinding(runtime)
+    scan_shared_attachments(runtime, storage.index_binding)
     storage.sealing_since, fresh = load_sealing_since(store, keys, now)
     storage.legacy = SQLiteLegacyInventory(inventory_path(config.seal_database))
     clean_through = store.max_rowid()

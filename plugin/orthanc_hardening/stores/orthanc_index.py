@@ -16,6 +16,35 @@ from orthanc_hardening.errors import NotFoundError
 from orthanc_hardening.integrity.scrub import IndexedInstance
 
 
+def shared_attachments(path: Path, timeout: float = 2.0) -> dict[str, tuple[str, ...]]:
+    """Attachments the index names for more than one resource: uuid -> the resources' Orthanc ids.
+
+    Orthanc gives every attachment its own uuid, so a uuid named twice is an edited index (a
+    row copied from another instance's). One grouped query over ``AttachedFiles``; it reads
+    the index of an Orthanc that has not opened it yet (at plugin start) or is stopped.
+
+    Raises:
+        NotFoundError: no index file at ``path``.
+        sqlite3.Error: the index cannot be read (locked, not an Orthanc index).
+    """
+    if not Path(path).is_file():
+        raise NotFoundError(f"Orthanc index {path} does not exist")
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout)
+    try:
+        rows = db.execute("""
+            SELECT a.uuid, r.publicId FROM AttachedFiles a JOIN Resources r ON a.id = r.internalId
+            WHERE a.uuid IN (SELECT uuid FROM AttachedFiles GROUP BY uuid HAVING COUNT(DISTINCT id) > 1)
+            ORDER BY a.uuid, r.publicId""").fetchall()
+    finally:
+        db.close()
+    shared: dict[str, list[str]] = {}
+    for uuid, public_id in rows:
+        owners = shared.setdefault(str(uuid), [])
+        if str(public_id) not in owners:
+            owners.append(str(public_id))
+    return {uuid: tuple(owners) for uuid, owners in shared.items()}
+
+
 class SQLiteIndex:
     """The index SQLite file of a (stopped) Orthanc 1.x, read only."""
 
