@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.support.dicom import make_instance, new_uid
-from tests.support.dimse import c_get
+from tests.support.dimse import c_get, c_get_query
 from tests.support.scp import StorageSCP
 from tests.support.server import DICOMWEB_PLUGIN, PYTHON_PLUGIN, OrthancServer
 
@@ -190,9 +190,9 @@ def test_swapped_pointers_are_refused_on_c_get_and_send_to_modality(tampered) ->
 def test_reparented_instance_is_refused_in_series_reads_and_c_get(tampered) -> None:
     server, moved, host = tampered.server, tampered.moved, tampered.host
     host_series = host.series_id(server)
-    # The index now lists the moved instance in the host patient's series...
-    assert moved.id in [i["ID"] for i in server.get(f"/series/{host_series}/instances").json()]
-    # ...but no read serves it there, nor by itself.
+    # The index now puts the moved instance in the host patient's series: its own lookup is refused
+    # (409), and no read serves it there, nor by itself.
+    assert server.get(f"/instances/{moved.id}").status_code == 409
     assert_gate_refused(server, server.get(f"/instances/{moved.id}/file"), moved.data)
     assert_gate_refused(server, server.get(f"/series/{host_series}/instances-tags"), moved.data)
     assert_gate_refused(server, server.get(f"/dicom-web/studies/{host.study_uid}/series/{host.series_uid}"),
@@ -202,3 +202,76 @@ def test_reparented_instance_is_refused_in_series_reads_and_c_get(tampered) -> N
     assert alerts(server, "series")
     # The host's own instance is untouched and served as stored.
     assert server.get(f"/instances/{host.id}/file").content == host.data
+
+
+def add_self_as_peer(server: OrthancServer) -> str:
+    """Register the server as its own Orthanc peer (HTTPS, verified): a send job that reads and sends."""
+    response = server.put("/peers/itself", json={"Url": server.url + "/", "Username": "admin",
+                                                  "Password": server.credentials["admin"]})
+    assert response.status_code == 200, response.text[:200]
+    return "itself"
+
+
+@pytest.mark.attack
+def test_pointer_duplicated_onto_still_referenced_file_is_refused_on_c_get_sends_and_tools_archives(tampered) -> None:
+    # A's AttachedFiles rows are copies of B's, and B still names the same file: the index
+    # binding alone (B is indexed with that file) would pass, so every path that names A only
+    # in a body or has no hook must still refuse it.
+    server, a, b = tampered.server, tampered.dup_a, tampered.dup_b
+    before = len(alerts(server, "names this file for"))
+    result = c_get(server, a.study_uid)
+    assert result.status == 0xC000, hex(result.status)
+    assert b.sop_uid not in result.received and a.sop_uid not in result.received
+    with StorageSCP(port=server.modality_port, pki=server.pki) as scp:
+        job = server.post("/modalities/TESTSCU/store",
+                          data=json.dumps({"Resources": [a.id], "Asynchronous": True})).json()
+        assert server.wait_job(job["ID"])["State"] == "Failure"
+        assert b.sop_uid not in scp.received
+    peer = add_self_as_peer(server)
+    job = server.post(f"/peers/{peer}/store", data=json.dumps({"Resources": [a.id], "Asynchronous": True})).json()
+    assert server.wait_job(job["ID"])["State"] == "Failure"
+    for route in ("/tools/create-archive", "/tools/create-media"):
+        response = server.post(route, json={"Resources": [a.study_id(server)]})
+        assert response.status_code == 409, (route, response.status_code, response.text[:200])
+        assert b.data not in response.content
+    found = alerts(server, "names this file for")
+    assert len(found) > before
+    assert any(a.id in e["detail"] and b.id in e["detail"] for e in found)
+    # Nothing trusted changed: B is still served as stored by its own id, A still indexed as A.
+    assert server.get(f"/instances/{b.id}/file").content == b.data
+    assert server.get(f"/instances/{a.id}").json()["MainDicomTags"]["SOPInstanceUID"] == a.sop_uid
+
+
+@pytest.mark.attack
+def test_reparented_instance_is_withheld_from_listings_qido_series_archive_and_series_c_get(tampered) -> None:
+    server, moved, host = tampered.server, tampered.moved, tampered.host
+    host_series, host_study = host.series_id(server), host.study_id(server)
+    for path in (f"/series/{host_series}/instances", f"/studies/{host_study}/instances"):
+        response = server.get(path)
+        assert response.status_code == 200, (path, response.status_code)
+        assert [i["ID"] for i in response.json()] == [host.id]
+        assert response.headers["X-Hardening-Withheld"] == "1"
+    response = server.post("/tools/find", json={"Level": "Instance", "Query": {"SeriesInstanceUID": host.series_uid}})
+    assert response.status_code == 200 and response.json() == [host.id]
+    assert response.headers["X-Hardening-Withheld"] == "1"
+    qido = server.get(f"/dicom-web/studies/{host.study_uid}/series/{host.series_uid}/instances")
+    assert_gate_refused(server, qido, moved.sop_uid.encode())
+    archive = server.get(f"/series/{host_series}/archive")
+    assert archive.status_code == 409, (archive.status_code, archive.text[:200])
+    assert moved.data not in archive.content
+    result = c_get_query(server, series_query(host.study_uid, host.series_uid), model="study")
+    assert result.status == 0xC000 and moved.sop_uid not in result.received
+    found = alerts(server, f"instance {moved.id}")
+    assert any("sealed under series" in e["detail"] for e in found)
+    # The host's own instance is untouched and listed; the moved one is still indexed.
+    assert server.get(f"/instances/{host.id}/file").content == host.data
+    assert server.get(f"/instances/{moved.id}").status_code == 409
+
+
+def series_query(study_uid: str, series_uid: str):
+    from pydicom.dataset import Dataset
+    query = Dataset()
+    query.QueryRetrieveLevel = "SERIES"
+    query.StudyInstanceUID = study_uid
+    query.SeriesInstanceUID = series_uid
+    return query

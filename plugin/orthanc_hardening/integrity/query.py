@@ -204,6 +204,18 @@ class SealedTagIndex:
     def instance_ids(self) -> list[str]:
         return list(self._entries)
 
+    def sealed_parent(self, level: str, resource_id: str) -> str | None:
+        """The Orthanc id of the parent its seals put a study, series or instance under (``None``: unknown).
+
+        Orthanc's ids hash every identifier above the resource, so all sealed members of a
+        resource name the same parent.
+        """
+        members = self._members.get((level, resource_id))
+        if not members or level == PATIENT:
+            return None
+        parent_level = RESOURCE_LEVELS[RESOURCE_LEVELS.index(level) - 1]
+        return self._entries[next(iter(members))].ids[parent_level]
+
     def matching(self, level: str, constraints: Mapping[str, str]) -> set[str]:
         """The Orthanc ids of the ``level`` resources whose sealed identifiers equal every constraint.
 
@@ -286,6 +298,7 @@ class Verdict(enum.Enum):
     OK = "ok"
     MISMATCH = "mismatch"
     UNSEALED = "unsealed"
+    REPARENTED = "reparented"  # listed under another parent than the sealed one
 
 
 class Action(enum.Enum):
@@ -305,9 +318,14 @@ class ItemCheck:
     verdict: Verdict
     differing: tuple[str, ...] = ()
     uids: Mapping[str, str] = field(default_factory=dict)
+    parents: tuple[str, str] = ("", "")  # (answered, sealed) parent, for a re-parented item
 
     @property
     def detail(self) -> str:
+        if self.verdict is Verdict.REPARENTED:
+            parent = PARENT_FIELDS[self.level][1].lower()
+            return (f"{self.level.lower()} {self.resource_id} is listed by Orthanc's index under {parent} "
+                    f"{self.parents[0]}, but sealed under {parent} {self.parents[1]} (re-parented in the index)")
         if self.verdict is Verdict.OK:
             return f"{self.level.lower()} {self.resource_id} matches its seals"
         if self.verdict is Verdict.UNSEALED:
@@ -318,6 +336,21 @@ class ItemCheck:
 
 # The verdict of every item that matches on the fast path (its id is not needed by callers).
 _OK = ItemCheck("", "", Verdict.OK)
+# The field of an answered resource that names its parent, and the parent's level.
+PARENT_FIELDS = {STUDY: ("ParentPatient", PATIENT), SERIES: ("ParentStudy", STUDY), INSTANCE: ("ParentSeries", SERIES)}
+
+
+def _reparented(level: str, item: Mapping[str, Any], resource_id: str, index: SealedTagIndex) -> ItemCheck | None:
+    """A resource the index lists under another parent than its seals name (re-parented), else ``None``."""
+    parent_field = PARENT_FIELDS.get(level)
+    if parent_field is None:
+        return None
+    answered = item.get(parent_field[0])
+    sealed = index.sealed_parent(level, resource_id)
+    if not isinstance(answered, str) or sealed is None or answered == sealed:
+        return None
+    return ItemCheck(level, resource_id, Verdict.REPARENTED, (parent_field[0],), _uids(level, item),
+                     parents=(answered, sealed))
 
 
 def _answer_matches(level: str, item: Mapping[str, Any], expected: Mapping[str, Mapping[str, dict[str, str]]]
@@ -361,6 +394,9 @@ def inspect_item(level: str, item: Mapping[str, Any], index: SealedTagIndex) -> 
     expected = index.expected(level, resource_id)
     if expected is None:
         return ItemCheck(level, resource_id, Verdict.UNSEALED, uids=_uids(level, item))
+    moved = _reparented(level, item, resource_id, index)
+    if moved is not None:
+        return moved
     if _answer_matches(level, item, expected):
         return _OK
     differing: list[str] = []
@@ -400,7 +436,7 @@ def action_for(verdict: Verdict, mode: Mode, unsealed_policy: UnsealedPolicy) ->
         return Action.SERVE
     if mode is not Mode.ENFORCE:
         return Action.FLAG
-    if verdict is Verdict.MISMATCH or unsealed_policy is UnsealedPolicy.REFUSE:
+    if verdict in (Verdict.MISMATCH, Verdict.REPARENTED) or unsealed_policy is UnsealedPolicy.REFUSE:
         return Action.WITHHOLD
     return Action.FLAG
 

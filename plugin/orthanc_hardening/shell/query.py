@@ -198,14 +198,14 @@ class QueryVerifier:
             identity["study_uid"] = check.uids["StudyInstanceUID"]
         if "SeriesInstanceUID" in check.uids:
             identity["series_uid"] = check.uids["SeriesInstanceUID"]
-        outcome = Outcome.SERIOUS_FAILURE if check.verdict is Verdict.MISMATCH else Outcome.MINOR_FAILURE
+        outcome = Outcome.MINOR_FAILURE if check.verdict is Verdict.UNSEALED else Outcome.SERIOUS_FAILURE
         try:
             security_alert(self.runtime, requester, route, f"query answer {what}: {check.detail}", outcome,
                            **identity)
         except HardeningError:
             logger.error("could not audit the query verification of %s", check.resource_id)
             # A withheld mismatch must be on the record: without it the answer is refused.
-            if self.runtime.config.is_enforcing and check.verdict is Verdict.MISMATCH:
+            if self.runtime.config.is_enforcing and check.verdict is not Verdict.UNSEALED:
                 raise
 
 
