@@ -65,6 +65,12 @@ BINDING_FAILURES = "binding_failures_total"
 # this cache); with PostgreSQL an edit is seen at most this much later.
 PARENTS_SECONDS = 5.0
 PARENTS_REMEMBERED = 4096
+# Reads of a shared file allowed (one per attachment the gate checked), and for how long, after
+# the HTTP gate bound a request to its sealed instance (Orthanc 1.13 only: loader threads read
+# apart from the request). A grant the request does not use (its bytes came from a cache) is
+# left for that long.
+GRANT_SECONDS = 5.0
+GRANT_READS = 1
 # Security Alerts recorded one by one at start for attachments named for several instances.
 SHARED_ALERTS = 100
 
@@ -79,6 +85,23 @@ class IndexBinding:
         self._lock = threading.Lock()
         # uuid -> every Orthanc id the index names it for, when more than one (at start).
         self.shared: dict[str, tuple[str, ...]] = {}
+        # uuid -> (until, reads left): reads of a shared file the HTTP gate bound to its sealed
+        # instance, for Orthanc 1.13, whose loader threads read apart from the request's thread.
+        self._granted: dict[str, tuple[float, int]] = {}
+
+    def grant(self, uuid: str) -> None:
+        """Let the next few reads of a shared file pass: the HTTP gate bound a request to its sealed instance."""
+        with self._lock:
+            self._granted[uuid] = (self.clock() + GRANT_SECONDS, GRANT_READS)
+
+    def _take_grant(self, uuid: str) -> bool:
+        with self._lock:
+            until, left = self._granted.pop(uuid, (0.0, 0))
+            if left <= 0 or self.clock() > until:
+                return False
+            if left > 1:
+                self._granted[uuid] = (until, left - 1)
+            return True
 
     def _get(self, uri: str) -> Any | None:
         try:
@@ -118,7 +141,8 @@ class IndexBinding:
             WrongInstanceError: the index places the sealed instance elsewhere, does not hold
                 it, names another attachment for it, or names this one for another instance too.
         """
-        verify_not_shared(seal, self.shared.get(seal.uuid, ()))
+        if seal.uuid in self.shared and not self._take_grant(seal.uuid):
+            verify_not_shared(seal, self.shared[seal.uuid])
         name = DICOM_ATTACHMENTS.get(int(seal.content_type))
         if name is None or not seal.sop_instance_uid:
             return
@@ -140,10 +164,13 @@ class ReadBinding:
     """The request side of a read: the HTTP gate (see the module docstring)."""
 
     def __init__(self, runtime: Runtime, store: SQLiteSealStore,
-                 attachments_of: Callable[[str], list[tuple[str, int, str]]]) -> None:
+                 attachments_of: Callable[[str], list[tuple[str, int, str]]],
+                 index: IndexBinding | None = None) -> None:
         self.runtime = runtime
         self.store = store
         self.attachments_of = attachments_of
+        # Orthanc 1.13 reads on loader threads: a shared file the gate bound is granted there.
+        self.index = index if runtime.capabilities.loader_threads else None
 
     def _get(self, uri: str) -> Any | None:
         try:
@@ -217,6 +244,8 @@ class ReadBinding:
                 if seal is None or not seal.sop_instance_uid:
                     continue  # unsealed: the storage read applies the unsealed policy
                 verify_bound(seal, dataclasses.replace(expected, uuid=uuid))
+                if self.index is not None and uuid in self.index.shared:
+                    self.index.grant(uuid)
 
     def http_gate(self, request: HttpRequest) -> None:
         """HTTP gate: refuse (enforce) a read whose attachments are sealed for another instance.
@@ -288,8 +317,9 @@ def scan_shared_attachments(runtime: Runtime, binding: IndexBinding) -> None:
 
 
 def install(runtime: Runtime, store: SQLiteSealStore,
-            attachments_of: Callable[[str], list[tuple[str, int, str]]]) -> ReadBinding:
+            attachments_of: Callable[[str], list[tuple[str, int, str]]],
+            index: IndexBinding | None = None) -> ReadBinding:
     """Register the HTTP gate that binds reads to the request."""
-    binding = ReadBinding(runtime, store, attachments_of)
+    binding = ReadBinding(runtime, store, attachments_of, index)
     runtime.http_gates.append(binding.http_gate)
     return binding

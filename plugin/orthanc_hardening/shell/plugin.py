@@ -109,7 +109,7 @@ def build(orthanc: OrthancApi, config: HardeningConfig, orthanc_config: Mapping[
     ingest_limits.install(runtime)
     body_limits.install(runtime)
     sealed = storage.install(runtime, keys, cache)
-    binding.install(runtime, sealed.store, sealed.attachments_of)
+    binding.install(runtime, sealed.store, sealed.attachments_of, sealed.index_binding)
     archive_routes = archives.install(runtime, sealed)
     seal_routes.install(runtime, sealed, passphrase)
     hooks = audit_hooks.install(runtime, trail, sealed)

@@ -156,3 +156,15 @@ def test_requested_read_names_what_the_request_reads(method, uri, query, expecte
 ])
 def test_requests_that_read_no_stored_bytes_are_not_bound(method, uri):
     assert requested_read(method, uri, {}) is None
+
+
+@pytest.mark.attack
+def test_file_the_index_names_for_two_instances_is_refused(seals):
+    from orthanc_hardening.integrity.binding import verify_not_shared
+    seal_a, seal_b = seals
+    id_a, id_b = orthanc_ids_of_seal(seal_a)["Instance"], orthanc_ids_of_seal(seal_b)["Instance"]
+    verify_not_shared(seal_b, ())
+    verify_not_shared(seal_b, (id_b,))
+    with pytest.raises(WrongInstanceError, match=rf"sealed for instance {id_b}, but Orthanc's index names this "
+                                                 rf"file for {id_a} too"):
+        verify_not_shared(seal_b, (id_a, id_b))

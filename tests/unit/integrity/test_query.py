@@ -250,3 +250,26 @@ def test_completeness_is_checked_only_for_exact_identifier_queries(query):
     index = SealedTagIndex()
     index.add(_catalogue_entry("PAT-H", "1.2.3"))
     assert missing_from_answer("Study", query, [], index) == []
+
+
+@pytest.mark.attack
+@pytest.mark.parametrize("level", ["Study", "Series", "Instance"])
+def test_resource_reparented_in_the_index_is_withheld_in_enforce_and_flagged_in_monitor(study, level) -> None:
+    index, pairs = study
+    seal, tags = pairs[0]
+    parts = (seal.patient_id, seal.study_uid, seal.series_uid, seal.sop_instance_uid)
+    depth = ("Patient", "Study", "Series", "Instance").index(level)
+    parent_field = {"Study": "ParentPatient", "Series": "ParentStudy", "Instance": "ParentSeries"}[level]
+    item = {"ID": orthanc_id(*parts[:depth + 1]), "MainDicomTags": dict(tags[level]),
+            parent_field: orthanc_id(*parts[:depth])}
+    if level == "Study":
+        item["PatientMainDicomTags"] = dict(tags["Patient"])
+    assert inspect_item(level, item, index).verdict is Verdict.OK
+    moved = {**item, parent_field: orthanc_id("OTHER-PATIENT", *parts[1:depth])}
+    check = inspect_item(level, moved, index)
+    assert check.verdict is Verdict.REPARENTED and check.differing == (parent_field,)
+    assert f"sealed under {parent_field[6:].lower()} {item[parent_field]}" in check.detail
+    enforce = filter_answer([item, moved], index, Mode.ENFORCE, UnsealedPolicy.SERVE_AND_FLAG, level)
+    assert enforce.kept == (item,) and [c.verdict for c in enforce.withheld] == [Verdict.REPARENTED]
+    monitor = filter_answer([item, moved], index, Mode.MONITOR, UnsealedPolicy.SERVE_AND_FLAG, level)
+    assert monitor.kept == (item, moved) and [c.verdict for c in monitor.flagged] == [Verdict.REPARENTED]
