@@ -82,3 +82,29 @@ def test_study_hidden_from_its_patient_fails_c_find(hidden) -> None:
     status, answers = c_find(server, query)
     assert status == 0xC000 and answers == []
     assert len(alerts(server, f"sealed study {study}")) > before
+
+
+@pytest.mark.attack
+def test_study_hidden_from_a_wildcard_search_is_refused_by_tools_find_qido_rs_and_c_find(hidden) -> None:
+    server, study, _uid, other = hidden
+    before = len(alerts(server, f"sealed study {study}"))
+    for value in ("PAT-HI*", "PAT-H?DE", "*HIDE"):
+        response = server.post("/tools/find", json={"Level": "Study", "Query": {"PatientID": value}})
+        assert response.status_code == 409, (value, response.status_code, response.text[:200])
+        assert response.json()["error"] == "integrity check failed" and study in response.json()["detail"]
+    assert alerts(server, f"sealed study {study} matches PatientID=PAT-H?DE")
+    response = server.get("/dicom-web/studies?PatientID=PAT-HID*")
+    assert response.status_code == 403 and response.content == b""
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.PatientID = "PAT-HID*"
+    query.StudyInstanceUID = ""
+    status, answers = c_find(server, query)
+    assert status == 0xC000 and answers == []
+    assert len(alerts(server, f"sealed study {study}")) >= before + 5
+    # Wildcard searches that the index answers completely answer as Orthanc does (its case rules too).
+    for value in ("PAT-SE*", "pat-s?en", "*-SEEN", "PAT-S*N"):
+        seen = server.post("/tools/find", json={"Level": "Study", "Query": {"PatientID": value}})
+        assert seen.status_code == 200 and seen.json() == [other], (value, seen.status_code, seen.text[:200])
+        assert "X-Hardening-Missing" not in seen.headers
+    assert server.get(f"/studies/{study}").json()["PatientMainDicomTags"]["PatientID"] == "PAT-HIDE"

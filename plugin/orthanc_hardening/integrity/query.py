@@ -23,6 +23,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -217,15 +218,26 @@ class SealedTagIndex:
         return self._entries[next(iter(members))].ids[parent_level]
 
     def matching(self, level: str, constraints: Mapping[str, str]) -> set[str]:
-        """The Orthanc ids of the ``level`` resources whose sealed identifiers equal every constraint.
+        """The Orthanc ids of the ``level`` resources whose sealed identifiers match every constraint.
+
+        An exact constraint is one dictionary lookup; one with DICOM wildcards (``*``, ``?``)
+        scans the catalogue's values of that identifier once (``wildcard_pattern``).
 
         Args:
             level: ``Patient``/``Study``/``Series``/``Instance``.
-            constraints: exact identifier constraints (``identifier_constraints``), not empty.
+            constraints: identifier constraints (``identifier_constraints``), not empty.
         """
         holders: set[str] | None = None
         for name, value in constraints.items():
-            found = self._by_identifier.get((name, _identifier_value(value)), set())
+            normalised = _identifier_value(value)
+            if any(c in _MATCH_WILDCARDS for c in normalised):
+                pattern = wildcard_pattern(normalised)
+                found: set[str] = set()
+                for (held_name, held_value), instances in self._by_identifier.items():
+                    if held_name == name and pattern.fullmatch(held_value):
+                        found |= instances
+            else:
+                found = self._by_identifier.get((name, normalised), set())
             holders = set(found) if holders is None else holders & found
             if not holders:
                 return set()
@@ -235,7 +247,17 @@ class SealedTagIndex:
 # The identifiers Orthanc matches exactly (its "DicomIdentifiers"), and their level.
 IDENTIFIERS = {"PatientID": PATIENT, "StudyInstanceUID": STUDY, "AccessionNumber": STUDY,
                "SeriesInstanceUID": SERIES, "SOPInstanceUID": INSTANCE}
-_WILDCARDS = frozenset("*?\\")
+# PS3.4 C.2.2.2.4: "*" matches any sequence of characters (also none), "?" exactly one.
+_MATCH_WILDCARDS = frozenset("*?")
+
+
+def wildcard_pattern(value: str) -> re.Pattern[str]:
+    """The regular expression of a DICOM wildcard match (PS3.4 C.2.2.2.4), for a full match.
+
+    Orthanc matches identifiers on their normalised form (trimmed, upper case), so ``value``
+    comes normalised and the match is case-sensitive on it; every other character is literal.
+    """
+    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in value), re.DOTALL)
 
 
 def _identifier_value(value: str) -> str:
@@ -253,20 +275,22 @@ def _identifiers_of(entry: SealedInstanceTags) -> list[tuple[str, str]]:
 
 
 def identifier_constraints(level: str, query: Mapping[str, Any]) -> dict[str, str] | None:
-    """The query's constraints when every one is an exact identifier at or above ``level``, else ``None``.
+    """The query's constraints when every one is an identifier at or above ``level``, else ``None``.
 
-    Only then can the catalogue say which sealed resources the answer must hold: a constraint
-    on any other tag, a wildcard, a list or a range is matched by Orthanc's rules, which the
-    catalogue does not replay.
+    Only then can the catalogue say which sealed resources the answer must hold. A constraint
+    is an exact value or a DICOM wildcard match (``*``, ``?``); a constraint on any other tag,
+    or a list of values (``\\``), is matched by Orthanc's rules, which the catalogue does not
+    replay. The identifiers are texts and UIDs, so no range applies to them: ``-`` is literal.
+    A constraint of ``*`` alone matches everything, as an empty one does.
     """
     depth = RESOURCE_LEVELS.index(level)
     constraints: dict[str, str] = {}
     for name, value in query.items():
         if name not in IDENTIFIERS or not isinstance(value, str):
             return None
-        if not value.strip():
-            continue  # an empty constraint matches everything: a return key, not a filter
-        if any(c in _WILDCARDS for c in value) or RESOURCE_LEVELS.index(IDENTIFIERS[name]) > depth:
+        if not value.strip().strip("*"):
+            continue  # an empty (or "*") constraint matches everything: a return key, not a filter
+        if "\\" in value or RESOURCE_LEVELS.index(IDENTIFIERS[name]) > depth:
             return None
         constraints[name] = value
     return constraints or None
@@ -274,7 +298,7 @@ def identifier_constraints(level: str, query: Mapping[str, Any]) -> dict[str, st
 
 def missing_from_answer(level: str, query: Mapping[str, Any], answered: Iterable[str],
                         index: SealedTagIndex) -> list[str]:
-    """Sealed resources that match an exact-identifier query but are missing from its answer.
+    """Sealed resources that match an identifier query (exact or wildcard) but are missing from its answer.
 
     Args:
         level: the query level.
@@ -511,4 +535,5 @@ __all__ = [
     "orthanc_id",
     "orthanc_ids_of_seal",
     "sealed_instance_tags",
+    "wildcard_pattern",
 ]

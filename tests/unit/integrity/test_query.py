@@ -239,12 +239,13 @@ def test_study_hidden_from_a_patient_id_query_is_missing_from_the_answer():
 
 
 @pytest.mark.parametrize("query", [
-    {"PatientID": "PAT*"},  # wildcard: Orthanc's rules, not replayed
     {"PatientID": "PAT-H", "PatientName": "X^Y"},  # a non-identifier constraint
     {"PatientID": ""},  # a return key only
+    {"PatientID": "*"},  # matches everything, as an empty constraint does
+    {"PatientID": "PAT-H\\OTHER"},  # a list of values: Orthanc's rules, not replayed
     {"SeriesInstanceUID": "1.2.3.1"},  # below the query level
 ])
-def test_completeness_is_checked_only_for_exact_identifier_queries(query):
+def test_completeness_is_checked_only_for_identifier_queries(query):
     from orthanc_hardening.integrity.query import SealedTagIndex, missing_from_answer
 
     index = SealedTagIndex()
@@ -273,3 +274,34 @@ def test_resource_reparented_in_the_index_is_withheld_in_enforce_and_flagged_in_
     assert enforce.kept == (item,) and [c.verdict for c in enforce.withheld] == [Verdict.REPARENTED]
     monitor = filter_answer([item, moved], index, Mode.MONITOR, UnsealedPolicy.SERVE_AND_FLAG, level)
     assert monitor.kept == (item, moved) and [c.verdict for c in monitor.flagged] == [Verdict.REPARENTED]
+
+
+@pytest.mark.attack
+@pytest.mark.parametrize("value", ["PAT*", "pat-?", "*-H", "P*H", "PAT-H*", "?AT-H", "PA*"])
+def test_study_hidden_from_a_wildcard_query_is_missing_from_the_answer(value):
+    from orthanc_hardening.integrity.query import SealedTagIndex, missing_from_answer
+
+    index = SealedTagIndex()
+    entry = _catalogue_entry("PAT-H", "1.2.3")
+    index.add(entry)
+    study_id = entry.ids["Study"]
+    assert missing_from_answer("Study", {"PatientID": value}, [], index) == [study_id]
+    assert missing_from_answer("Study", {"PatientID": value}, [study_id], index) == []
+
+
+@pytest.mark.parametrize("value", ["PAT", "PAT-??", "X*", "PAT-H?", "P.T-H", "PAT%", "PAT_H"])
+def test_wildcard_query_that_does_not_match_the_sealed_identifier_misses_nothing(value):
+    from orthanc_hardening.integrity.query import SealedTagIndex, missing_from_answer
+
+    index = SealedTagIndex()
+    index.add(_catalogue_entry("PAT-H", "1.2.3"))
+    assert missing_from_answer("Study", {"PatientID": value}, [], index) == []
+
+
+def test_wildcard_pattern_follows_ps3_4_c_2_2_2_4():
+    from orthanc_hardening.integrity.query import wildcard_pattern
+
+    assert wildcard_pattern("A*B").fullmatch("AB") and wildcard_pattern("A*B").fullmatch("AXYB")
+    assert wildcard_pattern("A?B").fullmatch("AXB") and not wildcard_pattern("A?B").fullmatch("AB")
+    assert not wildcard_pattern("A.B").fullmatch("AXB")  # every other character is literal
+    assert wildcard_pattern("1.2.*").fullmatch("1.2.840.1") and not wildcard_pattern("1.2.*").fullmatch("1.3.2")
