@@ -105,6 +105,8 @@ class HardeningConfig:
     auditors: tuple[str, ...] = ()
     administrators: tuple[str, ...] = ()
     unsealed_policy: UnsealedPolicy = UnsealedPolicy.SERVE_AND_FLAG
+    # False: "UnsealedPolicy" was not set; the plugin decides at start (integrity/legacy.py).
+    unsealed_policy_configured: bool = False
     durability: Durability = Durability.PROCESS
     audit: AuditConfig = field(
         default_factory=lambda: AuditConfig(
@@ -222,6 +224,7 @@ def load_config(orthanc_config: Mapping[str, Any]) -> HardeningConfig:
         auditors=auditors,
         administrators=administrators,
         unsealed_policy=unsealed,
+        unsealed_policy_configured="UnsealedPolicy" in section,
         durability=durability,
         audit=audit,
         permissions=permissions,

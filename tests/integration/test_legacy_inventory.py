@@ -78,6 +78,10 @@ def test_deleted_seal_with_backdated_reception_date_is_not_legacy(start_orthanc)
     assert answer["sealed"] == 0 and answer["refused_instances"] == [instance]
     alerts = [e for e in audit_events(server) if "110113" in str(e.get("event", ""))]
     assert any("not in the signed legacy inventory" in str(e.get("detail", "")) for e in alerts)
+    # A fresh installation runs with UnsealedPolicy "refuse" unless configured: the unsealed
+    # instance is withheld from query answers too (a single lookup answers 409).
+    assert "UnsealedPolicy not configured: refuse (0 legacy" in server.log_text()
+    assert server.get(f"/instances/{instance}").status_code == 409
     # Nothing trusted changed: the instance is still unsealed (never sealed from forged bytes).
     report = server.get(f"/hardening/instances/{instance}/seal").json()
     assert report["verified"] is False

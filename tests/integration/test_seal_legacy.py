@@ -51,6 +51,9 @@ def test_legacy_data_is_unsealed_then_sealed_by_seal_existing(start_orthanc):
     assert hardened.get(f"/instances/{ids[0]}/file").content == files[0]
     assert statuses(hardened, ids[0]) == {"unsealed"}
     assert failures_metric(hardened) == 0
+    # An installation with instances stored before sealing began keeps serving them, flagged.
+    assert "UnsealedPolicy not configured: serve-and-flag (3 legacy" in hardened.log_text()
+    assert hardened.get(f"/instances/{ids[0]}").headers["X-Hardening-Flagged"] == "1"
     study = hardened.get(f"/instances/{ids[0]}/study").json()["ID"]
     assert hardened.get(f"/studies/{study}/archive").status_code == 200
 
@@ -74,9 +77,10 @@ def test_legacy_data_is_unsealed_then_sealed_by_seal_existing(start_orthanc):
     offline = json.loads(result.stdout)
     assert offline["sealed"] == 1 and offline["already_sealed"] == 2
 
-    # Now sealed everywhere: refuse policy serves everything, tampering is caught.
-    hardened.config["Hardening"]["UnsealedPolicy"] = "refuse"
+    # Now sealed everywhere: without the key the policy becomes refuse at the next start, which
+    # serves everything; tampering is caught.
     hardened.start()
+    assert "UnsealedPolicy not configured: refuse (0 legacy" in hardened.log_text()
     for instance_id, data in zip(ids, files, strict=True):
         assert hardened.get(f"/instances/{instance_id}/file").content == data
         assert statuses(hardened, instance_id) == {"verified"}

@@ -19,6 +19,7 @@ def test_missing_section_gives_safe_defaults() -> None:
     )  # every top-level field is the dataclass default
     assert config.mode is Mode.ENFORCE
     assert config.unsealed_policy is UnsealedPolicy.SERVE_AND_FLAG
+    assert not config.unsealed_policy_configured  # decided at start from the legacy inventory
     assert config.audit.database == "sqlite:///var/lib/orthanc/hardening/audit.db"
     assert config.audit.syslog is None
     assert config.sqlite_synchronous == "NORMAL"
@@ -52,7 +53,7 @@ def test_full_section_is_parsed(tmp_path: Path) -> None:
     assert config.mode is Mode.MONITOR and not config.is_enforcing
     assert config.trusted_keys == (trusted,)
     assert config.auditors == ("alice",)
-    assert config.unsealed_policy is UnsealedPolicy.REFUSE
+    assert config.unsealed_policy is UnsealedPolicy.REFUSE and config.unsealed_policy_configured
     assert config.audit.syslog is not None and config.audit.syslog.ca_certificate == ca
     assert config.audit.checkpoint_every == 10
     assert config.seal_database == tmp_path / "seals.db"

@@ -228,3 +228,16 @@ def plan_inventory(attachments: Iterable[StoredAttachment], is_sealed: Callable[
             continue
         entries.append(LegacyEntry(attachment.uuid, int(attachment.content_type), attachment.instance_id))
     return entries
+
+
+def default_unsealed_policy(unsealed_legacy: int) -> UnsealedPolicy:
+    """The ``UnsealedPolicy`` of an installation that does not set it, from its legacy inventory.
+
+    A fresh installation (no instance stored before sealing began) and one whose legacy
+    attachments ``seal-existing`` has all sealed have nothing to migrate: ``refuse``. One that
+    still holds unsealed legacy attachments keeps serving them, flagged, until they are sealed.
+
+    Args:
+        unsealed_legacy: how many attachments of the signed legacy inventory are still unsealed.
+    """
+    return UnsealedPolicy.SERVE_AND_FLAG if unsealed_legacy > 0 else UnsealedPolicy.REFUSE

@@ -26,6 +26,7 @@ through the guard as a gatekeeper that fails by raising (Orthanc then fails the 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -52,6 +53,7 @@ from orthanc_hardening.integrity.legacy import (
     InventoryRule,
     StoredAttachment,
     check_legacy_entry,
+    default_unsealed_policy,
     plan_inventory,
     sign_legacy_entry,
 )
@@ -352,6 +354,24 @@ class SealedStorage:
             time=self.runtime.clock(), event=EventCode.APPLICATION_ACTIVITY, action=Action.EXECUTE,
             outcome=Outcome.SUCCESS if rule is InventoryRule.BEFORE_SEALING else Outcome.MINOR_FAILURE,
             transport=Transport.INTERNAL, route="legacy-inventory", detail=detail))
+
+    def apply_default_unsealed_policy(self) -> None:
+        """Without ``UnsealedPolicy`` in the configuration: decide it from the legacy inventory, once Orthanc runs.
+
+        ``refuse`` for a fresh installation and once ``seal-existing`` sealed every legacy
+        attachment; ``serve-and-flag`` while legacy attachments are still unsealed
+        (``integrity.legacy.default_unsealed_policy``). Decided at each start.
+        """
+        config = self.runtime.config
+        if config.unsealed_policy_configured:
+            return
+        pending = 0
+        if self.legacy is not None and self.sealing_since:
+            pending = sum(1 for uuid, kind in self.legacy.attachments() if self.store.get(uuid, kind) is None)
+        policy = default_unsealed_policy(pending)
+        self.runtime.config = dataclasses.replace(config, unsealed_policy=policy)
+        logger.warning("UnsealedPolicy not configured: %s (%d legacy attachment(s) still unsealed)",
+                       policy.value, pending)
 
     def reception_date(self, instance_id: str) -> str | None:
         """Orthanc's ``ReceptionDate`` metadata of an instance (``YYYYMMDDTHHMMSS``), or ``None``."""
@@ -699,6 +719,7 @@ def install(runtime: Runtime, keys: KeyRing, cache: SignatureCache) -> SealedSto
         if change_type == started:
             reconcile_index(storage, suspects, clean_through)
             storage.take_inventory(fresh)
+            storage.apply_default_unsealed_policy()
 
     runtime.change_observers.append(reconcile_on_start)
     runtime.stop_actions.append(store.mark_clean)

@@ -78,6 +78,11 @@ class SQLiteLegacyInventory:
             return None
         return LegacyEntry(str(row[0]), int(row[1]), str(row[2])), str(row[3])
 
+    def attachments(self) -> list[tuple[str, int]]:
+        """``(uuid, content type)`` of every entry."""
+        with self._lock:
+            return [(str(u), int(t)) for u, t in self._db.execute("SELECT uuid, content_type FROM legacy")]
+
     def count(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM legacy").fetchone()[0])

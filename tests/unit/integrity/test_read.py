@@ -131,3 +131,11 @@ def test_remembered_seal_does_not_cover_an_edited_record(sealed):
     with pytest.raises(SealInvalidError):
         check_read(UUID, 1, DATA, cache.parse_seal(record), ring, cache, record)
     assert ring.calls == 1
+
+
+def test_unset_unsealed_policy_refuses_unless_legacy_attachments_are_still_unsealed():
+    from orthanc_hardening.config import UnsealedPolicy
+    from orthanc_hardening.integrity.legacy import default_unsealed_policy
+
+    assert default_unsealed_policy(0) is UnsealedPolicy.REFUSE  # fresh, or seal-existing done
+    assert default_unsealed_policy(3) is UnsealedPolicy.SERVE_AND_FLAG  # migration still under way
