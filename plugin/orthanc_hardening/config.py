@@ -107,6 +107,8 @@ class HardeningConfig:
     unsealed_policy: UnsealedPolicy = UnsealedPolicy.SERVE_AND_FLAG
     # False: "UnsealedPolicy" was not set; the plugin decides at start (integrity/legacy.py).
     unsealed_policy_configured: bool = False
+    # True once the plugin decided the policy at start (an unset key); never set by the parser.
+    unsealed_policy_decided: bool = False
     durability: Durability = Durability.PROCESS
     audit: AuditConfig = field(
         default_factory=lambda: AuditConfig(

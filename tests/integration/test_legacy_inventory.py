@@ -82,6 +82,8 @@ def test_deleted_seal_with_backdated_reception_date_is_not_legacy(start_orthanc)
     # instance is withheld from query answers too (a single lookup answers 409).
     assert "UnsealedPolicy not configured: refuse (0 legacy" in server.log_text()
     assert server.get(f"/instances/{instance}").status_code == 409
+    posture = {c["id"]: c for c in server.get("/hardening/posture").json()["checks"]}
+    assert posture["unsealed-policy"]["status"] == "pass"
     # Nothing trusted changed: the instance is still unsealed (never sealed from forged bytes).
     report = server.get(f"/hardening/instances/{instance}/seal").json()
     assert report["verified"] is False

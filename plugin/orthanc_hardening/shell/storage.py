@@ -369,7 +369,7 @@ class SealedStorage:
         if self.legacy is not None and self.sealing_since:
             pending = sum(1 for uuid, kind in self.legacy.attachments() if self.store.get(uuid, kind) is None)
         policy = default_unsealed_policy(pending)
-        self.runtime.config = dataclasses.replace(config, unsealed_policy=policy)
+        self.runtime.config = dataclasses.replace(config, unsealed_policy=policy, unsealed_policy_decided=True)
         logger.warning("UnsealedPolicy not configured: %s (%d legacy attachment(s) still unsealed)",
                        policy.value, pending)
 

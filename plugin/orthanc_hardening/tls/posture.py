@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orthanc_hardening.config import HardeningConfig, Mode, database_transport_problem, redact_url
+from orthanc_hardening.config import HardeningConfig, Mode, UnsealedPolicy, database_transport_problem, redact_url
 from orthanc_hardening.errors import ConfigError
 from orthanc_hardening.tls.certificates import RENEWAL_WARNING_DAYS, CertificateInfo, inspect_certificate
 from orthanc_hardening.tls.enforcement import Destination, modality_destination, peer_destination
@@ -334,6 +334,7 @@ def inspect_posture(
         checks.append(_audit_witness(hardening))
         checks.append(_audit_database_transport(hardening))
         checks.append(_mode(hardening))
+        checks.append(_unsealed_policy(hardening))
         checks.append(_route_permissions(hardening))
     return PostureReport(
         checks=tuple(checks),
@@ -839,6 +840,27 @@ def _signing_key_permissions(hardening: HardeningConfig, facts: HostFacts) -> Ch
             Severity.MEDIUM,
         )
     return make(Status.PASS, f"{hardening.signing_key} is mode {found.mode:04o}")
+
+
+def _unsealed_policy(hardening: HardeningConfig) -> Check:
+    make = _check("unsealed-policy", "Unsealed data is refused (no migration under way)", Severity.MEDIUM)
+    how = "set in the configuration" if hardening.unsealed_policy_configured else "decided at start"
+    if not hardening.unsealed_policy_configured and not hardening.unsealed_policy_decided:
+        # The offline report: the running plugin decides from its legacy inventory.
+        return make(Status.PASS, "Hardening.UnsealedPolicy is not set: the plugin refuses unsealed data unless "
+                                 "attachments stored before sealing began are still unsealed (see the running "
+                                 "server's report)")
+    if hardening.unsealed_policy is UnsealedPolicy.REFUSE:
+        return make(Status.PASS, f"Hardening.UnsealedPolicy is refuse ({how})")
+    if hardening.unsealed_policy_configured:
+        evidence = ("Hardening.UnsealedPolicy is serve-and-flag (set in the configuration): attachments stored "
+                    "before sealing began are served unverified")
+    else:
+        evidence = ("Hardening.UnsealedPolicy is serve-and-flag (decided at start): this installation holds "
+                    "attachments stored before sealing began that are not sealed yet, served unverified")
+    return make(Status.WARN, evidence,
+                "Run POST /hardening/seal-existing (or `python -m orthanc_hardening seal-existing`); without "
+                "the key the policy becomes refuse at the next start, or set \"UnsealedPolicy\": \"refuse\".")
 
 
 def _route_permissions(hardening: HardeningConfig) -> Check:

@@ -197,6 +197,22 @@ def test_monitor_mode_is_a_warning(secure: dict[str, Any]) -> None:
     assert report_for(secure, hardening=monitor).check("hardening-mode").status is Status.WARN
 
 
+def test_unsealed_policy_warns_while_a_migration_serves_unsealed_data(secure: dict[str, Any]) -> None:
+    from orthanc_hardening.config import UnsealedPolicy
+
+    base = {"data_directory": HARDENING.data_directory, "signing_key": HARDENING.signing_key}
+    assert report_for(secure, hardening=HardeningConfig(**base)).check("unsealed-policy").status is Status.PASS
+    fresh = HardeningConfig(unsealed_policy=UnsealedPolicy.REFUSE, unsealed_policy_decided=True, **base)
+    check = report_for(secure, hardening=fresh).check("unsealed-policy")
+    assert check.status is Status.PASS and "decided at start" in check.evidence
+    migrating = HardeningConfig(unsealed_policy=UnsealedPolicy.SERVE_AND_FLAG, unsealed_policy_decided=True, **base)
+    check = report_for(secure, hardening=migrating).check("unsealed-policy")
+    assert check.status is Status.WARN and "not sealed yet" in check.evidence and "seal-existing" in check.remedy
+    configured = HardeningConfig(unsealed_policy=UnsealedPolicy.SERVE_AND_FLAG, unsealed_policy_configured=True,
+                                 **base)
+    assert "set in the configuration" in report_for(secure, hardening=configured).check("unsealed-policy").evidence
+
+
 def test_debian_civetweb_with_plain_openssl3_is_critical(secure: dict[str, Any]) -> None:
     libssl = LibsslFacts(civetweb=CIVETWEB, loaded=True, library="/usr/lib/libssl.so.3", has_peer_certificate=False)
     check = report_for(secure, libssl=libssl).check("https-libssl")
