@@ -268,6 +268,17 @@ def test_reparented_instance_is_withheld_from_listings_qido_series_archive_and_s
     assert server.get(f"/instances/{moved.id}").status_code == 409
 
 
+@pytest.mark.attack
+def test_deleting_the_copied_pointer_keeps_the_original_file(tampered) -> None:
+    # The repair an administrator makes (delete A) must not delete B's file, which A's copied
+    # rows name: Orthanc asks the storage area to remove it, the plugin keeps it.
+    server, a, b = tampered.server, tampered.dup_a, tampered.dup_b
+    assert server.delete(f"/instances/{a.id}").status_code == 200
+    assert server.get(f"/instances/{a.id}").status_code == 404
+    assert server.get(f"/instances/{b.id}/file").content == b.data
+    assert "kept attachment" in server.log_text()
+
+
 def series_query(study_uid: str, series_uid: str):
     from pydicom.dataset import Dataset
     query = Dataset()
