@@ -1,32 +1,37 @@
 """Known crash inputs of Orthanc's core are refused before they reach it, and Orthanc stays up.
 
 A 10 KB DICOM file with 50 nested sequences, stored by C-STORE, crashes Orthanc 1.10.1 at the
-first ``GET /instances/{id}/tags`` (a poison instance). C-STORE refuses it with DIMSE 0xC000 and
-a Security Alert, nothing is stored, and Orthanc keeps serving (REST upload: README).
+first ``GET /instances/{id}/tags`` (a poison instance) and segfaults it on REST upload. C-STORE
+refuses it with DIMSE 0xC000, REST upload (also inside a zip) and WebDAV with Orthanc's own
+"Bad file format" before its core parses the file; each is a Security Alert, nothing is stored,
+and Orthanc keeps serving (STOW-RS: README).
 """
 
 from __future__ import annotations
 
+import io
+import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.dicom import make_instance
-from tests.support.poison import nested_instance
-from tests.support.server import OrthancServer
+from tests.support.poison import deflated_nested_instance, nested_instance, sequence_bomb_after_pixels
+from tests.support.server import DICOMWEB_PLUGIN, PYTHON_PLUGIN, OrthancServer
 
 pytestmark = [pytest.mark.integration]
 
 
 @pytest.fixture(scope="module")
 def server(start_orthanc_module: Any) -> OrthancServer:
-    return start_orthanc_module()
+    return start_orthanc_module(config={"Plugins": [PYTHON_PLUGIN, DICOMWEB_PLUGIN]})
 
 
 def poison_alerts(server: OrthancServer) -> list[dict[str, Any]]:
     events = server.get("/hardening/audit", user="auditor", params={"event": "110113", "limit": 200}).json()["events"]
-    return [event for event in events if "levels deep" in event["detail"]]
+    return [event for event in events if "levels deep" in event["detail"] or "too deep" in event["detail"]]
 
 
 @pytest.mark.attack
@@ -62,3 +67,53 @@ def test_synchronous_body_routes_still_answer_as_orthanc(server: OrthancServer) 
     assert modified.status_code == 200 and modified.content[128:132] == b"DICM"
     assert modified.headers["Content-Type"].startswith("application/dicom")
     assert server.post(f"/instances/{instance}/modify", user="user", json={}).status_code == 403
+
+
+def assert_refused_upload(server: OrthancServer, before: list[str], alerts: int) -> None:
+    assert len(poison_alerts(server)) == alerts + 1
+    assert server.get("/instances").json() == before
+    assert server.get("/system").status_code == 200
+
+
+@pytest.mark.attack
+@pytest.mark.parametrize("bomb", [nested_instance(50), sequence_bomb_after_pixels(20000),
+                                  deflated_nested_instance(50)], ids=["nested", "after-pixels", "deflated"])
+def test_sequence_bomb_uploaded_by_rest_is_refused_before_orthanc_parses_it(server: OrthancServer,
+                                                                            bomb: bytes) -> None:
+    before, alerts = server.get("/instances").json(), len(poison_alerts(server))
+    answer = server.post("/instances", user="user", data=bomb)
+    assert answer.status_code == 400, answer.text[:300]
+    assert answer.json()["Message"] == "Bad file format"
+    assert_refused_upload(server, before, alerts)
+    alert = poison_alerts(server)[0]
+    assert alert["user"] == "user" and "deep" in alert["detail"]
+
+
+@pytest.mark.attack
+def test_sequence_bomb_inside_a_zip_upload_is_refused(server: OrthancServer) -> None:
+    before, alerts = server.get("/instances").json(), len(poison_alerts(server))
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("bomb.dcm", nested_instance(50))
+    answer = server.post("/instances", user="user", data=archive.getvalue())
+    assert answer.status_code in (200, 400), answer.text[:300]
+    assert_refused_upload(server, before, alerts)
+
+
+@pytest.mark.attack
+def test_sequence_bomb_put_by_webdav_is_refused(server: OrthancServer) -> None:
+    before, alerts = server.get("/instances").json(), len(poison_alerts(server))
+    answer = server.put("/webdav/uploads/bomb.dcm", user="user", data=nested_instance(50))
+    assert answer.status_code in (200, 201, 204), answer.text[:300]
+    for _ in range(100):  # Orthanc stores WebDAV uploads from a queue, after answering
+        if len(poison_alerts(server)) > alerts:
+            break
+        time.sleep(0.1)
+    assert_refused_upload(server, before, alerts)
+
+
+def test_ordinary_uploads_are_stored_as_by_orthanc(server: OrthancServer) -> None:
+    answer = server.post("/instances", user="user", data=nested_instance(24, patient_id="DEEP24"))
+    assert answer.status_code == 200 and answer.json()["Status"] == "Success"
+    origin = server.get(f"/instances/{answer.json()['ID']}/metadata/Origin").text
+    assert origin == "RestApi"
