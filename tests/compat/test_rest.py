@@ -143,6 +143,17 @@ def server_of(trio: Trio) -> OrthancServer:
     return trio.plain
 
 
+@pytest.mark.parametrize("body", [{"Resources": [I1, S1], "Level": "Instance"}, {"Resources": [UNKNOWN]}, {},
+                                  "not json", [1, [2, [3]]]], ids=lambda b: json.dumps(b)[:40])
+def test_bulk_content_answers_like_plain_orthanc(trio: Trio, body: Any) -> None:
+    assert_same(trio, "POST", "/tools/bulk-content", body)
+
+
+@pytest.mark.parametrize("body", [{"Resources": [UNKNOWN]}, {}, "not json"], ids=lambda b: json.dumps(b)[:40])
+def test_bulk_delete_answers_like_plain_orthanc(trio: Trio, body: Any) -> None:
+    assert_same(trio, "POST", "/tools/bulk-delete", body)
+
+
 def test_uploads_answer_and_record_like_plain_orthanc(trio: Trio) -> None:
     from tests.support.dicom import make_instance
     from tests.support.poison import nested_instance

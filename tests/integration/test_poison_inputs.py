@@ -32,7 +32,8 @@ def server(start_orthanc_module: Any) -> OrthancServer:
 
 def poison_alerts(server: OrthancServer) -> list[dict[str, Any]]:
     events = server.get("/hardening/audit", user="auditor", params={"event": "110113", "limit": 200}).json()["events"]
-    return [event for event in events if "levels deep" in event["detail"] or "too deep" in event["detail"]]
+    words = ("levels deep", "too deep", "deeper than")
+    return [event for event in events if any(word in event["detail"] for word in words)]
 
 
 @pytest.mark.attack
@@ -50,14 +51,18 @@ def test_deeply_nested_cstore_is_refused_and_no_poison_instance_is_stored(server
 
 
 @pytest.mark.attack
-@pytest.mark.parametrize("route", ["/instances/{id}/modify", "/instances/{id}/anonymize"])
+@pytest.mark.parametrize("route", ["/instances/{id}/modify", "/instances/{id}/anonymize", "/tools/bulk-delete",
+                                   "/tools/bulk-content", "/tools/find", "/modalities/{id}"])
 def test_deeply_nested_json_body_is_refused_and_orthanc_stays_up(server: OrthancServer, route: str) -> None:
     instance = server.upload(make_instance(patient_id="BODY"), user="admin")["ID"]
-    before = server.get("/instances").json()
+    before, alerts = server.get("/instances").json(), len(poison_alerts(server))
     body = "[" * 50000 + "]" * 50000
-    answer = server.post(route.format(id=instance), user="admin", data=body)
+    method = "PUT" if route.startswith("/modalities") else "POST"
+    answer = server.request(method, route.format(id="deep" if method == "PUT" else instance), user="admin", data=body)
     assert answer.status_code == 400, answer.text[:200]
-    assert "levels deep" in answer.json()["detail"]
+    detail = answer.json().get("detail") or answer.json()["Details"]  # Orthanc's error form on /tools/find
+    assert "levels deep" in detail or "deeper than 32 levels" in detail
+    assert len(poison_alerts(server)) == alerts + 1
     assert server.get("/system").status_code == 200
     assert server.get("/instances").json() == before
 
@@ -68,6 +73,11 @@ def test_synchronous_body_routes_still_answer_as_orthanc(server: OrthancServer) 
     assert modified.status_code == 200 and modified.content[128:132] == b"DICM"
     assert modified.headers["Content-Type"].startswith("application/dicom")
     assert server.post(f"/instances/{instance}/modify", user="user", json={}).status_code == 403
+    content = server.post("/tools/bulk-content", user="user", json={"Resources": [instance], "Level": "Instance"})
+    assert content.status_code == 200 and content.json()[0]["ID"] == instance
+    assert server.post("/tools/bulk-delete", user="user", json={"Resources": [instance]}).status_code == 403
+    assert server.post("/tools/bulk-delete", user="admin", json={"Resources": [instance]}).status_code == 200
+    assert instance not in server.get("/instances").json()
 
 
 def assert_refused_upload(server: OrthancServer, before: list[str], alerts: int) -> None:
