@@ -21,6 +21,22 @@ from orthanc_hardening.errors import HostileInputError
 
 MAX_SEQUENCE_DEPTH = 24
 
+# Item tags (FFFE,E000) in little and big endian: a file nests at most as many sequences as it
+# has items. Deflated files hide theirs, so they are always parsed.
+_ITEM_TAGS = (b"\xfe\xff\x00\xe0", b"\xff\xfe\xe0\x00")
+_DEFLATED_SYNTAX = b"1.2.840.10008.1.2.1.99"
+
+
+def may_nest_deeper(data: bytes, max_depth: int = MAX_SEQUENCE_DEPTH) -> bool:
+    """Whether ``data`` can nest sequences deeper than ``max_depth`` (a byte count, no parsing).
+
+    ``False`` is certain: the file has too few items to nest that deep (most images). ``True``
+    means it must be parsed (``check_dicom_limits``).
+    """
+    if _DEFLATED_SYNTAX in data[:4096]:
+        return True
+    return sum(data.count(tag) for tag in _ITEM_TAGS) > max_depth
+
 
 def sequence_depth(dataset: Dataset, limit: int) -> int:
     """The deepest sequence nesting of ``dataset`` (0: no sequence), counted up to ``limit + 1``.
@@ -50,6 +66,8 @@ def check_dicom_limits(data: bytes, max_depth: int = MAX_SEQUENCE_DEPTH) -> None
     Raises:
         HostileInputError: the file is nested deeper than ``max_depth``.
     """
+    if not may_nest_deeper(data, max_depth):
+        return
     try:
         # Every element, also after the pixel data (DCMTK reads them all); large values deferred.
         dataset = pydicom.dcmread(io.BytesIO(data), force=True, defer_size=4096)

@@ -84,5 +84,10 @@ class HostileInputError(HardeningError):
     """Input built to crash or exhaust a parser (a DICOM file nested too deep). Refused and alerted."""
 
 
+class HostileBodyError(BadRequestError, HostileInputError):
+    """A request body built to exhaust a parser's stack (nested too deep): a bad request that is
+    also a Security Alert. Maps to HTTP 400."""
+
+
 class StoreUnavailableError(HardeningError):
     """The seal or audit store cannot be written or read. Maps to HTTP 503."""

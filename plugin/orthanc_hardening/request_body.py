@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from orthanc_hardening.errors import BadRequestError
+from orthanc_hardening.errors import BadRequestError, HostileBodyError
 
 MAX_BODY_BYTES = 1 << 20
 MAX_DEPTH = 32
@@ -49,7 +49,8 @@ def parse_json_value(
     ``expected`` names what the body must be in the errors ("JSON", "a JSON object").
 
     Raises:
-        BadRequestError: empty, too large, too deeply nested, or not JSON.
+        BadRequestError: empty, too large, or not JSON.
+        HostileBodyError: too deeply nested (also a ``BadRequestError``; a Security Alert).
     """
     raw = body.encode("utf-8") if isinstance(body, str) else bytes(body)
     if not raw.strip():
@@ -57,7 +58,7 @@ def parse_json_value(
     if len(raw) > MAX_BODY_BYTES:
         raise BadRequestError(name, f"is larger than {MAX_BODY_BYTES} bytes")
     if nesting_depth(raw) > max_depth:
-        raise BadRequestError(name, f"is nested deeper than {max_depth} levels")
+        raise HostileBodyError(name, f"is nested deeper than {max_depth} levels")
     try:
         return json.loads(raw)
     except (ValueError, RecursionError) as exc:

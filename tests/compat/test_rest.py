@@ -141,3 +141,32 @@ def test_the_servers_run_the_same_orthanc(trio: Trio) -> None:
 
 def server_of(trio: Trio) -> OrthancServer:
     return trio.plain
+
+
+@pytest.mark.parametrize("body", [{"Resources": [I1, S1], "Level": "Instance"}, {"Resources": [UNKNOWN]}, {},
+                                  "not json", [1, [2, [3]]]], ids=lambda b: json.dumps(b)[:40])
+def test_bulk_content_answers_like_plain_orthanc(trio: Trio, body: Any) -> None:
+    assert_same(trio, "POST", "/tools/bulk-content", body)
+
+
+@pytest.mark.parametrize("body", [{"Resources": [UNKNOWN]}, {}, "not json"], ids=lambda b: json.dumps(b)[:40])
+def test_bulk_delete_answers_like_plain_orthanc(trio: Trio, body: Any) -> None:
+    assert_same(trio, "POST", "/tools/bulk-delete", body)
+
+
+def test_uploads_answer_and_record_like_plain_orthanc(trio: Trio) -> None:
+    from tests.support.dicom import make_instance
+    from tests.support.poison import nested_instance
+
+    new = make_instance(patient_id="CMP-UP", seed=7)
+    cases = [("new", new), ("again", new), ("nested-24", nested_instance(24, patient_id="CMP-UP24")),
+             ("not-dicom", b"not a DICOM file")]
+    for name, data in cases:
+        found = [Answer.of(server.request("POST", "/instances", data=data)) for server in trio.all]
+        plain = found[0]
+        for label, answer in zip(("monitor", "enforce"), found[1:], strict=True):
+            assert answer == plain, f"{label} differs on upload {name}:\n {describe(plain)}\n {describe(answer)}"
+    instance = trio.plain.request("POST", "/instances", data=new).json()["ID"]
+    for metadata in ("Origin", "RemoteIP", "HttpUsername"):
+        values = {server.request("GET", f"/instances/{instance}/metadata/{metadata}").text for server in trio.all}
+        assert len(values) == 1, (metadata, values)

@@ -9,8 +9,9 @@ time, the tampered bytes are never served, and the server keeps answering afterw
 
 On Orthanc before 1.12.2 (bookworm's 1.10.1, whose Python plugin 4.0 keeps Python's lock during
 every call into Orthanc) any call of the plugin into Orthanc that meets a DICOMweb read in
-flight still deadlocks (README, "No single request stops, hangs or crashes it"): there the
-same requests run one at a time, which the fix makes safe; concurrently on 1.12.7 and 1.13.0.
+flight still deadlocks (README, "No single request stops, hangs or crashes it": the cycle GIL →
+plugin-context lock → storage read → GIL, seen in a dump of the hung server): there the same
+requests run one at a time, which the fix makes safe; concurrently on 1.12.7 and 1.13.0.
 """
 
 from __future__ import annotations

@@ -1,32 +1,39 @@
 """Known crash inputs of Orthanc's core are refused before they reach it, and Orthanc stays up.
 
 A 10 KB DICOM file with 50 nested sequences, stored by C-STORE, crashes Orthanc 1.10.1 at the
-first ``GET /instances/{id}/tags`` (a poison instance). C-STORE refuses it with DIMSE 0xC000 and
-a Security Alert, nothing is stored, and Orthanc keeps serving (REST upload: README).
+first ``GET /instances/{id}/tags`` (a poison instance) and segfaults it on REST upload. C-STORE
+refuses it with DIMSE 0xC000, REST upload (also inside a zip) and WebDAV with Orthanc's own
+"Bad file format" before its core parses the file; each is a Security Alert, nothing is stored,
+and Orthanc keeps serving. STOW-RS gets the DICOMweb plugin's 400 with the file in its
+FailedSOPSequence on trixie and forky (bookworm: README).
 """
 
 from __future__ import annotations
 
+import io
+import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.dicom import make_instance
-from tests.support.poison import nested_instance
-from tests.support.server import OrthancServer
+from tests.support.poison import deflated_nested_instance, nested_instance, sequence_bomb_after_pixels
+from tests.support.server import DICOMWEB_PLUGIN, PYTHON_PLUGIN, OrthancServer, orthanc_version
 
 pytestmark = [pytest.mark.integration]
 
 
 @pytest.fixture(scope="module")
 def server(start_orthanc_module: Any) -> OrthancServer:
-    return start_orthanc_module()
+    return start_orthanc_module(config={"Plugins": [PYTHON_PLUGIN, DICOMWEB_PLUGIN]})
 
 
 def poison_alerts(server: OrthancServer) -> list[dict[str, Any]]:
     events = server.get("/hardening/audit", user="auditor", params={"event": "110113", "limit": 200}).json()["events"]
-    return [event for event in events if "levels deep" in event["detail"]]
+    words = ("levels deep", "too deep", "deeper than")
+    return [event for event in events if any(word in event["detail"] for word in words)]
 
 
 @pytest.mark.attack
@@ -44,14 +51,18 @@ def test_deeply_nested_cstore_is_refused_and_no_poison_instance_is_stored(server
 
 
 @pytest.mark.attack
-@pytest.mark.parametrize("route", ["/instances/{id}/modify", "/instances/{id}/anonymize"])
+@pytest.mark.parametrize("route", ["/instances/{id}/modify", "/instances/{id}/anonymize", "/tools/bulk-delete",
+                                   "/tools/bulk-content", "/tools/find", "/modalities/{id}"])
 def test_deeply_nested_json_body_is_refused_and_orthanc_stays_up(server: OrthancServer, route: str) -> None:
     instance = server.upload(make_instance(patient_id="BODY"), user="admin")["ID"]
-    before = server.get("/instances").json()
+    before, alerts = server.get("/instances").json(), len(poison_alerts(server))
     body = "[" * 50000 + "]" * 50000
-    answer = server.post(route.format(id=instance), user="admin", data=body)
+    method = "PUT" if route.startswith("/modalities") else "POST"
+    answer = server.request(method, route.format(id="deep" if method == "PUT" else instance), user="admin", data=body)
     assert answer.status_code == 400, answer.text[:200]
-    assert "levels deep" in answer.json()["detail"]
+    detail = answer.json().get("detail") or answer.json()["Details"]  # Orthanc's error form on /tools/find
+    assert "levels deep" in detail or "deeper than 32 levels" in detail
+    assert len(poison_alerts(server)) == alerts + 1
     assert server.get("/system").status_code == 200
     assert server.get("/instances").json() == before
 
@@ -62,3 +73,75 @@ def test_synchronous_body_routes_still_answer_as_orthanc(server: OrthancServer) 
     assert modified.status_code == 200 and modified.content[128:132] == b"DICM"
     assert modified.headers["Content-Type"].startswith("application/dicom")
     assert server.post(f"/instances/{instance}/modify", user="user", json={}).status_code == 403
+    content = server.post("/tools/bulk-content", user="user", json={"Resources": [instance], "Level": "Instance"})
+    assert content.status_code == 200 and content.json()[0]["ID"] == instance
+    assert server.post("/tools/bulk-delete", user="user", json={"Resources": [instance]}).status_code == 403
+    assert server.post("/tools/bulk-delete", user="admin", json={"Resources": [instance]}).status_code == 200
+    assert instance not in server.get("/instances").json()
+
+
+def assert_refused_upload(server: OrthancServer, before: list[str], alerts: int) -> None:
+    assert len(poison_alerts(server)) == alerts + 1
+    assert server.get("/instances").json() == before
+    assert server.get("/system").status_code == 200
+
+
+@pytest.mark.attack
+@pytest.mark.parametrize("bomb", [nested_instance(50), sequence_bomb_after_pixels(20000),
+                                  deflated_nested_instance(50)], ids=["nested", "after-pixels", "deflated"])
+def test_sequence_bomb_uploaded_by_rest_is_refused_before_orthanc_parses_it(server: OrthancServer,
+                                                                            bomb: bytes) -> None:
+    before, alerts = server.get("/instances").json(), len(poison_alerts(server))
+    answer = server.post("/instances", user="user", data=bomb)
+    assert answer.status_code == 400, answer.text[:300]
+    assert answer.json()["Message"] == "Bad file format"
+    assert_refused_upload(server, before, alerts)
+    alert = poison_alerts(server)[0]
+    assert alert["user"] == "user" and "deep" in alert["detail"]
+
+
+@pytest.mark.attack
+def test_sequence_bomb_inside_a_zip_upload_is_refused(server: OrthancServer) -> None:
+    before, alerts = server.get("/instances").json(), len(poison_alerts(server))
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("bomb.dcm", nested_instance(50))
+    answer = server.post("/instances", user="user", data=archive.getvalue())
+    assert answer.status_code == 200 and answer.json() == [], answer.text[:300]  # Orthanc skips a bad entry
+    assert_refused_upload(server, before, alerts)
+
+
+@pytest.mark.attack
+def test_sequence_bomb_sent_by_stow_rs_is_refused(server: OrthancServer) -> None:
+    if orthanc_version() < (1, 12, 0):
+        pytest.skip("bookworm's DICOMweb plugin parses each part itself before Orthanc sees it (README)")
+    before, alerts = server.get("/instances").json(), len(poison_alerts(server))
+    boundary = "hardening-boundary"
+    body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + nested_instance(50)
+            + f"\r\n--{boundary}--\r\n".encode())
+    answer = server.post("/dicom-web/studies", user="user", data=body, headers={
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+        "Accept": "application/dicom+json"})
+    assert answer.status_code == 400, answer.text[:300]
+    failed = answer.json()["00081198"]["Value"]  # FailedSOPSequence: reported as not stored
+    assert len(failed) == 1 and not answer.json()["00081199"].get("Value")  # empty ReferencedSOPSequence
+    assert_refused_upload(server, before, alerts)
+
+
+@pytest.mark.attack
+def test_sequence_bomb_put_by_webdav_is_refused(server: OrthancServer) -> None:
+    before, alerts = server.get("/instances").json(), len(poison_alerts(server))
+    answer = server.put("/webdav/uploads/bomb.dcm", user="user", data=nested_instance(50))
+    assert answer.status_code in (200, 201, 204), answer.text[:300]
+    for _ in range(100):  # Orthanc stores WebDAV uploads from a queue, after answering
+        if len(poison_alerts(server)) > alerts:
+            break
+        time.sleep(0.1)
+    assert_refused_upload(server, before, alerts)
+
+
+def test_ordinary_uploads_are_stored_as_by_orthanc(server: OrthancServer) -> None:
+    answer = server.post("/instances", user="user", data=nested_instance(24, patient_id="DEEP24"))
+    assert answer.status_code == 200 and answer.json()["Status"] == "Success"
+    origin = server.get(f"/instances/{answer.json()['ID']}/metadata/Origin").text
+    assert origin == "RestApi"

@@ -31,3 +31,12 @@ def sequence_bomb_after_pixels(depth: int) -> bytes:
     opening = b"\x40\x00\x30\xa7SQ\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
     closing = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00" + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
     return make_instance(patient_id="POISON") + opening * depth + closing * depth
+
+
+def deflated_nested_instance(depth: int) -> bytes:
+    """``nested_instance(depth)`` in the Deflated Explicit VR Little Endian syntax (its items hidden)."""
+    dataset = pydicom.dcmread(io.BytesIO(nested_instance(depth)))
+    dataset.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    out = io.BytesIO()
+    dataset.save_as(out, enforce_file_format=True)
+    return out.getvalue()

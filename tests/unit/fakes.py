@@ -88,10 +88,19 @@ class FakeOutput:
         return json.loads(self.body)
 
 
+class ReceivedInstanceAction:
+    """``orthanc.ReceivedInstanceAction``."""
+
+    KEEP_AS_IS = 1
+    MODIFY = 2
+    DISCARD = 3
+
+
 class FakeOrthanc:
     """Records registrations; answers ``GetConfiguration`` and ``RestApi*`` from dicts."""
 
     ChangeType = ChangeType
+    ReceivedInstanceAction = ReceivedInstanceAction
     ResourceType = ResourceType
     MetricsType = MetricsType
 
@@ -104,6 +113,7 @@ class FakeOrthanc:
         self.storage_area: tuple[Callable[..., Any], ...] | None = None
         self.find_callback: Callable[..., None] | None = None
         self.move_callback: Callable[..., None] | None = None
+        self.received_callback: Callable[[bytes, int], Any] | None = None
         self.explorer_js: str | None = None
         self.root_uri: str | None = None
         self.description: str | None = None
@@ -135,6 +145,9 @@ class FakeOrthanc:
 
     def RegisterMoveCallback(self, callback: Callable[..., None]) -> None:
         self.move_callback = callback
+
+    def RegisterReceivedInstanceCallback(self, callback: Callable[[bytes, int], Any]) -> None:
+        self.received_callback = callback
 
     def ExtendOrthancExplorer(self, javascript: str) -> None:
         self.explorer_js = javascript

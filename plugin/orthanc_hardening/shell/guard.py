@@ -94,7 +94,7 @@ def error_body(exc: BaseException) -> dict[str, Any]:
 
 def is_alerted(exc: BaseException) -> bool:
     """Whether a refusal because of ``exc`` is a Security Alert."""
-    return not isinstance(exc, _NOT_ALERTED)
+    return isinstance(exc, HostileInputError) or not isinstance(exc, _NOT_ALERTED)
 
 
 # -- answers ----------------------------------------------------------------------------------

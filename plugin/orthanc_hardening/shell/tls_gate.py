@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from orthanc_hardening.errors import AccessDeniedError, BadRequestError
+from orthanc_hardening.errors import AccessDeniedError, HostileBodyError
 from orthanc_hardening.identity import ADMINISTRATOR, HttpRequest, Requester, transport_of_uri
 from orthanc_hardening.request_body import MAX_DEPTH, nesting_depth
 from orthanc_hardening.services import host_probe as host
@@ -401,7 +401,7 @@ def _register_definition_override(runtime: Runtime, state: OutgoingPolicy, patte
                 if nesting_depth(body) > MAX_DEPTH:
                     # Neither json here nor Orthanc's parser should see a body built to
                     # exhaust the HTTP thread's stack.
-                    raise BadRequestError("body", f"is nested deeper than {MAX_DEPTH} levels")
+                    raise HostileBodyError("body", f"is nested deeper than {MAX_DEPTH} levels")
                 verdict, destination = judge_definition(kind, name, body)
                 if not verdict.allowed:
                     _violation(runtime, verdict, requester, uri)
