@@ -1,0 +1,134 @@
+"""Several hardened Orthanc nodes, one archive: one PostgreSQL, one storage folder (README "Adding a node").
+
+One cluster for the module (``tests/support/nodes.py``): a real PostgreSQL started here, two
+hardened nodes with Orthanc's index in it through Orthanc's PostgreSQL plugin and the files
+in one shared folder. Then ``scripts/run.sh`` as a user starts it: a first node, and a second
+one joining it with ``HARDENING_POSTGRES``, ``HARDENING_STORAGE`` and ``HARDENING_JOIN``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_deployment import RUN_SCRIPT, Deployment
+from tests.support.dicom import make_instance, make_series
+from tests.support.nodes import Cluster, start_cluster
+from tests.support.server import OrthancServer, Pki, free_port
+
+pytestmark = [pytest.mark.integration]
+
+
+@pytest.fixture(scope="module")
+def cluster(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with start_cluster(tmp_path_factory.mktemp("nodes"), pki) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def nodes(cluster: Cluster) -> tuple[OrthancServer, OrthancServer]:
+    a, b = cluster.nodes
+    return a, b
+
+
+def stored_path(storage: Path, server: OrthancServer, instance_id: str) -> Path:
+    uuid = server.get(f"/instances/{instance_id}/attachments/dicom/info").json()["Uuid"]
+    return storage / uuid[0:2] / uuid[2:4] / uuid
+
+
+def test_instance_uploaded_on_one_node_is_in_the_index_of_the_other(cluster: Cluster, nodes) -> None:
+    a, b = nodes
+    data = make_instance(patient_id="NODES-INDEX")
+    instance = a.upload(data)["ID"]
+    assert instance in b.get("/instances").json()
+    # The index answers alike on both (tags read from the index, not from the file).
+    assert b.get(f"/instances/{instance}").json() == a.get(f"/instances/{instance}").json()
+    # One file, in the shared folder, written by A's sealed storage area.
+    path = stored_path(cluster.storage, b, instance)
+    assert path.read_bytes() == data
+    assert not any((a.home / "storage").rglob("*-*-*-*-*")) and not any((b.home / "storage").rglob("*-*-*-*-*"))
+
+
+def test_both_nodes_ingest_into_one_index(nodes) -> None:
+    a, b = nodes
+    first, second = make_series(2, patient_id="NODES-BOTH")
+    on_a, on_b = a.upload(first)["ID"], b.upload(second)["ID"]
+    series = a.get(f"/instances/{on_a}/series").json()
+    assert sorted(series["Instances"]) == sorted([on_a, on_b])
+    assert b.get(f"/series/{series['ID']}").json()["Instances"] == series["Instances"]
+
+
+# -- make run as a node -------------------------------------------------------------------------
+
+
+def run_node(home: Path, env: dict[str, str]) -> Deployment:
+    node = Deployment(home=home, https_port=free_port(), dicom_port=free_port(), aet="NODETEST", extra_env=env)
+    return node
+
+
+def test_make_run_nodes_form_one_archive(cluster: Cluster, tmp_path: Path) -> None:
+    url = cluster.postgres.create_database("makerun")
+    storage = tmp_path / "shared"
+    shared = {"HARDENING_POSTGRES": url, "HARDENING_STORAGE": str(storage)}
+    a = run_node(tmp_path / "a", shared)
+    b = run_node(tmp_path / "b", {**shared, "HARDENING_JOIN": str(tmp_path / "a")})
+    try:
+        a.start()
+        b.start()
+        # B took A's CA, accounts and signing key; its server certificate is its own.
+        for name in ("tls/ca.pem", "credentials.json", "keys/seal-key.pem", "keys/passphrase"):
+            assert (b.home / name).read_bytes() == (a.home / name).read_bytes(), name
+        assert (b.home / "tls/server.key").read_bytes() != (a.home / "tls/server.key").read_bytes()
+        data = make_instance(patient_id="NODES-RUN")
+        response = a.post("/instances", data=data)
+        assert response.status_code == 200, response.text
+        instance = response.json()["ID"]
+        # B answers with A's accounts, verified against the one CA, and sees A's instance.
+        assert instance in b.get("/instances").json()
+        uuid = b.get(f"/instances/{instance}/attachments/dicom/info").json()["Uuid"]
+        assert (storage / uuid[0:2] / uuid[2:4] / uuid).read_bytes() == data
+    finally:
+        b.stop()
+        a.stop()
+
+
+def devsetup_failure(home: Path, env: dict[str, str]) -> str:
+    """Run scripts/run.sh expecting it to stop before Orthanc starts; its output."""
+    full = {key: value for key, value in os.environ.items() if key not in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")}
+    full.update(HARDENING_HOME=str(home), HTTPS_PORT=str(free_port()), DICOM_PORT=str(free_port()), **env)
+    result = subprocess.run([str(RUN_SCRIPT)], cwd="/", env=full, capture_output=True, text=True, timeout=120,
+                            stdin=subprocess.DEVNULL, check=False)
+    assert result.returncode != 0, result.stdout
+    assert "starting a hardened Orthanc" not in result.stdout
+    return result.stderr
+
+
+def test_make_run_refuses_to_join_what_is_not_a_node_home(cluster: Cluster, tmp_path: Path) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    error = devsetup_failure(tmp_path / "node", {"HARDENING_POSTGRES": cluster.postgres.url(),
+                                                 "HARDENING_STORAGE": str(tmp_path / "s"),
+                                                 "HARDENING_JOIN": str(tmp_path / "elsewhere")})
+    assert f"HARDENING_JOIN={tmp_path / 'elsewhere'} is not the home of a node (missing tls/ca.pem" in error
+    assert not (tmp_path / "node" / "tls").exists()
+
+
+def test_make_run_refuses_an_unreachable_postgres(tmp_path: Path) -> None:
+    url = f"postgresql://hardening@127.0.0.1:{free_port()}/archive"
+    error = devsetup_failure(tmp_path / "node", {"HARDENING_POSTGRES": url, "HARDENING_STORAGE": str(tmp_path / "s")})
+    assert f"HARDENING_POSTGRES={url}: PostgreSQL unreachable" in error
+
+
+def test_make_run_refuses_a_storage_folder_it_cannot_write(cluster: Cluster, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    error = devsetup_failure(tmp_path / "node", {"HARDENING_POSTGRES": cluster.postgres.url(),
+                                                 "HARDENING_STORAGE": str(tmp_path / "file" / "s")})
+    assert "the storage folder is not writable" in error
+
+
+def test_make_run_refuses_join_without_postgres(tmp_path: Path) -> None:
+    error = devsetup_failure(tmp_path / "node", {"HARDENING_JOIN": str(tmp_path)})
+    assert "HARDENING_STORAGE and HARDENING_JOIN need HARDENING_POSTGRES" in error
