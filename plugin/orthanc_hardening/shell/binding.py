@@ -45,7 +45,7 @@ from orthanc_hardening.integrity.query import orthanc_ids_of_seal
 from orthanc_hardening.seal.record import Seal
 from orthanc_hardening.shell.guard import alert, mark_audited
 from orthanc_hardening.shell.runtime import Runtime
-from orthanc_hardening.stores.seal_store import SQLiteSealStore
+from orthanc_hardening.stores.seal_store import SQLSealStore
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class IndexBinding:
 class ReadBinding:
     """The request side of a read: the HTTP gate (see the module docstring)."""
 
-    def __init__(self, runtime: Runtime, store: SQLiteSealStore,
+    def __init__(self, runtime: Runtime, store: SQLSealStore,
                  attachments_of: Callable[[str], list[tuple[str, int, str]]]) -> None:
         self.runtime = runtime
         self.store = store
@@ -225,7 +225,7 @@ class ReadBinding:
             logger.warning("monitor mode: serving %s although its seal names another instance", read.route)
 
 
-def install(runtime: Runtime, store: SQLiteSealStore,
+def install(runtime: Runtime, store: SQLSealStore,
             attachments_of: Callable[[str], list[tuple[str, int, str]]]) -> ReadBinding:
     """Register the HTTP gate that binds reads to the request."""
     binding = ReadBinding(runtime, store, attachments_of)

@@ -44,6 +44,7 @@ from orthanc_hardening.stores.manifest_store import ManifestStore
 from orthanc_hardening.stores.scrub_state import ScrubState
 from orthanc_hardening.stores.seal_store import SealReader
 from orthanc_hardening.stores.signature_cache import SignatureCache
+from orthanc_hardening.stores.sql import MANIFESTS_SCHEMA, SEALS_SCHEMA, open_store_database
 
 logger = logging.getLogger(__name__)
 
@@ -108,11 +109,32 @@ class ManifestService:
                 logger.exception("manifest update after change %s failed", change)
 
     def sign(self, study_id: str) -> Manifest | None:
-        """Sign (or re-sign) the manifest of a study from the seals that verify; ``None`` if it is gone."""
-        instances = self.index.study_instances(study_id)
-        if instances is None:
-            self.store.delete(study_id)
+        """Sign (or re-sign) the manifest of a study from the seals that verify; ``None`` if it is gone.
+
+        The index is read under the study's manifest lock (``ManifestStore.update``), so nodes
+        re-signing one study at once are serialised and the last one signs what it saw last.
+        """
+        seen: list[IndexedInstance] = []
+
+        def build() -> Manifest | None:
+            instances = self.index.study_instances(study_id)
+            if instances is None:
+                return None
+            seen.extend(instances)
+            return self._build(study_id, instances)
+
+        manifest = self.store.update(study_id, build)
+        if manifest is None:
             return None
+        with self._lock:
+            for instance in seen:
+                self._members[instance.instance_id] = study_id
+        self.runtime.metrics.increment("manifests_signed_total")
+        logger.info("manifest of study %s signed: %d instances, root %s", study_id, manifest.instance_count,
+                    manifest.root[:16])
+        return manifest
+
+    def _build(self, study_id: str, instances: list[IndexedInstance]) -> Manifest:
         study = json.loads(self.runtime.orthanc.RestApiGet(f"/studies/{study_id}"))
         study_uid = str((study.get("MainDicomTags") or {}).get("StudyInstanceUID", ""))
         good: list[Seal] = []
@@ -131,15 +153,7 @@ class ManifestService:
                 self._alert(f"manifest of study {study_id}: instance left out: {exc}", study_uid)
                 continue
             good.append(seal)
-        manifest = build_manifest(study_uid, study_id, good, self.keyring.signer, self.runtime.clock())
-        self.store.put(manifest)
-        with self._lock:
-            for instance in instances:
-                self._members[instance.instance_id] = study_id
-        self.runtime.metrics.increment("manifests_signed_total")
-        logger.info("manifest of study %s signed: %d instances, root %s", study_id, manifest.instance_count,
-                    manifest.root[:16])
-        return manifest
+        return build_manifest(study_uid, study_id, good, self.keyring.signer, self.runtime.clock())
 
     def _alert(self, detail: str, study_uid: str = "") -> None:
         alert(self.runtime, internal_requester(), "manifest", detail, study_uid=study_uid)
@@ -302,8 +316,10 @@ def install(runtime: Runtime, storage: SealedStorage) -> tuple[ManifestService, 
     """
     root = storage.root
     data = runtime.config.data_directory
-    manifests = ManifestStore(data / "manifests.db", synchronous=runtime.config.sqlite_synchronous)
-    seals = SealReader(runtime.config.seal_database)
+    shared = runtime.config.shared_database
+    manifests = ManifestStore(open_store_database(shared, MANIFESTS_SCHEMA, data / "manifests.db",
+                                                  runtime.config.sqlite_synchronous))
+    seals = SealReader(open_store_database(shared, SEALS_SCHEMA, runtime.config.seal_database, readonly=True))
     try:
         state = ScrubState(data / "scrub.db", synchronous=runtime.config.sqlite_synchronous)
     except Exception as exc:
