@@ -4,8 +4,8 @@
 archive's database, and starts ``count`` hardened Orthanc nodes on it: Orthanc's index through
 Orthanc's PostgreSQL plugin (``PostgreSQL.EnableIndex``, ``EnableStorage: false``, ``Lock:
 false``), the files in one shared ``StorageDirectory`` (written and read by the plugin's
-storage area), the same signing key, passphrase and accounts, and — once the store supports
-it — ``Hardening.Database`` set to the same database. Each node keeps its own home, ports and
+storage area), the same signing key, passphrase and accounts, and ``Hardening.Database`` (with
+the audit trail) set to the same database. Each node keeps its own home, ports and
 log. ``Cluster.stop()`` stops every node and then PostgreSQL, also after a failed start.
 """
 
@@ -89,6 +89,9 @@ def prepare_node(
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(first.home / relative, target)
     merged = deep_merge(node_config(cluster.database_url, cluster.storage, name), config or {})
+    # The plugin's stores and the audit trail in the same database (Hardening.Database).
+    shared_store = {"Database": cluster.database_url, "Audit": {"Database": cluster.database_url}}
+    hardening = deep_merge(shared_store, hardening or {})
     # deep_merge replaces lists: the node's list names every plugin it loads.
     merged["Plugins"] = [PYTHON_PLUGIN, DICOMWEB_PLUGIN, POSTGRESQL_INDEX_PLUGIN]
     return make_server(home, pki, config=merged, hardening=hardening)

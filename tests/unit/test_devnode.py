@@ -77,9 +77,13 @@ def test_node_configuration_moves_the_index_to_postgresql_and_the_files_to_the_s
     # lock, so that several Orthanc share the index.
     assert (section["EnableIndex"], section["EnableStorage"], section["Lock"]) == (True, False, False)
     assert section["ConnectionUri"] == "postgresql://o@db:5432/archive"
+    # The plugin's stores and the audit trail in the same database.
+    assert config["Hardening"]["Database"] == config["Hardening"]["Audit"]["Database"] == section["ConnectionUri"]
     # Everything else is the repository's configuration, ${VAR} references left to Orthanc.
-    assert {k: v for k, v in config.items() if k not in ("Plugins", "StorageDirectory", "PostgreSQL")} == {
-        k: v for k, v in base.items() if k not in ("Plugins", "StorageDirectory")
+    changed = ("Plugins", "StorageDirectory", "PostgreSQL", "Hardening")
+    assert {k: v for k, v in config.items() if k not in changed} == {k: v for k, v in base.items() if k not in changed}
+    assert {k: v for k, v in config["Hardening"].items() if k not in ("Database", "Audit")} == {
+        k: v for k, v in base["Hardening"].items() if k not in ("Database", "Audit")
     }
     assert config["SslCertificate"] == "${HARDENING_HOME}/tls/server.pem"
 

@@ -153,6 +153,11 @@ def node_configuration(base_text: str, postgres_url: str, storage: Path) -> dict
     plugins = [p for p in config.get("Plugins", []) if p != POSTGRESQL_INDEX_PLUGIN]
     config["Plugins"] = [*plugins, POSTGRESQL_INDEX_PLUGIN]
     config["StorageDirectory"] = str(storage)
+    # The plugin's stores and the audit trail in the same database (Hardening.Database; the
+    # audit trail's own key is set in orthanc.json, so it is set here too).
+    section = config.setdefault("Hardening", {})
+    section["Database"] = postgres_url
+    section["Audit"] = {**section.get("Audit", {}), "Database": postgres_url}
     config["PostgreSQL"] = {
         "EnableIndex": True,
         "EnableStorage": False,
