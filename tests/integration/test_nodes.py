@@ -8,10 +8,16 @@ one joining it with ``HARDENING_POSTGRES``, ``HARDENING_STORAGE`` and ``HARDENIN
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
 import subprocess
+import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,10 +28,15 @@ from tests.support.server import OrthancServer, Pki, free_port
 
 pytestmark = [pytest.mark.integration]
 
+# Orthanc's own error when the storage read raises (500; 415 for an image it cannot decode).
+REFUSED = (409, 415, 500)
+
 
 @pytest.fixture(scope="module")
 def cluster(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with start_cluster(tmp_path_factory.mktemp("nodes"), pki) as running:
+    # StableAge 1: studies get their signed manifest within a second of their last instance.
+    config = {"StableAge": 1}
+    with start_cluster(tmp_path_factory.mktemp("nodes"), pki, config=config) as running:
         yield running
 
 
@@ -60,6 +71,104 @@ def test_both_nodes_ingest_into_one_index(nodes) -> None:
     series = a.get(f"/instances/{on_a}/series").json()
     assert sorted(series["Instances"]) == sorted([on_a, on_b])
     assert b.get(f"/series/{series['ID']}").json()["Instances"] == series["Instances"]
+
+
+def wait_for(predicate, what: str, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def ingest(server: OrthancServer, count: int, patient_id: str) -> tuple[str, list[str], list[bytes]]:
+    files = make_series(count, patient_id=patient_id)
+    ids = [server.upload(data)["ID"] for data in files]
+    return server.get(f"/instances/{ids[0]}/study").json()["ID"], ids, files
+
+
+def manifest(server: OrthancServer, study: str) -> dict[str, Any]:
+    response = server.get(f"/hardening/studies/{study}/manifest", user="user")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def security_alerts(server: OrthancServer, needle: str) -> list[dict[str, Any]]:
+    events = server.get("/hardening/audit", user="auditor", params={"event": "110113", "limit": 500}).json()["events"]
+    return [e for e in events if needle in json.dumps(e)]
+
+
+def test_sealed_on_one_node_is_verified_and_served_by_the_other(nodes) -> None:
+    a, b = nodes
+    study, ids, files = ingest(a, 2, "NODES-SERVE")
+    for instance, data in zip(ids, files, strict=True):
+        assert b.get(f"/instances/{instance}/file").content == data
+        seal = b.get(f"/hardening/instances/{instance}/seal").json()
+        assert seal["verified"] is True and all(not part["problem"] for part in seal["attachments"]), seal
+    study_uid = a.get(f"/studies/{study}").json()["MainDicomTags"]["StudyInstanceUID"]
+    wado = b.get(f"/dicom-web/studies/{study_uid}", headers={"Accept": "multipart/related; type=application/dicom"})
+    assert wado.status_code == 200 and all(data in wado.content for data in files)
+    archive = b.get(f"/studies/{study}/archive")
+    assert archive.status_code == 200
+    with zipfile.ZipFile(io.BytesIO(archive.content)) as bundle:
+        assert sorted(bundle.read(name) for name in bundle.namelist() if not name.endswith("/")) == sorted(files)
+
+
+def test_deletion_on_one_node_resigns_the_manifest_the_other_serves(nodes) -> None:
+    a, b = nodes
+    study, ids, files = ingest(a, 3, "NODES-DELETE")
+    signed = wait_for(lambda: (r := a.get(f"/hardening/studies/{study}/manifest")).status_code == 200 and r.json(),
+                      "the manifest signed by A")
+    assert signed["manifest"]["instance_count"] == 3
+    assert b.delete(f"/instances/{ids[0]}").status_code == 200
+    resigned = wait_for(lambda: (m := manifest(a, study))["manifest"]["instance_count"] == 2 and m,
+                        "the manifest re-signed after B's deletion")
+    assert resigned["verification"]["ok"] is True, resigned
+    assert resigned["manifest"] != signed["manifest"]
+    for instance, data in zip(ids[1:], files[1:], strict=True):
+        assert a.get(f"/instances/{instance}/file").content == data
+    assert a.get(f"/instances/{ids[0]}/file").status_code == 404
+
+
+def test_one_series_read_on_both_nodes_is_one_trail_that_verifies(nodes) -> None:
+    a, b = nodes
+    study, ids, _files = ingest(a, 1, "NODES-TRAIL")
+    series_uid = a.get(f"/instances/{ids[0]}/series").json()["MainDicomTags"]["SeriesInstanceUID"]
+    assert a.get(f"/instances/{ids[0]}/file", user="user").status_code == 200
+    assert b.get(f"/instances/{ids[0]}/file", user="user").status_code == 200
+    for node in (a, b):
+        events = node.get("/hardening/audit", user="auditor", params={"series": series_uid}).json()["events"]
+        reads = [e for e in events if "110103" in str(e["event"]) and e["user"] == "user"]
+        assert len(reads) == 2, events
+    assert a.get("/hardening/audit", user="auditor", params={"series": series_uid}).json() == \
+        b.get("/hardening/audit", user="auditor", params={"series": series_uid}).json()
+    for node in (a, b):
+        report = node.get("/hardening/audit/verify", user="auditor").json()
+        assert report["ok"] is True, report
+
+
+@pytest.mark.attack
+def test_tampered_shared_file_is_refused_by_both_nodes(cluster: Cluster, nodes) -> None:
+    a, b = nodes
+    _study, ids, files = ingest(a, 2, "NODES-TAMPER")
+    path = stored_path(cluster.storage, a, ids[0])
+    forged = bytearray(files[0])
+    forged[-1] ^= 0xFF  # one pixel changed, as CT-GAN would
+    path.write_bytes(bytes(forged))
+    uuid = path.name
+    for node in (a, b):
+        response = node.get(f"/instances/{ids[0]}/file")
+        assert response.status_code in REFUSED and forged not in response.content, response.status_code
+        assert "SealMismatchError" in node.log_text() or "does not match" in node.log_text()
+        assert security_alerts(node, uuid), f"no Security Alert naming {uuid}"
+        # The untouched instance of the same series is still served as stored.
+        assert node.get(f"/instances/{ids[1]}/file").content == files[1]
+    # Nothing trusted changed: the seal still binds the original bytes.
+    seal = b.get(f"/hardening/instances/{ids[0]}/seal").json()
+    assert seal["attachments"][0]["seal"]["sha256"] == hashlib.sha256(files[0]).hexdigest()
 
 
 # -- make run as a node -------------------------------------------------------------------------
