@@ -135,7 +135,7 @@ def test_deletion_on_one_node_resigns_the_manifest_the_other_serves(nodes) -> No
 
 def test_one_series_read_on_both_nodes_is_one_trail_that_verifies(nodes) -> None:
     a, b = nodes
-    study, ids, _files = ingest(a, 1, "NODES-TRAIL")
+    _study, ids, _files = ingest(a, 1, "NODES-TRAIL")
     series_uid = a.get(f"/instances/{ids[0]}/series").json()["MainDicomTags"]["SeriesInstanceUID"]
     assert a.get(f"/instances/{ids[0]}/file", user="user").status_code == 200
     assert b.get(f"/instances/{ids[0]}/file", user="user").status_code == 200
