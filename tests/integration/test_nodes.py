@@ -13,6 +13,7 @@ import io
 import json
 import os
 import subprocess
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from tests.integration.test_deployment import RUN_SCRIPT, Deployment
 from tests.support.dicom import make_instance, make_series
@@ -241,3 +243,101 @@ def test_make_run_refuses_a_storage_folder_it_cannot_write(cluster: Cluster, tmp
 def test_make_run_refuses_join_without_postgres(tmp_path: Path) -> None:
     error = devsetup_failure(tmp_path / "node", {"HARDENING_JOIN": str(tmp_path)})
     assert "HARDENING_STORAGE and HARDENING_JOIN need HARDENING_POSTGRES" in error
+
+
+# -- crashes: a node killed, PostgreSQL restarted (last in the module: they restart what they break) --
+
+
+def upload_all(server: OrthancServer, files: list[bytes], acknowledged: list[str], progress: threading.Event,
+               after: int) -> None:
+    """One client: upload ``files`` in turn, recording each acknowledged instance; stop at the first failure."""
+    for data in files:
+        try:
+            response = server.post("/instances", data=data, headers={"Content-Type": "application/dicom"}, timeout=60)
+        except requests.RequestException:
+            return
+        if response.status_code != 200:
+            return
+        acknowledged.append(response.json()["ID"])
+        if len(acknowledged) >= after:
+            progress.set()
+
+
+def test_node_killed_during_an_ingest_storm_loses_nothing_acknowledged(nodes) -> None:
+    a, b = nodes
+    on_a, on_b = make_series(30, patient_id="NODES-STORM-A"), make_series(30, patient_id="NODES-STORM-B")
+    acked_a: list[str] = []
+    acked_b: list[str] = []
+    a_progress, b_progress = threading.Event(), threading.Event()
+    clients = [threading.Thread(target=upload_all, args=(a, on_a, acked_a, a_progress, 10)),
+               threading.Thread(target=upload_all, args=(b, on_b, acked_b, b_progress, 10**6))]
+    for client in clients:
+        client.start()
+    try:
+        assert a_progress.wait(120), "A acknowledged fewer than 10 instances"
+        a.kill()  # kill -9 in the middle of the storm
+    finally:
+        for client in clients:
+            client.join(180)
+    # B kept serving: every one of its client's instances was acknowledged.
+    assert len(acked_b) == 30
+    a.start()
+    for instance in [*acked_a, *acked_b]:
+        for node in (a, b):
+            assert node.get(f"/instances/{instance}/file").status_code == 200, instance
+        seal = b.get(f"/hardening/instances/{instance}/seal").json()
+        assert seal["verified"] is True, seal
+    for node in (a, b):
+        report = node.get("/hardening/audit/verify", user="auditor").json()
+        assert report["ok"] is True, report
+
+
+def test_postgres_restarted_under_load_refuses_while_down_and_resumes(cluster: Cluster, nodes) -> None:
+    a, b = nodes
+    files = make_series(40, patient_id="NODES-PG")
+    acknowledged: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        # One client on B keeps ingesting through the outage; only 200 answers count.
+        for data in files:
+            if stop.is_set():
+                return
+            try:
+                response = b.post("/instances", data=data, headers={"Content-Type": "application/dicom"}, timeout=60)
+            except requests.RequestException:
+                continue
+            if response.status_code == 200:
+                acknowledged.append(response.json()["ID"])
+
+    before = a.upload(make_instance(patient_id="NODES-PG-BEFORE"))["ID"]
+    client = threading.Thread(target=load)
+    client.start()
+    try:
+        wait_for(lambda: len(acknowledged) >= 3, "ingest under load")
+        cluster.postgres.stop()  # immediate: as a crash of the database server would
+        # While it is down: refused (enforce), answered (the request timeout would raise), never served.
+        upload = a.post("/instances", data=make_instance(patient_id="NODES-PG-DOWN"),
+                        headers={"Content-Type": "application/dicom"}, timeout=60)
+        read = a.get(f"/instances/{before}/file", timeout=60)
+        assert upload.status_code in (403, 500, 503) and read.status_code in (403, 500, 503), \
+            (upload.status_code, read.status_code)
+        assert "refused" in a.log_text() and "cannot be opened" in a.log_text()
+    finally:
+        if not cluster.postgres.running:
+            cluster.postgres.start()
+        stop.set()
+        client.join(120)
+    # Service resumes on both nodes once PostgreSQL is back (Orthanc's plugin reconnects).
+    wait_for(lambda: a.post("/instances", data=files[-1], headers={"Content-Type": "application/dicom"}).status_code
+             == 200, "ingest on A after the restart", timeout=60)
+    wait_for(lambda: b.get(f"/instances/{before}/file").status_code == 200, "reads on B after the restart", timeout=60)
+    # Nothing acknowledged was lost, before or during the outage; every one is sealed.
+    for instance in [before, *acknowledged]:
+        assert a.get(f"/instances/{instance}/file").status_code == 200, instance
+        assert b.get(f"/hardening/instances/{instance}/seal").json()["verified"] is True, instance
+    # The audit trail's readers reconnect too: the chain verifies on both nodes.
+    for node in (a, b):
+        verify = wait_for(lambda n=node: (r := n.get("/hardening/audit/verify", user="auditor")).status_code == 200
+                          and r, "the audit verification after the restart", timeout=30)
+        assert verify.json()["ok"] is True, verify.text
