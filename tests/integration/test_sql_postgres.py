@@ -80,7 +80,7 @@ def test_two_nodes_creating_the_schema_at_once_both_succeed(postgres: PostgresSe
             barrier.wait()
             store = open_store(postgres.url(), schema="ddl_race")
             store.close()
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=start) for _ in range(4)]
