@@ -2,13 +2,15 @@
 
 Several nodes share one PostgreSQL database: two stores (two connections, as two nodes have)
 append to one audit chain at once, re-sign one study's manifest at once, and the chain verifies
-with nothing lost; DDL run by two nodes at once does not fail; errors hide the URL's password.
+with nothing lost; DDL run by two nodes at once does not fail; errors hide the URL's password; the
+scrub lease passes to another node when its holder dies, and that node resumes the run.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -17,8 +19,11 @@ import pytest
 from orthanc_hardening.audit.chain import verify_chain
 from orthanc_hardening.errors import StoreUnavailableError
 from orthanc_hardening.seal.keys import KeyRing
+from orthanc_hardening.seal.manifest import Manifest, build_manifest
 from orthanc_hardening.services.audit_writer import AuditWriter
 from orthanc_hardening.stores.audit_store import open_store
+from orthanc_hardening.stores.manifest_store import ManifestStore
+from orthanc_hardening.stores.scrub_state import ScrubLeaseLost, ScrubState
 from orthanc_hardening.stores.sql import Database, sqlite_url
 from tests.support.postgres import PostgresServer
 from tests.unit.audit.conftest import FixedClock, make_event, signer_from_seed
@@ -80,7 +85,7 @@ def test_two_nodes_creating_the_schema_at_once_both_succeed(postgres: PostgresSe
             barrier.wait()
             store = open_store(postgres.url(), schema="ddl_race")
             store.close()
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=start) for _ in range(4)]
@@ -127,3 +132,70 @@ def test_audit_store_down_then_back_refuses_then_resumes(postgres: PostgresServe
         store.get_cursor("x")
     assert store.get_cursor("x") == 1  # a new connection at the next call
     store.close()
+
+
+def test_two_nodes_resigning_one_study_keep_the_latest_view(postgres: PostgresServer) -> None:
+    # Node A reads the index (view 1) and is slow to sign; node B deletes an instance (view 2) and
+    # re-signs meanwhile. Under the per-study lock B's read waits for A's write, so the stored
+    # manifest is B's (the latest), never A's stale one written last.
+    signer = signer_from_seed(3)
+    clock = FixedClock()
+    index = {"view": "view-1"}
+    a_reading, order = threading.Event(), []
+    node_a, node_b = (ManifestStore(Database(postgres.url(), schema="manifests_race")) for _ in range(2))
+
+    def sign(store: ManifestStore, name: str) -> None:
+        def build() -> Manifest:
+            seen = index["view"]
+            order.append((name, seen))
+            if name == "A":
+                a_reading.set()
+                b_started.wait(30)
+            return build_manifest(seen, "study-1", [], signer, clock())
+        store.update("study-1", build)
+
+    b_started = threading.Event()
+    thread_a = threading.Thread(target=sign, args=(node_a, "A"))
+    thread_a.start()
+    assert a_reading.wait(30)
+    index["view"] = "view-2"  # B deleted an instance
+
+    def node_b_signs() -> None:
+        b_started.set()
+        sign(node_b, "B")
+
+    thread_b = threading.Thread(target=node_b_signs)
+    thread_b.start()
+    thread_a.join(30)
+    thread_b.join(30)
+    assert order == [("A", "view-1"), ("B", "view-2")]
+    stored = node_a.get("study-1")
+    assert stored is not None and stored.study_uid == "view-2"
+    node_a.close()
+    node_b.close()
+
+
+def test_scrub_lease_is_taken_over_after_its_holder_dies_and_the_run_resumes(postgres: PostgresServer) -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    node_a = ScrubState(Database(postgres.url(), schema="scrub_lease"), holder="node-a")
+    node_b = ScrubState(Database(postgres.url(), schema="scrub_lease"), holder="node-b")
+    assert node_a.take_lease(now)
+    run = node_a.start_run(now, {"pause_seconds": 0})
+    node_a.record(run, [("file-1", 1), ("file-2", 1)], [], 1.0, 200, 4, now)
+    # Node A dies (kill -9: no release). While its lease is live, B refuses to scrub too.
+    assert not node_b.take_lease(now + timedelta(seconds=30))
+    assert node_b.lease_holder(now + timedelta(seconds=30)) == "node-a"
+    later = now + timedelta(seconds=node_a.lease_seconds + 1)
+    assert node_b.take_lease(later)
+    latest = node_b.latest()
+    assert latest is not None and latest["id"] == run and latest["state"] == "running"
+    assert node_b.done(run) == {("file-1", 1), ("file-2", 1)}  # resumes where A stopped
+    node_b.record(run, [("file-3", 1)], [], 2.0, 300, 4, later)
+    # A comes back from a pause: its lease is gone, it writes nothing of its batch.
+    with pytest.raises(ScrubLeaseLost):
+        node_a.record(run, [("file-4", 1)], [], 3.0, 400, 4, later)
+    assert node_b.done(run) == {("file-1", 1), ("file-2", 1), ("file-3", 1)}
+    node_b.finish(run, "finished", later, {"state": "finished"})
+    assert node_a.take_lease(later)  # released at the end of the run
+    node_a.database.close()
+    node_b.database.close()

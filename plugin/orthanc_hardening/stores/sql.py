@@ -36,9 +36,11 @@ SQLITE = "sqlite"
 POSTGRESQL = "postgresql"
 _DDL_LOCK = "orthanc-hardening:ddl"
 _TYPES = {
-    SQLITE: {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "blob": "BLOB", "bigint": "INTEGER", "rowid": ""},
+    SQLITE: {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "blob": "BLOB", "bigint": "INTEGER", "rowid": "",
+             "real": "REAL"},
     # PostgreSQL has no implicit rowid: a table that relies on one declares it with {rowid}.
-    POSTGRESQL: {"id": "BIGSERIAL PRIMARY KEY", "blob": "BYTEA", "bigint": "BIGINT", "rowid": "rowid BIGSERIAL,"},
+    POSTGRESQL: {"id": "BIGSERIAL PRIMARY KEY", "blob": "BYTEA", "bigint": "BIGINT", "rowid": "rowid BIGSERIAL,",
+                 "real": "DOUBLE PRECISION"},
 }
 
 
@@ -277,8 +279,8 @@ class Database:
     def create_schema(self, ddl: str) -> None:
         """Create the tables and indexes of ``ddl`` (``;``-separated, ``IF NOT EXISTS``) in one transaction.
 
-        ``{id}``, ``{blob}``, ``{bigint}`` and ``{rowid}`` become this dialect's types (``{rowid}``: an
-        explicit ``rowid`` column where the dialect has no implicit one). On
+        ``{id}``, ``{blob}``, ``{bigint}``, ``{real}`` (8 bytes) and ``{rowid}`` become this dialect's
+        types (``{rowid}``: an explicit ``rowid`` column where the dialect has no implicit one). On
         PostgreSQL the DDL runs under an advisory lock, so nodes starting at once do not race.
 
         Raises:
