@@ -292,6 +292,26 @@ def test_node_killed_during_an_ingest_storm_loses_nothing_acknowledged(nodes) ->
         assert report["ok"] is True, report
 
 
+
+def test_node_restarting_while_the_other_ingests_keeps_every_acknowledged_instance(nodes) -> None:
+    a, b = nodes
+    files = make_series(40, patient_id="NODES-RESTART")
+    acknowledged: list[str] = []
+    progress = threading.Event()
+    client = threading.Thread(target=upload_all, args=(b, files, acknowledged, progress, 5))
+    client.start()
+    try:
+        assert progress.wait(120), "B acknowledged fewer than 5 instances"
+        # A's start-up reconciliation runs while B's ingests are in flight.
+        a.restart()
+    finally:
+        client.join(180)
+    assert len(acknowledged) == 40
+    for instance in acknowledged:
+        for node in (a, b):
+            assert node.get(f"/instances/{instance}/file").status_code == 200, instance
+
+
 def test_postgres_restarted_under_load_refuses_while_down_and_resumes(cluster: Cluster, nodes) -> None:
     a, b = nodes
     files = make_series(40, patient_id="NODES-PG")
