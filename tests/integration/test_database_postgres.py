@@ -4,7 +4,8 @@ One Orthanc and one Debian PostgreSQL for the module: ingest seals into the shar
 (schema ``hardening_seals``), reads verify against it and serve byte-identical, the audit trail
 (schema ``hardening_audit``) records and verifies, the study manifest is signed there; an
 attacker with write access to the database who edits a seal row gets the instance refused on
-every path, a Security Alert, and nothing else changes.
+every path, a Security Alert, and nothing else changes; with PostgreSQL stopped, reads and ingests
+are refused and nothing acknowledged is lost; once it is back, service resumes by itself.
 """
 
 from __future__ import annotations
@@ -99,3 +100,31 @@ def test_seal_row_edited_in_postgres_is_refused_and_alerted(server: OrthancServe
         assert conn.execute("SELECT count(*) FROM hardening_seals.failures").fetchone()[0] > failures_before
         assert conn.execute("SELECT uuid, record FROM hardening_seals.seals WHERE uuid <> %s ORDER BY uuid",
                             (uuid,)).fetchall() == others_before
+
+
+def test_postgres_down_refuses_what_needs_the_store_and_service_resumes(server: OrthancServer,
+                                                                        postgres: PostgresServer) -> None:
+    _study, ids, files = ingest(server, 1, "PGDOWN")
+    before = server.get("/instances").json()
+    postgres.stop()
+    try:
+        read = server.get(f"/instances/{ids[0]}/file")
+        late = make_series(1, patient_id="PGDOWN2")[0]
+        upload = server.post("/instances", data=late)
+        # The read is refused by the HTTP filter (its audit event cannot be committed); the ingest
+        # by the sealed storage area (its seal cannot be committed), which Orthanc answers with
+        # its plugin error; the log names the store that is down.
+        assert read.status_code == 403 and read.content == b""
+        assert upload.status_code == 500
+        assert upload.json()["OrthancError"] == "Error encountered within the plugin engine"
+        assert any("storage-create refused: database postgresql://" in line and "hardening_seals" in line
+                   for line in server.log_text().splitlines())
+    finally:
+        postgres.start()
+    # Back: nothing acknowledged was lost, the refused upload left nothing, the service resumes.
+    assert server.get("/instances").json() == before
+    response = server.get(f"/instances/{ids[0]}/file")
+    assert response.status_code == 200 and response.content == files[ids[0]]
+    assert server.upload(late)["ID"]
+    verification = server.get("/hardening/audit/verify", user="auditor")
+    assert verification.status_code == 200 and verification.json()["ok"] is True, verification.text

@@ -72,7 +72,7 @@ class ManifestStore:
             SealInvalidError: the stored record is malformed.
         """
         row = self.database.read_one("SELECT record FROM manifests WHERE study_id = ?", (study_id,))
-        return None if row is None else Manifest.from_bytes(bytes(row[0]))
+        return None if row is None else Manifest.from_bytes(row[0])
 
     def delete(self, study_id: str) -> None:
         self.database.write("DELETE FROM manifests WHERE study_id = ?", (study_id,))

@@ -181,7 +181,7 @@ class SQLSealStore:
             ).fetchone()
         if found is None:
             return None
-        return SealRow(int(found[0]), Seal.from_bytes(bytes(found[1])), str(found[2]))
+        return SealRow(int(found[0]), Seal.from_bytes(found[1]), str(found[2]))
 
     def seals_of_instance(self, sop_instance_uid: str) -> list[Seal]:
         """Every stored seal bound to a SOP Instance UID."""
@@ -189,7 +189,7 @@ class SQLSealStore:
             rows = db.execute(
                 "SELECT record FROM seals WHERE sop_instance_uid = ? AND state = 'stored'", (sop_instance_uid,)
             ).fetchall()
-        return [Seal.from_bytes(bytes(r[0])) for r in rows]
+        return [Seal.from_bytes(r[0]) for r in rows]
 
     def delete(self, uuid: str, content_type: int) -> None:
         """Drop a seal row (only when its file was never written)."""
@@ -261,7 +261,7 @@ class SQLSealStore:
             rows = db.execute(
                 "SELECT rowid, record, state FROM seals WHERE rowid > ? AND state = 'stored' ORDER BY rowid", (clean,)
             ).fetchall()
-        return [SealRow(int(r[0]), Seal.from_bytes(bytes(r[1])), str(r[2])) for r in rows]
+        return [SealRow(int(r[0]), Seal.from_bytes(r[1]), str(r[2])) for r in rows]
 
 
 class SQLiteSealStore(SQLSealStore):

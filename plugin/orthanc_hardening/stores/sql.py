@@ -25,7 +25,7 @@ import hashlib
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -254,13 +254,28 @@ class Database:
                             conn.execute("ROLLBACK")
                         raise
                 else:
-                    with conn.transaction():
-                        transaction = Transaction(self, conn)
+                    with ExitStack() as stack:
+                        stack.push(self._begin_postgres())  # entered: its __exit__ commits or rolls back
+                        transaction = Transaction(self, self._conn)
                         if serialise is not None:
                             transaction.serialise(serialise)
                         yield transaction
             except errors as exc:
                 raise self._error(action, exc) from exc
+
+    def _begin_postgres(self) -> Any:
+        """``BEGIN`` on the connection; a connection found dead there (the server restarted while it
+        was idle) is replaced once: nothing of the transaction ran yet, so that is safe."""
+        import psycopg
+
+        manager = self._connection().transaction()
+        try:
+            manager.__enter__()
+        except psycopg.OperationalError:
+            self.close()
+            manager = self._connection().transaction()
+            manager.__enter__()
+        return manager
 
     def read(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Every row of one query (its own transaction)."""
