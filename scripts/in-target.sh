@@ -21,11 +21,11 @@
 # and build/ are the target's own (a venv and a libssl shim belong to one Python and one
 # OpenSSL), so the host's and every target's stay side by side. The host's loopback is shared:
 # a server started inside is reached from the host on the same port. HARDENING_HOME,
-# HTTPS_PORT, DICOM_PORT, DICOM_AET and CI are passed through (HARDENING_HOME defaults to
-# var/TARGET, so that each Orthanc version keeps its own index); the command runs in the
-# repository root. The command runs in its own PID and mount namespaces: Ctrl-C and SIGTERM
-# reach it, and when it ends every process it left behind is killed and every mount is gone,
-# however it ended. Needs root (debootstrap, chroot, mounts).
+# HTTPS_PORT, DICOM_PORT, DICOM_AET, HARDENING_POSTGRES, HARDENING_STORAGE, HARDENING_JOIN and
+# CI are passed through (HARDENING_HOME defaults to var/TARGET, so that each Orthanc version
+# keeps its own index); the command runs in the repository root. The command runs in its own
+# PID and mount namespaces: Ctrl-C and SIGTERM reach it, and when it ends every process it left
+# behind is killed and every mount is gone, however it ended. Needs root (debootstrap, chroot, mounts).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -145,7 +145,8 @@ inner_environment() {
         HOME=/root LANG=C.UTF-8 LC_ALL=C.UTF-8 \
         "TERM=${TERM:-dumb}" "HARDENING_TARGET=$TARGET" \
         "HARDENING_HOME=${HARDENING_HOME:-$REPO/var/$TARGET}"
-    for name in HTTPS_PORT DICOM_PORT DICOM_AET CI PYTEST_ARGS HARDENING_SUITE_BUDGET http_proxy https_proxy no_proxy \
+    for name in HTTPS_PORT DICOM_PORT DICOM_AET HARDENING_POSTGRES HARDENING_STORAGE HARDENING_JOIN CI PYTEST_ARGS \
+        HARDENING_SUITE_BUDGET http_proxy https_proxy no_proxy \
         HTTP_PROXY HTTPS_PROXY NO_PROXY PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_DEFAULT_TIMEOUT; do
         [[ -n "${!name:-}" ]] && printf '%s=%s\0' "$name" "${!name}"
     done

@@ -121,6 +121,23 @@ class HardeningConfig:
     # Whether Orthanc authenticates HTTP requests (its AuthenticationEnabled, with Orthanc's
     # default): only then does the user named by an Authorization header count.
     http_authentication: bool = True
+    # Hardening.Database: a postgresql:// URL puts every plugin store in that database (one schema
+    # per store, shared by the nodes of one archive); None or sqlite: the SQLite files under
+    # DataDirectory, as before.
+    database: str | None = None
+
+    @property
+    def shared_database(self) -> str | None:
+        """The PostgreSQL URL the plugin's stores live in, or ``None`` (SQLite files)."""
+        if self.database is not None and urlparse(self.database).scheme in ("postgresql", "postgres"):
+            return self.database
+        return None
+
+    @property
+    def audit_schema(self) -> str | None:
+        """The PostgreSQL schema of the audit trail when it lives in ``Hardening.Database`` (else ``None``)."""
+        shared = self.shared_database
+        return "hardening_audit" if shared is not None and self.audit.database == shared else None
 
     @property
     def is_enforcing(self) -> bool:
@@ -160,6 +177,7 @@ _TOP_KEYS = {
     "Durability",
     "Audit",
     "Permissions",
+    "Database",
 }
 _PERMISSIONS_KEYS = {"Roles", "Users", "Anonymous"}
 # orthanc-authorization's vocabulary plus this plugin's (access/routes.py, Permission).
@@ -213,7 +231,15 @@ def load_config(orthanc_config: Mapping[str, Any]) -> HardeningConfig:
     administrators = tuple(_string_list(section, "Administrators"))
     unsealed = _enum(section, "UnsealedPolicy", UnsealedPolicy, UnsealedPolicy.SERVE_AND_FLAG)
     durability = _enum(section, "Durability", Durability, Durability.PROCESS)
-    audit = _audit(section.get("Audit", {}), data_directory)
+    database = None
+    if section.get("Database") is not None:
+        database = _string(section, "Database", "")
+        _check_database_url(database, f"{SECTION}.Database")
+    audit_raw = section.get("Audit", {})
+    if database is not None and urlparse(database).scheme != "sqlite" and isinstance(audit_raw, Mapping) \
+            and audit_raw.get("Database") is None:
+        audit_raw = {**audit_raw, "Database": database}  # the audit trail follows Hardening.Database
+    audit = _audit(audit_raw, data_directory)
     permissions = _permissions(section["Permissions"]) if section.get("Permissions") is not None else None
 
     return HardeningConfig(
@@ -231,6 +257,7 @@ def load_config(orthanc_config: Mapping[str, Any]) -> HardeningConfig:
         audit=audit,
         permissions=permissions,
         http_authentication=http_authentication_enabled(orthanc_config),
+        database=database,
     )
 
 

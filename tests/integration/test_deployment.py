@@ -17,7 +17,7 @@ import stat
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -42,6 +42,7 @@ class Deployment:
     aet: str
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. HARDENING_POSTGRES (test_nodes.py)
 
     @property
     def url(self) -> str:
@@ -59,6 +60,10 @@ class Deployment:
         auth = None if user is None else (user, password if password is not None else self.credentials()[user])
         return requests.get(self.url + path, auth=auth, verify=self.ca, timeout=30)
 
+    def post(self, path: str, data: bytes, user: str = "admin") -> requests.Response:
+        return requests.post(self.url + path, data=data, auth=(user, self.credentials()[user]), verify=self.ca,
+                             timeout=30, headers={"Content-Type": "application/dicom"})
+
     def start(self) -> None:
         env = {key: value for key, value in os.environ.items() if key not in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")}
         env.update(
@@ -67,6 +72,7 @@ class Deployment:
             DICOM_PORT=str(self.dicom_port),
             DICOM_AET=self.aet,
         )
+        env.update(self.extra_env)
         self.log_path = self.home.parent / f"{self.home.name}-run.log"
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(

@@ -103,3 +103,18 @@ def test_sqlite_path_of_a_url() -> None:
     assert sqlite_path("sqlite:///var/lib/x/audit.db") == Path("/var/lib/x/audit.db")
     with pytest.raises(ValueError):
         sqlite_path("postgresql://h/db")
+
+
+def test_database_puts_the_stores_and_the_audit_trail_in_postgresql() -> None:
+    url = "postgresql://orthanc@db.example/archive?sslmode=verify-full"
+    config = load_config({"Hardening": {"Database": url}})
+    assert (config.database, config.shared_database) == (url, url)
+    assert (config.audit.database, config.audit_schema) == (url, "hardening_audit")
+    own = load_config({"Hardening": {"Database": url, "Audit": {"Database": "sqlite:///srv/audit.db"}}})
+    assert (own.audit.database, own.audit_schema) == ("sqlite:///srv/audit.db", None)
+    default = load_config({})
+    assert (default.database, default.shared_database, default.audit_schema) == (None, None, None)
+    assert load_config({"Hardening": {"Database": "sqlite:///srv/x.db"}}).shared_database is None
+    with pytest.raises(ConfigError) as caught:
+        load_config({"Hardening": {"Database": "mysql://db/x"}})
+    assert caught.value.key == "Hardening.Database"

@@ -34,6 +34,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from orthanc_hardening.commands import devnode
+
 ACCOUNTS = ("admin", "auditor", "user")
 
 
@@ -264,21 +266,63 @@ def instance_config(credentials: dict[str, str], https_port: int, dicom_port: in
     }
 
 
-def setup(home: Path, https_port: int, dicom_port: int, aet: str, now: dt.datetime) -> DevFiles:
-    """Create or reuse everything under ``home``; rewrite the per-instance configuration."""
+@dataclass(frozen=True, slots=True)
+class NodeOptions:
+    """How this instance joins a shared archive (``commands/devnode.py``)."""
+
+    postgres: str
+    storage: Path
+    orthanc_json: Path
+    join: Path | None = None
+
+
+def setup(
+    home: Path, https_port: int, dicom_port: int, aet: str, now: dt.datetime, node: NodeOptions | None = None
+) -> DevFiles:
+    """Create or reuse everything under ``home``; rewrite the per-instance configuration.
+
+    With ``node``, the instance is a node of a shared archive: the checks run first (so a
+    wrong variable changes nothing), a joining node takes the joined node's trust before
+    anything missing is created, and ``config/orthanc.json`` is generated for the node.
+
+    Raises:
+        SystemExit: a node option is wrong (not a node home, PostgreSQL unreachable, storage
+            not writable).
+    """
     files = DevFiles(home.resolve())
+    if node is not None:
+        if node.join is not None:
+            devnode.check_join_home(node.join, files.home)
+        devnode.check_storage(node.storage)
+        devnode.check_postgres(node.postgres)
     files.home.mkdir(parents=True, exist_ok=True)
+    if node is not None and node.join is not None:
+        devnode.join_home(node.join, files.home)
     ensure_pki(files, now)
     ensure_signing_key(files)
     credentials = ensure_credentials(files)
     generated = instance_config(credentials, https_port, dicom_port, aet)
+    if node is not None:
+        # Orthanc 1.11 and later: this node's identity among the servers sharing the index
+        # (1.10 does not read it).
+        generated["DatabaseServerIdentifier"] = f"{aet}-{https_port}"
+        config = devnode.node_configuration(node.orthanc_json.read_text(encoding="utf-8"), node.postgres, node.storage)
+        devnode.write_node_configuration(files.home / "config" / "orthanc.json", config)
     _write_private(files.instance_config, json.dumps(generated, indent=2).encode("utf-8") + b"\n")
     return files
 
 
 def _run(args: argparse.Namespace) -> int:
+    node = None
+    if args.postgres:
+        storage = Path(args.storage or Path(args.home) / "storage").absolute()
+        join = Path(args.join).absolute() if args.join else None
+        node = NodeOptions(postgres=args.postgres, storage=storage, orthanc_json=Path(args.orthanc_json), join=join)
+    elif args.join:
+        raise SystemExit("HARDENING_JOIN needs HARDENING_POSTGRES (and HARDENING_STORAGE): nodes of one archive "
+                         "share Orthanc's index in PostgreSQL and one storage folder")
     files = setup(
-        Path(args.home), args.https_port, args.dicom_port, args.aet, dt.datetime.now(dt.timezone.utc)
+        Path(args.home), args.https_port, args.dicom_port, args.aet, dt.datetime.now(dt.timezone.utc), node
     )
     print(f"development files ready in {files.home}")
     return 0
@@ -293,4 +337,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--https-port", type=int, default=8443)
     parser.add_argument("--dicom-port", type=int, default=4242)
     parser.add_argument("--aet", default="HARDENED")
+    parser.add_argument("--postgres", default="", help="libpq URL: this instance is a node of the archive there")
+    parser.add_argument("--storage", default="", help="the archive's shared storage folder (with --postgres)")
+    parser.add_argument("--join", default="", help="home of a running node whose CA, keys and accounts to take")
+    parser.add_argument("--orthanc-json", default="orthanc.json", help="the configuration a node's is made from")
     parser.set_defaults(handler=_run)

@@ -32,6 +32,7 @@ from orthanc_hardening.stores.manifest_store import ManifestStore
 from orthanc_hardening.stores.orthanc_index import SQLiteIndex
 from orthanc_hardening.stores.scrub_state import ScrubState
 from orthanc_hardening.stores.seal_store import SealReader
+from orthanc_hardening.stores.sql import MANIFESTS_SCHEMA, SEALS_SCHEMA, open_store_database
 
 
 def progress_line(progress: Progress, width: int = 30) -> str:
@@ -88,7 +89,9 @@ def scrub_offline(config_path: Path, options: ScrubOptions, stream: TextIO, rest
     keyring = key_files.load_public_key_ring(config.signing_key, config.key_directory, config.trusted_keys,
                                              config.key_registry_anchor)
     manifests_path = config.data_directory / "manifests.db"
-    manifests = ManifestStore(manifests_path, readonly=True) if manifests_path.is_file() else None
+    shared = config.shared_database
+    manifests = (ManifestStore(open_store_database(shared, MANIFESTS_SCHEMA, manifests_path)) if shared
+                 else ManifestStore(manifests_path, readonly=True) if manifests_path.is_file() else None)
     state = ScrubState(config.data_directory / "scrub-cli.db")
     latest = state.latest()
     if latest is not None and latest["state"] == "running" and not restart:
@@ -97,7 +100,8 @@ def scrub_offline(config_path: Path, options: ScrubOptions, stream: TextIO, rest
     else:
         run_id = state.start_run(datetime.now(UTC), {})
     bar = Bar(stream)
-    runner = ScrubRunner(index, SealReader(config.seal_database), manifests, storage, keyring, state,
+    seals = SealReader(open_store_database(shared, SEALS_SCHEMA, config.seal_database, readonly=True))
+    runner = ScrubRunner(index, seals, manifests, storage, keyring, state,
                          lambda: datetime.now(UTC), options, on_progress=bar)
     try:
         return runner.run(run_id)

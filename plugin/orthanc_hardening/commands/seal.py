@@ -42,13 +42,14 @@ from orthanc_hardening.seal.layout import attachment_path
 from orthanc_hardening.seal.record import seal_attachment
 from orthanc_hardening.stores import key_files
 from orthanc_hardening.stores.legacy_inventory import SQLiteLegacyInventory, inventory_path
-from orthanc_hardening.stores.seal_store import SQLiteSealStore
+from orthanc_hardening.stores.seal_store import SQLSealStore
+from orthanc_hardening.stores.sql import SEALS_SCHEMA, open_store_database
 
 RECEPTION_DATE = 2  # Orthanc's MetadataType_Instance_ReceptionDate
 INSTANCE = 4  # Orthanc's ResourceType_Instance in the SQLite index (Patient 1 … Instance 4)
 
 
-def _sealing_since(store: SQLiteSealStore, keyring: keymod.KeyRing) -> str | None:
+def _sealing_since(store: SQLSealStore, keyring: keymod.KeyRing) -> str | None:
     """The signed start of sealing; ``None`` when the plugin never ran.
 
     Raises:
@@ -77,7 +78,8 @@ def seal_offline(orthanc_config: dict[str, Any], env: dict[str, str], now: dt.da
     index_dir = Path(str(orthanc_config.get("IndexDirectory", storage))).absolute()
     keyring = key_files.load_key_ring(config.signing_key, passphrase_from_env(config, env), config.key_directory,
                                    config.trusted_keys, now, config.key_registry_anchor)
-    store = SQLiteSealStore(config.seal_database, config.sqlite_synchronous)
+    store = SQLSealStore(open_store_database(config.shared_database, SEALS_SCHEMA, config.seal_database,
+                                             config.sqlite_synchronous))
     since = _sealing_since(store, keyring)
     try:
         index = sqlite3.connect(f"file:{index_dir / 'index'}?mode=ro", uri=True, timeout=2)

@@ -261,27 +261,37 @@ class AuditWriter:
         The committed rows are appended to ``committed``.
         """
         retried = list(self._backlog)
-        rows: list[StoredEvent] = []
-        previous: StoredEvent | None = None
-        for event in (*retried, *events):
-            previous = link(previous, event, self._head if previous is None else None)
-            rows.append(previous)
-        head = (rows[-1].seq, rows[-1].hash) if rows else self._head
-        checkpoint = None
-        if head is not None and head[0] > self._signed_seq and (
-            flush
-            or self._sign_next
-            or head[0] - self._signed_seq >= self._every
-            or time.monotonic() - self._signed_at >= self._seconds
-        ):
-            checkpoint = make_checkpoint(head, self._signer(), self._clock())
-        if not rows and checkpoint is None:
+        pending = (*retried, *events)
+
+        def build(head: tuple[int, str] | None) -> tuple[list[StoredEvent], Checkpoint | None]:
+            # Called inside the store's serialised transaction with the head read there: another
+            # node may have appended since this writer last looked, so the rows link to *that* head.
+            rows: list[StoredEvent] = []
+            previous: StoredEvent | None = None
+            for event in pending:
+                previous = link(previous, event, head if previous is None else None)
+                rows.append(previous)
+            new_head = (rows[-1].seq, rows[-1].hash) if rows else head
+            checkpoint = None
+            if new_head is not None and new_head[0] > self._signed_seq and (
+                flush
+                or self._sign_next
+                or new_head[0] - self._signed_seq >= self._every
+                or time.monotonic() - self._signed_at >= self._seconds
+            ):
+                checkpoint = make_checkpoint(new_head, self._signer(), self._clock())
+            return rows, checkpoint
+
+        if not pending and not (self._head is not None and self._head[0] > self._signed_seq):
             return None
         try:
-            self.store.append(rows, checkpoint)
+            rows, checkpoint, linked_to = self.store.append_linked(build)
         except StoreUnavailableError as exc:
             self._failed(exc, events)
             return exc
+        if not rows and checkpoint is None:
+            return None
+        head = (rows[-1].seq, rows[-1].hash) if rows else linked_to
         if retried:
             logger.warning("audit store writable again: %d kept events written", len(retried))
             self._backlog.clear()

@@ -101,7 +101,7 @@ class ScrubRunner:
 
         def flush() -> None:
             nonlocal pending, pending_findings, last_flush
-            self.state.record(run_id, pending, pending_findings, elapsed(), bytes_done, plan.total)
+            self.state.record(run_id, pending, pending_findings, elapsed(), bytes_done, plan.total, self.clock())
             pending, pending_findings, last_flush = [], [], time.monotonic()
 
         for attachment, hashed in self._hashed(plan.to_read):

@@ -530,8 +530,8 @@ def open_trail(orthanc: Any, config: HardeningConfig, keys: KeyRing, clock: Call
     emitter = OrthancAuditLogs(orthanc) if capabilities_of(orthanc).emit_audit_log else None
     witness: AuditWitness | None = None
     try:
-        store = open_store(config.audit.database, config.sqlite_synchronous)
-        reader = open_store(config.audit.database, config.sqlite_synchronous)
+        store = open_store(config.audit.database, config.sqlite_synchronous, config.audit_schema)
+        reader = open_store(config.audit.database, config.sqlite_synchronous, config.audit_schema)
         if config.audit.witness_file is not None:
             witness_file = WitnessFile(config.audit.witness_file)
             # Before the writer exists: its first commit signs the head.

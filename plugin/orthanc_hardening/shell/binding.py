@@ -53,7 +53,7 @@ from orthanc_hardening.shell.guard import alert, mark_audited
 from orthanc_hardening.shell.requester import internal_requester
 from orthanc_hardening.shell.runtime import Runtime
 from orthanc_hardening.stores.orthanc_index import shared_attachments
-from orthanc_hardening.stores.seal_store import SQLiteSealStore
+from orthanc_hardening.stores.seal_store import SQLSealStore
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class IndexBinding:
 class ReadBinding:
     """The request side of a read: the HTTP gate (see the module docstring)."""
 
-    def __init__(self, runtime: Runtime, store: SQLiteSealStore,
+    def __init__(self, runtime: Runtime, store: SQLSealStore,
                  attachments_of: Callable[[str], list[tuple[str, int, str]]],
                  index: IndexBinding | None = None) -> None:
         self.runtime = runtime
@@ -316,7 +316,7 @@ def scan_shared_attachments(runtime: Runtime, binding: IndexBinding) -> None:
     runtime.change_observers.append(alert_on_start)
 
 
-def install(runtime: Runtime, store: SQLiteSealStore,
+def install(runtime: Runtime, store: SQLSealStore,
             attachments_of: Callable[[str], list[tuple[str, int, str]]],
             index: IndexBinding | None = None) -> ReadBinding:
     """Register the HTTP gate that binds reads to the request."""

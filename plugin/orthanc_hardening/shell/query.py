@@ -87,6 +87,7 @@ from orthanc_hardening.shell.rest import describe_errors
 from orthanc_hardening.shell.runtime import Runtime
 from orthanc_hardening.shell.storage import SealedStorage
 from orthanc_hardening.stores.seal_store import SealReader
+from orthanc_hardening.stores.sql import SEALS_SCHEMA, open_store_database
 from orthanc_hardening.stores.tag_store import SQLiteTagStore
 
 logger = logging.getLogger(__name__)
@@ -672,7 +673,8 @@ def install(runtime: Runtime, storage: SealedStorage, recorder: QueryRecorder) -
         StoreUnavailableError: the tag store or the seal store cannot be opened.
     """
     catalogue = SealedTagCatalogue(
-        SealReader(runtime.config.seal_database),
+        SealReader(open_store_database(runtime.config.shared_database, SEALS_SCHEMA, runtime.config.seal_database,
+                                       readonly=True)),
         SQLiteTagStore(runtime.config.data_directory / "query-tags.db", runtime.config.sqlite_synchronous),
         storage.root, storage.keyring, storage.cache, storage.take_index_tags)
     verifier = QueryVerifier(runtime, catalogue, recorder)

@@ -163,7 +163,7 @@ def start_exporter(runtime: Runtime) -> AuditExporter | None:
     if config is None:
         return None
     # The exporter has its own connection to the store, so it never waits on the REST readers.
-    store = open_store(runtime.config.audit.database, runtime.config.sqlite_synchronous)
+    store = open_store(runtime.config.audit.database, runtime.config.sqlite_synchronous, runtime.config.audit_schema)
     transport = TLSSyslogTransport(config)
     _, formatter = syslog_formatter(runtime)
     metrics = runtime.metrics

@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
+import socket
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +44,10 @@ from orthanc_hardening.shell.rest import Reply, RestCall, register
 from orthanc_hardening.shell.runtime import Runtime
 from orthanc_hardening.shell.storage import SealedStorage
 from orthanc_hardening.stores.manifest_store import ManifestStore
-from orthanc_hardening.stores.scrub_state import ScrubState
+from orthanc_hardening.stores.scrub_state import ScrubLeaseLost, ScrubState
 from orthanc_hardening.stores.seal_store import SealReader
 from orthanc_hardening.stores.signature_cache import SignatureCache
+from orthanc_hardening.stores.sql import MANIFESTS_SCHEMA, SCRUB_SCHEMA, SEALS_SCHEMA, open_store_database
 
 logger = logging.getLogger(__name__)
 
@@ -108,11 +112,32 @@ class ManifestService:
                 logger.exception("manifest update after change %s failed", change)
 
     def sign(self, study_id: str) -> Manifest | None:
-        """Sign (or re-sign) the manifest of a study from the seals that verify; ``None`` if it is gone."""
-        instances = self.index.study_instances(study_id)
-        if instances is None:
-            self.store.delete(study_id)
+        """Sign (or re-sign) the manifest of a study from the seals that verify; ``None`` if it is gone.
+
+        The index is read under the study's manifest lock (``ManifestStore.update``), so nodes
+        re-signing one study at once are serialised and the last one signs what it saw last.
+        """
+        seen: list[IndexedInstance] = []
+
+        def build() -> Manifest | None:
+            instances = self.index.study_instances(study_id)
+            if instances is None:
+                return None
+            seen.extend(instances)
+            return self._build(study_id, instances)
+
+        manifest = self.store.update(study_id, build)
+        if manifest is None:
             return None
+        with self._lock:
+            for instance in seen:
+                self._members[instance.instance_id] = study_id
+        self.runtime.metrics.increment("manifests_signed_total")
+        logger.info("manifest of study %s signed: %d instances, root %s", study_id, manifest.instance_count,
+                    manifest.root[:16])
+        return manifest
+
+    def _build(self, study_id: str, instances: list[IndexedInstance]) -> Manifest:
         study = json.loads(self.runtime.orthanc.RestApiGet(f"/studies/{study_id}"))
         study_uid = str((study.get("MainDicomTags") or {}).get("StudyInstanceUID", ""))
         good: list[Seal] = []
@@ -131,15 +156,7 @@ class ManifestService:
                 self._alert(f"manifest of study {study_id}: instance left out: {exc}", study_uid)
                 continue
             good.append(seal)
-        manifest = build_manifest(study_uid, study_id, good, self.keyring.signer, self.runtime.clock())
-        self.store.put(manifest)
-        with self._lock:
-            for instance in instances:
-                self._members[instance.instance_id] = study_id
-        self.runtime.metrics.increment("manifests_signed_total")
-        logger.info("manifest of study %s signed: %d instances, root %s", study_id, manifest.instance_count,
-                    manifest.root[:16])
-        return manifest
+        return build_manifest(study_uid, study_id, good, self.keyring.signer, self.runtime.clock())
 
     def _alert(self, detail: str, study_uid: str = "") -> None:
         alert(self.runtime, internal_requester(), "manifest", detail, study_uid=study_uid)
@@ -205,6 +222,7 @@ class ScrubService:
         self._runner: ScrubRunner | None = None
         self._progress: Progress | None = None
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
         # The plugin's one signature cache (cleared when the key ring changes).
         self._cache = cache
         self._verifier = cache.verifier_for(keyring)
@@ -218,6 +236,10 @@ class ScrubService:
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 raise BadRequestError("scrub", "a scrub is already running; follow it with GET /hardening/scrub")
+            if not self.state.take_lease(self.runtime.clock()):
+                holder = self.state.lease_holder(self.runtime.clock())
+                raise BadRequestError("scrub", f"a scrub is running on node {holder} (the archive is scrubbed by "
+                                               "one node at a time; follow it with GET /hardening/scrub)")
             if resume_run is None:
                 run_id = self.state.start_run(self.runtime.clock(), {"pause_seconds": options.pause_seconds,
                                                                      "max_mb_per_second": options.max_mb_per_second})
@@ -248,6 +270,9 @@ class ScrubService:
                 if bad:
                     alert(self.runtime, internal_requester(), "scrub",
                           f"scrub {run_id} found: " + ", ".join(f"{k} {v}" for k, v in bad.items()))
+        except ScrubLeaseLost as exc:
+            self.runtime.metrics.set("scrub_running", 0)
+            logger.warning("scrub %d handed over: %s", run_id, exc)
         except Exception as exc:  # our own thread: record and stop, never crash Orthanc
             self.runtime.metrics.set("scrub_running", 0)
             if runner.stop.is_set():
@@ -279,14 +304,30 @@ class ScrubService:
         return body
 
     def resume_if_interrupted(self) -> None:
+        """Resume the latest run if it is marked running and no live node holds the lease."""
+        if self._thread is not None and self._thread.is_alive():
+            return
         latest = self.state.latest()
-        if latest is not None and latest["state"] == "running":
+        if latest is not None and latest["state"] == "running" and self.state.lease_holder(self.runtime.clock()) in (
+                None, self.state.holder):
             options = json.loads(latest["options"] or "{}")
             logger.warning("resuming scrub %d", latest["id"])
             self.start(ScrubOptions(float(options.get("pause_seconds", 0)), float(options.get("max_mb_per_second", 0))),
                        resume_run=int(latest["id"]))
 
+    def watch_lease(self) -> None:
+        """With a shared database: take over a run whose node stopped renewing its lease (daemon thread)."""
+        def watch() -> None:
+            while not self._stopping.wait(self.state.lease_seconds / 2):
+                try:
+                    self.resume_if_interrupted()
+                except Exception:  # the next round tries again
+                    logger.exception("scrub lease check failed")
+
+        threading.Thread(target=watch, name="hardening-scrub-lease", daemon=True).start()
+
     def shutdown(self) -> None:
+        self._stopping.set()
         runner, thread = self._runner, self._thread
         if runner is not None:
             runner.stop.set()
@@ -302,10 +343,15 @@ def install(runtime: Runtime, storage: SealedStorage) -> tuple[ManifestService, 
     """
     root = storage.root
     data = runtime.config.data_directory
-    manifests = ManifestStore(data / "manifests.db", synchronous=runtime.config.sqlite_synchronous)
-    seals = SealReader(runtime.config.seal_database)
+    shared = runtime.config.shared_database
+    manifests = ManifestStore(open_store_database(shared, MANIFESTS_SCHEMA, data / "manifests.db",
+                                                  runtime.config.sqlite_synchronous))
+    seals = SealReader(open_store_database(shared, SEALS_SCHEMA, runtime.config.seal_database, readonly=True))
     try:
-        state = ScrubState(data / "scrub.db", synchronous=runtime.config.sqlite_synchronous)
+        # Shared database: the nodes take turns (a lease named after this node); SQLite: one node.
+        holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}" if shared else None
+        state = ScrubState(open_store_database(shared, SCRUB_SCHEMA, data / "scrub.db",
+                                               runtime.config.sqlite_synchronous), holder=holder)
     except Exception as exc:
         raise StoreUnavailableError(f"scrub state cannot be opened: {exc}") from exc
     service = ManifestService(runtime, manifests, seals, root, storage.keyring, storage.cache)
@@ -319,6 +365,8 @@ def install(runtime: Runtime, storage: SealedStorage) -> tuple[ManifestService, 
     def resume_on_start(change_type: int, _level: int, _resource: str) -> None:
         if change_type == started:
             scrub.resume_if_interrupted()
+            if shared:
+                scrub.watch_lease()
 
     runtime.change_observers.append(resume_on_start)
     runtime.stop_actions.append(scrub.shutdown)

@@ -71,8 +71,9 @@ from orthanc_hardening.shell.guard import alert, decide, mark_audited, refuse_ra
 from orthanc_hardening.shell.runtime import Runtime
 from orthanc_hardening.stores.attachment_files import read_file, remove_file, unlink, write_file
 from orthanc_hardening.stores.legacy_inventory import SQLiteLegacyInventory, inventory_path
-from orthanc_hardening.stores.seal_store import SQLiteSealStore
+from orthanc_hardening.stores.seal_store import SQLSealStore
 from orthanc_hardening.stores.signature_cache import SignatureCache
+from orthanc_hardening.stores.sql import SEALS_SCHEMA, open_store_database
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class SealedStorage:
 
     runtime: Runtime
     root: Path
-    store: SQLiteSealStore
+    store: SQLSealStore
     keyring: KeyRing
     cache: SignatureCache
     read_hooks: list[StorageHook] = field(default_factory=list)
@@ -621,7 +622,7 @@ def storage_root(orthanc_config: Any) -> Path:
     return Path(str(orthanc_config.get("StorageDirectory", "OrthancStorage"))).absolute()
 
 
-def load_sealing_since(store: SQLiteSealStore, keyring: KeyRing, now: dt.datetime) -> tuple[str, bool]:
+def load_sealing_since(store: SQLSealStore, keyring: KeyRing, now: dt.datetime) -> tuple[str, bool]:
     """The signed time sealing began (set at the first start); ``""`` if it does not verify.
 
     Returns:
@@ -645,7 +646,7 @@ def load_sealing_since(store: SQLiteSealStore, keyring: KeyRing, now: dt.datetim
     return value, False
 
 
-def reconcile_files(root: Path, store: SQLiteSealStore, now: dt.datetime) -> list[Seal]:
+def reconcile_files(root: Path, store: SQLSealStore, now: dt.datetime) -> list[Seal]:
     """Start-up, before Orthanc serves: abandon the rows written since the last clean stop whose file is missing.
 
     Returns:
@@ -689,7 +690,8 @@ def install(runtime: Runtime, keys: KeyRing, cache: SignatureCache) -> SealedSto
     now = runtime.clock()
     root = storage_root(runtime.orthanc_config)
     root.mkdir(parents=True, exist_ok=True)
-    store = SQLiteSealStore(config.seal_database, config.sqlite_synchronous)
+    store = SQLSealStore(open_store_database(config.shared_database, SEALS_SCHEMA, config.seal_database,
+                                             config.sqlite_synchronous))
     storage = SealedStorage(runtime=runtime, root=root, store=store, keyring=keys, cache=cache,
                             sync=bool(runtime.orthanc_config.get("SyncStorageArea", True)))
     storage.index_binding = IndexBinding(runtime)

@@ -1,26 +1,25 @@
-"""Where audit rows live: the ``AuditStore`` port and its SQLite (WAL) implementation.
+"""Where audit rows live: the ``AuditStore`` port and its one implementation on the SQL layer.
 
-The store is deliberately simple: the single writer (``audit/writer.py``) computes the chain and
-hands the store whole batches of ``StoredEvent`` rows (and sometimes a checkpoint) to commit in one
-transaction; readers query by filter, replay the chain for verification, or read forward from a
-sequence number (for the syslog exporter, with durable named cursors).
+The store is deliberately simple: the writer (``services/audit_writer.py``) links events into the
+chain and hands the store whole batches of ``StoredEvent`` rows (and sometimes a checkpoint) to
+commit in one transaction (``append_linked``: the head is read inside that transaction, under the
+append lock, so several nodes on one PostgreSQL database extend one chain); readers query by
+filter, replay the chain for verification, or read forward from a sequence number (for the syslog
+exporter, with durable named cursors).
 
-SQLite runs in WAL mode with ``synchronous`` from ``Hardening.Durability`` (NORMAL by default, as
-Orthanc's own index: a committed batch survives ``kill -9``; FULL: it also survives power loss and
-``kill -9``. Indexes on ``(series_uid, seq)``, ``(study_uid, seq)``, ``(patient_id, seq)`` and
-``(user, seq)`` answer a trail among millions of rows in milliseconds. Every ``sqlite3`` error is
-wrapped in ``StoreUnavailableError``.
-
-PostgreSQL (``Hardening.Audit.Database: postgresql://…``) uses the same interface and schema
-through psycopg 3 (``PostgresAuditStore``).
+SQLite (``sqlite:///…``, the default ``DataDirectory/audit.db``) runs in WAL mode with
+``synchronous`` from ``Hardening.Durability`` (NORMAL by default, as Orthanc's own index: a
+committed batch survives ``kill -9``; FULL: it also survives power loss). PostgreSQL
+(``Hardening.Audit.Database`` or ``Hardening.Database``: ``postgresql://…``) uses the same schema
+and SQL through ``stores/sql.py``. Indexes on ``(series_uid, seq)``, ``(study_uid, seq)``,
+``(patient_id, seq)`` and ``(user, seq)`` answer a trail among millions of rows in milliseconds.
+Every driver error is wrapped in ``StoreUnavailableError`` (password redacted).
 """
 
 from __future__ import annotations
 
 import base64
-import sqlite3
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,11 +28,11 @@ from urllib.parse import urlparse
 from orthanc_hardening.audit.chain import Checkpoint, StoredEvent, event_from_fields, row_fields
 from orthanc_hardening.audit.event import Action, AuditEvent, EventCode, Outcome, Transport
 from orthanc_hardening.audit.query import AuditQuery
-from orthanc_hardening.config import redact_url
-from orthanc_hardening.errors import StoreUnavailableError
+from orthanc_hardening.stores.sql import Database, Transaction, sqlite_url
 from orthanc_hardening.timefmt import format_time
 
 SCHEMA_VERSION = 1
+AUDIT_LOCK = "orthanc-hardening:audit-append"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EVENT_COLUMNS = (
     "seq", "time", "event", "action", "outcome", "user", "roles", "source_ip", "calling_aet", "called_aet",
@@ -43,7 +42,7 @@ _SELECT = "SELECT " + ", ".join(f'"{c}"' for c in _EVENT_COLUMNS) + " FROM event
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY,
+    seq {bigint} PRIMARY KEY,
     time TEXT NOT NULL,
     event TEXT NOT NULL,
     action TEXT NOT NULL,
@@ -69,7 +68,7 @@ CREATE INDEX IF NOT EXISTS events_patient ON events (patient_id, seq);
 CREATE INDEX IF NOT EXISTS events_user ON events ("user", seq);
 CREATE INDEX IF NOT EXISTS events_time ON events (time);
 CREATE TABLE IF NOT EXISTS checkpoints (
-    seq INTEGER PRIMARY KEY,
+    seq {bigint} PRIMARY KEY,
     hash TEXT NOT NULL,
     time TEXT NOT NULL,
     key_id TEXT NOT NULL,
@@ -77,7 +76,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 );
 CREATE TABLE IF NOT EXISTS cursors (
     name TEXT PRIMARY KEY,
-    seq INTEGER NOT NULL
+    seq {bigint} NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
@@ -98,6 +97,10 @@ class AuditStore(Protocol):
         Raises:
             StoreUnavailableError: nothing was committed.
         """
+
+    def append_linked(self, build: Callable[[tuple[int, str] | None], tuple[list[StoredEvent], Checkpoint | None]],
+                      ) -> tuple[list[StoredEvent], Checkpoint | None, tuple[int, str] | None]:
+        """Commit what ``build(head)`` links to the head read in the same serialised transaction."""
 
     def add_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Commit one checkpoint. Raises ``StoreUnavailableError``."""
@@ -127,10 +130,11 @@ class AuditStore(Protocol):
         """Release the connection(s)."""
 
 
-def open_store(url: str, synchronous: str = "FULL") -> AuditStore:
+def open_store(url: str, synchronous: str = "FULL", schema: str | None = None) -> SQLAuditStore:
     """Open the store named by ``Hardening.Audit.Database``.
 
     ``synchronous`` (``NORMAL``/``FULL``) applies to SQLite; PostgreSQL commits synchronously.
+    ``schema``: the PostgreSQL schema (``None``: the connection's default ``search_path``).
 
     Raises:
         StoreUnavailableError: it cannot be opened or created.
@@ -139,17 +143,8 @@ def open_store(url: str, synchronous: str = "FULL") -> AuditStore:
     if parsed.scheme == "sqlite":
         return SQLiteAuditStore(Path(parsed.path), synchronous=synchronous)
     if parsed.scheme in ("postgresql", "postgres"):
-        return PostgresAuditStore(url)
+        return PostgresAuditStore(url, schema=schema)
     raise ValueError(f"unsupported audit database URL {url!r}")
-
-
-def _without_password(text: str, url: str) -> str:
-    """``text`` (a driver's error message) with the URL's password, if any, replaced by ``***``."""
-    password = urlparse(url).password
-    for part in urlparse(url).query.split("&"):
-        if part.lower().startswith("password="):
-            password = part.split("=", 1)[1]
-    return text.replace(password, "***") if password else text
 
 
 def _row_values(row: StoredEvent) -> tuple[Any, ...]:
@@ -208,7 +203,116 @@ def _where(query: AuditQuery, mark: str) -> tuple[str, list[Any]]:
     return where, args
 
 
-class SQLiteAuditStore:
+class SQLAuditStore:
+    """The audit store on the SQL layer (``stores/sql.py``): one SQLite file or one PostgreSQL schema.
+
+    Every append runs in one transaction serialised by ``AUDIT_LOCK`` (``BEGIN IMMEDIATE`` on
+    SQLite, ``pg_advisory_xact_lock`` on PostgreSQL): ``append_linked`` reads the head *inside*
+    that transaction and links the new rows to it, so writers on several nodes sharing one
+    PostgreSQL database extend one chain, never fork it, and lose nothing.
+    """
+
+    def __init__(self, database: Database, create: bool = True) -> None:
+        """Use ``database`` (and create the schema when ``create``).
+
+        Raises:
+            StoreUnavailableError: the schema cannot be created.
+        """
+        self.database = database
+        if create:
+            database.create_schema(_SCHEMA)
+            database.write("INSERT INTO meta (name, value) VALUES ('schema', ?) ON CONFLICT (name) DO NOTHING",
+                           (str(SCHEMA_VERSION),))
+
+    @property
+    def path(self) -> Path | None:
+        return self.database.path
+
+    def head(self) -> tuple[int, str] | None:
+        row = self.database.read_one("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
+        return (int(row[0]), str(row[1])) if row else None
+
+    def _insert(self, tx: Transaction, rows: Sequence[StoredEvent], checkpoint: Checkpoint | None) -> None:
+        marks = ", ".join("?" for _ in _EVENT_COLUMNS)
+        columns = ", ".join(f'"{c}"' for c in _EVENT_COLUMNS)
+        tx.executemany(f"INSERT INTO events ({columns}) VALUES ({marks})", [_row_values(row) for row in rows])
+        if checkpoint is not None:
+            tx.execute("INSERT INTO checkpoints (seq, hash, time, key_id, signature) VALUES (?, ?, ?, ?, ?) "
+                       "ON CONFLICT (seq) DO UPDATE SET hash = excluded.hash, time = excluded.time, "
+                       "key_id = excluded.key_id, signature = excluded.signature", _cp_values(checkpoint))
+
+    def append(self, rows: Sequence[StoredEvent], checkpoint: Checkpoint | None = None) -> None:
+        with self.database.transaction(serialise=AUDIT_LOCK, action="write") as tx:
+            self._insert(tx, rows, checkpoint)
+
+    def append_linked(self, build: Callable[[tuple[int, str] | None], tuple[list[StoredEvent], Checkpoint | None]],
+                      ) -> tuple[list[StoredEvent], Checkpoint | None, tuple[int, str] | None]:
+        """Read the head and commit what ``build(head)`` links to it, in one serialised transaction.
+
+        Returns:
+            The rows and checkpoint committed and the head the rows were linked to.
+
+        Raises:
+            StoreUnavailableError: nothing was committed.
+        """
+        with self.database.transaction(serialise=AUDIT_LOCK, action="write") as tx:
+            row = tx.one("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
+            head = (int(row[0]), str(row[1])) if row else None
+            rows, checkpoint = build(head)
+            self._insert(tx, rows, checkpoint)
+        return rows, checkpoint, head
+
+    def add_checkpoint(self, checkpoint: Checkpoint) -> None:
+        self.append([], checkpoint)
+
+    def last_checkpoint(self) -> Checkpoint | None:
+        row = self.database.read_one(
+            "SELECT seq, hash, time, key_id, signature FROM checkpoints ORDER BY seq DESC LIMIT 1")
+        return Checkpoint(int(row[0]), row[1], row[2], row[3], row[4]) if row else None
+
+    def query(self, query: AuditQuery) -> list[StoredEvent]:
+        where, args = _where(query, "?")
+        return [_stored(r) for r in self.database.read(f"{_SELECT}{where} ORDER BY seq DESC LIMIT ?",
+                                                       [*args, query.limit])]
+
+    def iter_rows(self, batch: int = 5000) -> Iterator[StoredEvent]:
+        last = 0
+        while True:
+            chunk = self.read_after(last, batch)
+            if not chunk:
+                return
+            yield from chunk
+            last = chunk[-1].seq
+
+    def read_after(self, seq: int, limit: int) -> list[StoredEvent]:
+        return [_stored(r) for r in self.database.read(f"{_SELECT} WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))]
+
+    def count(self) -> int:
+        """Number of rows."""
+        row = self.database.read_one("SELECT count(*) FROM events")
+        return int(row[0]) if row else 0
+
+    def checkpoints(self) -> list[Checkpoint]:
+        rows = self.database.read("SELECT seq, hash, time, key_id, signature FROM checkpoints ORDER BY seq")
+        return [Checkpoint(int(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4])) for r in rows]
+
+    def get_cursor(self, name: str) -> int:
+        row = self.database.read_one("SELECT seq FROM cursors WHERE name = ?", (name,))
+        return int(row[0]) if row else 0
+
+    def set_cursor(self, name: str, seq: int) -> None:
+        self.database.write("INSERT INTO cursors (name, seq) VALUES (?, ?) "
+                            "ON CONFLICT (name) DO UPDATE SET seq = excluded.seq", (name, seq))
+
+    def close(self) -> None:
+        self.database.close()
+
+
+def _cp_values(checkpoint: Checkpoint) -> tuple[Any, ...]:
+    return (checkpoint.seq, checkpoint.hash, checkpoint.time, checkpoint.key_id, checkpoint.signature)
+
+
+class SQLiteAuditStore(SQLAuditStore):
     """The audit store in one SQLite file (WAL; ``synchronous`` NORMAL or FULL)."""
 
     def __init__(
@@ -220,239 +324,30 @@ class SQLiteAuditStore:
             path: the database file.
             create: create the file and schema when missing (``False`` for offline readers).
             busy_timeout: seconds to wait for a lock held by another process before failing.
-            synchronous: ``NORMAL`` (a commit survives a process crash: WAL frames are written
-                before the commit returns) or ``FULL`` (also fsynced: survives power loss).
+            synchronous: ``NORMAL`` (a commit survives a process crash) or ``FULL`` (also fsynced).
 
         Raises:
             StoreUnavailableError: the file cannot be opened or the schema cannot be created.
         """
-        if synchronous not in ("NORMAL", "FULL"):
-            raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
-        self.path = Path(path)
-        self._synchronous = synchronous
-        self._busy_timeout = busy_timeout
-        self._lock = threading.Lock()
-        try:
-            if not create and not self.path.is_file():
-                raise StoreUnavailableError(f"audit database {self.path} does not exist")
-            if create:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = self._connect()
-            if create:
-                with self._conn:
-                    self._conn.executescript(_SCHEMA)
-                    self._conn.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('schema', ?)",
-                                       (str(SCHEMA_VERSION),))
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreUnavailableError(f"audit database {self.path} cannot be opened: {exc}") from exc
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(str(self.path), timeout=self._busy_timeout, check_same_thread=False,
-                               isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL: the WAL frames are written before a commit returns, so a committed event survives
-        # kill -9 of Orthanc; FULL also fsyncs them, so it survives power loss (Hardening.Durability).
-        conn.execute(f"PRAGMA synchronous={self._synchronous}")
-        conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
-        return conn
-
-    def _run(self, action: str, function: Any) -> Any:
-        with self._lock:
-            try:
-                return function(self._conn)
-            except sqlite3.Error as exc:
-                raise StoreUnavailableError(f"audit store cannot {action}: {exc}") from exc
-
-    def head(self) -> tuple[int, str] | None:
-        row = self._run("read", lambda c: c.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
-                        .fetchone())
-        return (int(row[0]), str(row[1])) if row else None
-
-    def append(self, rows: Sequence[StoredEvent], checkpoint: Checkpoint | None = None) -> None:
-        values = [_row_values(row) for row in rows]
-        marks = ", ".join("?" for _ in _EVENT_COLUMNS)
-        columns = ", ".join(f'"{c}"' for c in _EVENT_COLUMNS)
-
-        def write(conn: sqlite3.Connection) -> None:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.executemany(f"INSERT INTO events ({columns}) VALUES ({marks})", values)
-                if checkpoint is not None:
-                    conn.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?)", _cp_values(checkpoint))
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-
-        self._run("write", write)
-
-    def add_checkpoint(self, checkpoint: Checkpoint) -> None:
-        self.append([], checkpoint)
-
-    def last_checkpoint(self) -> Checkpoint | None:
-        row = self._run("read", lambda c: c.execute(
-            "SELECT seq, hash, time, key_id, signature FROM checkpoints ORDER BY seq DESC LIMIT 1").fetchone())
-        return Checkpoint(int(row[0]), row[1], row[2], row[3], row[4]) if row else None
-
-    def query(self, query: AuditQuery) -> list[StoredEvent]:
-        where, args = _where(query, "?")
-        sql = f"{_SELECT}{where} ORDER BY seq DESC LIMIT ?"
-        rows = self._run("read", lambda c: c.execute(sql, [*args, query.limit]).fetchall())
-        return [_stored(r) for r in rows]
-
-    def iter_rows(self, batch: int = 5000) -> Iterator[StoredEvent]:
-        last = 0
-        while True:
-            chunk = self.read_after(last, batch)
-            if not chunk:
-                return
-            yield from chunk
-            last = chunk[-1].seq
-
-    def read_after(self, seq: int, limit: int) -> list[StoredEvent]:
-        rows = self._run("read", lambda c: c.execute(f"{_SELECT} WHERE seq > ? ORDER BY seq LIMIT ?",
-                                                     (seq, limit)).fetchall())
-        return [_stored(r) for r in rows]
-
-    def count(self) -> int:
-        """Number of rows."""
-        return int(self._run("read", lambda c: c.execute("SELECT count(*) FROM events").fetchone()[0]))
-
-    def checkpoints(self) -> list[Checkpoint]:
-        rows = self._run("read", lambda c: c.execute(
-            "SELECT seq, hash, time, key_id, signature FROM checkpoints ORDER BY seq").fetchall())
-        return [Checkpoint(int(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4])) for r in rows]
-
-    def get_cursor(self, name: str) -> int:
-        row = self._run("read", lambda c: c.execute("SELECT seq FROM cursors WHERE name = ?", (name,)).fetchone())
-        return int(row[0]) if row else 0
-
-    def set_cursor(self, name: str, seq: int) -> None:
-        self._run("write", lambda c: c.execute(
-            "INSERT INTO cursors (name, seq) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET seq = excluded.seq",
-            (name, seq)))
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        database = Database(sqlite_url(Path(path)), synchronous=synchronous, create=create, busy_timeout=busy_timeout)
+        super().__init__(database, create=create)
 
 
-def _cp_values(checkpoint: Checkpoint) -> tuple[Any, ...]:
-    return (checkpoint.seq, checkpoint.hash, checkpoint.time, checkpoint.key_id, checkpoint.signature)
-
-
-class PostgresAuditStore:
+class PostgresAuditStore(SQLAuditStore):
     """The audit store in PostgreSQL (psycopg 3), same schema and semantics as SQLite.
 
     Each commit is a PostgreSQL transaction (durable with the server's default
-    ``synchronous_commit=on``). Several Orthanc nodes must not share one audit database: the
-    chain has a single writer (use one database, or one schema, per node).
+    ``synchronous_commit=on``). Several nodes may share it: appends are serialised by an
+    advisory lock and linked to the head read inside the same transaction (one chain).
     """
 
-    def __init__(self, url: str) -> None:
-        """Connect and create the schema.
+    def __init__(self, url: str, schema: str | None = None) -> None:
+        """Connect and create the schema (``schema``: a PostgreSQL schema of its own, else the default).
 
         Raises:
             StoreUnavailableError: psycopg is missing or the server cannot be reached.
         """
-        self._lock = threading.Lock()
-        try:
-            import psycopg
-        except ImportError as exc:
-            raise StoreUnavailableError("psycopg is not installed: PostgreSQL audit store unavailable") from exc
-        self._psycopg = psycopg
-        self._url = url
-        try:
-            self._conn = psycopg.connect(url, autocommit=False)
-            with self._conn.transaction():
-                schema = _SCHEMA.replace("seq INTEGER PRIMARY KEY", "seq BIGINT PRIMARY KEY")
-                for statement in filter(None, (s.strip() for s in schema.split(";"))):
-                    self._conn.execute(statement)
-                self._conn.execute("INSERT INTO meta (name, value) VALUES ('schema', %s) ON CONFLICT DO NOTHING",
-                                   (str(SCHEMA_VERSION),))
-        except psycopg.Error as exc:
-            raise StoreUnavailableError(f"PostgreSQL audit store {redact_url(url)} cannot be opened: "
-                                        f"{_without_password(str(exc), url)}") from exc
-
-    def _run(self, action: str, function: Any) -> Any:
-        with self._lock:
-            try:
-                if self._conn.closed:
-                    self._conn = self._psycopg.connect(self._url, autocommit=False)
-                with self._conn.transaction():
-                    return function(self._conn)
-            except self._psycopg.Error as exc:
-                raise StoreUnavailableError(f"audit store cannot {action}: "
-                                            f"{_without_password(str(exc), self._url)}") from exc
-
-    def head(self) -> tuple[int, str] | None:
-        row = self._run("read", lambda c: c.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
-                        .fetchone())
-        return (int(row[0]), str(row[1])) if row else None
-
-    def append(self, rows: Sequence[StoredEvent], checkpoint: Checkpoint | None = None) -> None:
-        values = [_row_values(row) for row in rows]
-        marks = ", ".join("%s" for _ in _EVENT_COLUMNS)
-        columns = ", ".join(f'"{c}"' for c in _EVENT_COLUMNS)
-
-        def write(conn: Any) -> None:
-            with conn.cursor() as cursor:
-                if values:
-                    cursor.executemany(f"INSERT INTO events ({columns}) VALUES ({marks})", values)
-                if checkpoint is not None:
-                    cursor.execute(
-                        "INSERT INTO checkpoints VALUES (%s, %s, %s, %s, %s) ON CONFLICT (seq) DO UPDATE SET "
-                        "hash = excluded.hash, time = excluded.time, key_id = excluded.key_id, "
-                        "signature = excluded.signature", _cp_values(checkpoint))
-
-        self._run("write", write)
-
-    def add_checkpoint(self, checkpoint: Checkpoint) -> None:
-        self.append([], checkpoint)
-
-    def last_checkpoint(self) -> Checkpoint | None:
-        row = self._run("read", lambda c: c.execute(
-            "SELECT seq, hash, time, key_id, signature FROM checkpoints ORDER BY seq DESC LIMIT 1").fetchone())
-        return Checkpoint(int(row[0]), row[1], row[2], row[3], row[4]) if row else None
-
-    def query(self, query: AuditQuery) -> list[StoredEvent]:
-        where, args = _where(query, "%s")
-        sql = f"{_SELECT}{where} ORDER BY seq DESC LIMIT %s"
-        rows = self._run("read", lambda c: c.execute(sql, [*args, query.limit]).fetchall())
-        return [_stored(r) for r in rows]
-
-    def iter_rows(self, batch: int = 5000) -> Iterator[StoredEvent]:
-        last = 0
-        while True:
-            chunk = self.read_after(last, batch)
-            if not chunk:
-                return
-            yield from chunk
-            last = chunk[-1].seq
-
-    def read_after(self, seq: int, limit: int) -> list[StoredEvent]:
-        rows = self._run("read", lambda c: c.execute(f"{_SELECT} WHERE seq > %s ORDER BY seq LIMIT %s",
-                                                     (seq, limit)).fetchall())
-        return [_stored(r) for r in rows]
-
-    def checkpoints(self) -> list[Checkpoint]:
-        rows = self._run("read", lambda c: c.execute(
-            "SELECT seq, hash, time, key_id, signature FROM checkpoints ORDER BY seq").fetchall())
-        return [Checkpoint(int(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4])) for r in rows]
-
-    def get_cursor(self, name: str) -> int:
-        row = self._run("read", lambda c: c.execute("SELECT seq FROM cursors WHERE name = %s", (name,)).fetchone())
-        return int(row[0]) if row else 0
-
-    def set_cursor(self, name: str, seq: int) -> None:
-        self._run("write", lambda c: c.execute(
-            "INSERT INTO cursors (name, seq) VALUES (%s, %s) ON CONFLICT (name) DO UPDATE SET seq = excluded.seq",
-            (name, seq)))
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        super().__init__(Database(url, schema=schema))
 
 
 def signature_bytes(checkpoint: Checkpoint) -> bytes:

@@ -11,13 +11,11 @@ rows written since the last clean stop (``mark_clean``), which start-up reconcil
 and ``abandon``s. Removals and read failures are recorded too (evidence for an incident).
 
 Errors of the database become ``StoreUnavailableError``; a row that does not parse raises
-``SealInvalidError`` from ``Seal.from_bytes``. The PostgreSQL store can follow the same protocol.
+``SealInvalidError`` from ``Seal.from_bytes``. The same class serves PostgreSQL (``Hardening.Database``).
 """
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,15 +23,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from orthanc_hardening.errors import StoreUnavailableError
 from orthanc_hardening.seal.record import Seal
+from orthanc_hardening.stores.sql import SQLITE, Database, Transaction, sqlite_url
 from orthanc_hardening.timefmt import format_time
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS seals (
+    {rowid}
     uuid TEXT NOT NULL,
     content_type INTEGER NOT NULL,
-    record BLOB NOT NULL,
+    record {blob} NOT NULL,
     sop_instance_uid TEXT NOT NULL,
     study_uid TEXT NOT NULL,
     key_id TEXT NOT NULL,
@@ -43,7 +42,7 @@ CREATE TABLE IF NOT EXISTS seals (
 );
 CREATE INDEX IF NOT EXISTS seals_sop ON seals (sop_instance_uid);
 CREATE TABLE IF NOT EXISTS failures (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id {id},
     time TEXT NOT NULL,
     uuid TEXT NOT NULL,
     content_type INTEGER NOT NULL,
@@ -51,6 +50,8 @@ CREATE TABLE IF NOT EXISTS failures (
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+# PostgreSQL's explicit rowid column (SQLite's implicit one is the table's key already).
+POSTGRES_INDEXES = "CREATE INDEX IF NOT EXISTS seals_rowid ON seals (rowid)"
 
 STORED = "stored"
 REMOVED = "removed"
@@ -89,39 +90,33 @@ class SealStore(Protocol):
     def last_failure_id(self) -> int: ...
 
 
-class SQLiteSealStore:
-    """Seals in one SQLite file (WAL; ``synchronous`` NORMAL or FULL, see the module docstring).
+class SQLSealStore:
+    """Seals in one SQLite file (WAL; ``synchronous`` NORMAL or FULL, see the module docstring) or
+    in a PostgreSQL schema shared by several nodes (``stores/sql.py``).
 
     One connection guarded by a lock: a commit in WAL mode with ``NORMAL`` is a single write of
-    the WAL frame (no fsync), so the lock is held for microseconds.
+    the WAL frame (no fsync), so the lock is held for microseconds. PostgreSQL has no implicit
+    ``rowid``: the schema gives it a ``rowid`` sequence column, renumbered when a row is replaced
+    (as SQLite's ``INSERT OR REPLACE`` does), so ``suspect_rows`` and ``stored_after`` mean the same.
     """
 
-    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
-        if synchronous not in ("NORMAL", "FULL"):
-            raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
-        self.path = Path(path)
-        self.synchronous = synchronous
-        self._lock = threading.Lock()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={synchronous}")
-            self._db.executescript(SCHEMA)
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreUnavailableError(f"seal store {self.path} cannot be opened: {exc}") from exc
+    def __init__(self, database: Database) -> None:
+        """Use ``database`` and create the schema.
+
+        Raises:
+            StoreUnavailableError: the database cannot be opened or the schema created.
+        """
+        self.database = database
+        self.path = database.path
+        database.create_schema(SCHEMA if database.dialect == SQLITE else f"{SCHEMA};{POSTGRES_INDEXES}")
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.database.close()
 
     @contextmanager
-    def _cursor(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                yield self._db
-            except sqlite3.Error as exc:
-                raise StoreUnavailableError(f"seal store error: {exc}") from exc
+    def _cursor(self) -> Iterator[Transaction]:
+        with self.database.transaction() as tx:
+            yield tx
 
     def put(self, seal: Seal) -> bytes:
         """Insert (or replace) the seal of an attachment; committed when this returns.
@@ -133,12 +128,17 @@ class SQLiteSealStore:
             StoreUnavailableError: the row could not be committed.
         """
         record = seal.to_bytes()
+        values = (seal.uuid, seal.content_type, record, seal.sop_instance_uid, seal.study_uid, seal.key_id)
         with self._cursor() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO seals (uuid, content_type, record, sop_instance_uid, study_uid, key_id, state)"
-                " VALUES (?, ?, ?, ?, ?, ?, 'stored')",
-                (seal.uuid, seal.content_type, record, seal.sop_instance_uid, seal.study_uid, seal.key_id),
-            )
+            if db.dialect == SQLITE:
+                db.execute("INSERT OR REPLACE INTO seals (uuid, content_type, record, sop_instance_uid, study_uid, "
+                           "key_id, state) VALUES (?, ?, ?, ?, ?, ?, 'stored')", values)
+            else:
+                db.execute("INSERT INTO seals (uuid, content_type, record, sop_instance_uid, study_uid, key_id, state)"
+                           " VALUES (?, ?, ?, ?, ?, ?, 'stored') ON CONFLICT (uuid, content_type) DO UPDATE SET "
+                           "record = excluded.record, sop_instance_uid = excluded.sop_instance_uid, "
+                           "study_uid = excluded.study_uid, key_id = excluded.key_id, state = 'stored', "
+                           "changed_at = '', rowid = DEFAULT", values)
         return record
 
     def get(self, uuid: str, content_type: int) -> Seal | None:
@@ -214,11 +214,8 @@ class SQLiteSealStore:
     def record_failure(self, uuid: str, content_type: int, problem: str, now: datetime) -> int:
         """Record a failed verification; return its id (a counter that only grows)."""
         with self._cursor() as db:
-            cursor = db.execute(
-                "INSERT INTO failures (time, uuid, content_type, problem) VALUES (?, ?, ?, ?)",
-                (format_time(now), uuid, content_type, problem[:1000]),
-            )
-            return int(cursor.lastrowid or 0)
+            return db.insert_id("INSERT INTO failures (time, uuid, content_type, problem) VALUES (?, ?, ?, ?)",
+                                (format_time(now), uuid, content_type, problem[:1000]))
 
     def last_failure_id(self) -> int:
         with self._cursor() as db:
@@ -246,7 +243,8 @@ class SQLiteSealStore:
 
     def set_meta(self, name: str, value: str) -> None:
         with self._cursor() as db:
-            db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, value))
+            db.execute("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET "
+                       "value = excluded.value", (name, value))
 
     def max_rowid(self) -> int:
         with self._cursor() as db:
@@ -264,6 +262,14 @@ class SQLiteSealStore:
                 "SELECT rowid, record, state FROM seals WHERE rowid > ? AND state = 'stored' ORDER BY rowid", (clean,)
             ).fetchall()
         return [SealRow(int(r[0]), Seal.from_bytes(r[1]), str(r[2])) for r in rows]
+
+
+class SQLiteSealStore(SQLSealStore):
+    """The seal store in its SQLite file (the default ``DataDirectory/seals.db``)."""
+
+    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
+        super().__init__(Database(sqlite_url(Path(path)), synchronous=synchronous))
+        self.synchronous = synchronous
 
 
 class MemorySealStore:
@@ -307,17 +313,17 @@ class MemorySealStore:
 class SealReader:
     """Read-only access to the seal store's rows (for the scrub and offline tools)."""
 
-    def __init__(self, path: Path) -> None:
-        try:
-            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=30)
-        except sqlite3.Error as exc:
-            raise StoreUnavailableError(f"seal store {path} cannot be opened: {exc}") from exc
-        self._lock = threading.Lock()
+    def __init__(self, source: Path | Database) -> None:
+        """Read the seal store at ``source`` (a SQLite file, opened read-only, or a ``Database``).
+
+        Raises:
+            StoreUnavailableError: it cannot be opened.
+        """
+        self._db = source if isinstance(source, Database) else Database(sqlite_url(Path(source)), readonly=True)
 
     def stored_keys(self) -> list[tuple[str, int]]:
-        with self._lock:
-            return [(str(u), int(t)) for u, t in
-                    self._db.execute("SELECT uuid, content_type FROM seals WHERE state = 'stored'")]
+        rows = self._db.read("SELECT uuid, content_type FROM seals WHERE state = 'stored'")
+        return [(str(u), int(t)) for u, t in rows]
 
     def get(self, uuid: str, content_type: int) -> Seal | None:
         """The stored seal of an attachment (state ``stored``), or ``None``.
@@ -333,9 +339,8 @@ class SealReader:
         Raises:
             SealInvalidError: the row is malformed.
         """
-        with self._lock:
-            row = self._db.execute("SELECT record FROM seals WHERE uuid = ? AND content_type = ? AND state = 'stored'",
-                                   (uuid, content_type)).fetchone()
+        row = self._db.read_one("SELECT record FROM seals WHERE uuid = ? AND content_type = ? AND state = 'stored'",
+                                (uuid, content_type))
         if row is None:
             return None, b""
         record = bytes(row[0])
@@ -347,10 +352,6 @@ class SealReader:
         Raises:
             StoreUnavailableError: the store cannot be read.
         """
-        try:
-            with self._lock:
-                return [(int(r), bytes(rec)) for r, rec in self._db.execute(
-                    "SELECT rowid, record FROM seals WHERE rowid > ? AND content_type = ? AND state = 'stored' "
-                    "ORDER BY rowid", (rowid, content_type))]
-        except sqlite3.Error as exc:
-            raise StoreUnavailableError(f"seal store cannot be read: {exc}") from exc
+        return [(int(r), bytes(rec)) for r, rec in self._db.read(
+            "SELECT rowid, record FROM seals WHERE rowid > ? AND content_type = ? AND state = 'stored' "
+            "ORDER BY rowid", (rowid, content_type))]

@@ -217,7 +217,7 @@ def test_keys_route_requires_administrator_and_lists_current(runtime):
 def test_seal_store_follows_the_durability_key(runtime, durability, pragma):
     runtime = dataclasses.replace(runtime, config=dataclasses.replace(runtime.config, durability=durability))
     storage = installed(runtime)
-    assert storage.store._db.execute("PRAGMA synchronous").fetchone()[0] == pragma
+    assert storage.store.database.read_one("PRAGMA synchronous")[0] == pragma
 
 
 @pytest.mark.attack
@@ -230,7 +230,7 @@ def test_seal_row_edited_after_create_is_caught_although_the_seal_was_cached(run
     record = json.loads(storage.store.get_record(UUID, 1))
     record["patient_id"] = "SOMEONE-ELSE"
     edited = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
-    storage.store._db.execute("UPDATE seals SET record = ? WHERE uuid = ?", (edited, UUID))
+    storage.store.database.write("UPDATE seals SET record = ? WHERE uuid = ?", (edited, UUID))
     with pytest.raises(SealInvalidError):
         read(UUID, 1)
 

@@ -59,7 +59,7 @@ def test_suspect_rows_are_those_after_the_last_clean_stop(tmp_path):
 def test_corrupted_row_raises_seal_invalid(tmp_path):
     store = SQLiteSealStore(tmp_path / "seals.db")
     store.put(make_seal(UUIDS[0]))
-    store._db.execute("UPDATE seals SET record = ?", (b'{"version": 1}',))
+    store.database.write("UPDATE seals SET record = ?", (b'{"version": 1}',))
     with pytest.raises(SealInvalidError):
         store.get(UUIDS[0], 1)
 
@@ -74,7 +74,7 @@ def test_unopenable_store_raises_store_unavailable(tmp_path):
 @pytest.mark.parametrize(("synchronous", "pragma"), [("NORMAL", 1), ("FULL", 2)])
 def test_synchronous_level_is_applied_and_record_bytes_round_trip(tmp_path, synchronous, pragma):
     store = SQLiteSealStore(tmp_path / "seals.db", synchronous)
-    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == pragma
+    assert store.database.read_one("PRAGMA synchronous")[0] == pragma
     seal = make_seal(UUIDS[0])
     record = store.put(seal)
     assert store.get_record(UUIDS[0], 1) == record == seal.to_bytes()
