@@ -64,7 +64,9 @@ def test_seals_and_audit_live_in_postgres_and_reads_verify(server: OrthancServer
     with pg(postgres) as conn:
         stored = {row[0] for row in conn.execute("SELECT uuid FROM hardening_seals.seals WHERE state = 'stored'")}
         assert {uuid_of(server, i) for i in ids} <= stored
-    assert not (server.data_dir / "seals.db").exists()
+        # The legacy inventory is taken once for the archive, in the shared database.
+        assert conn.execute("SELECT value FROM hardening_legacy.meta WHERE name = 'taken'").fetchone() is not None
+    assert not (server.data_dir / "seals.db").exists() and not (server.data_dir / "legacy.db").exists()
     for instance_id in ids:
         response = server.get(f"/instances/{instance_id}/file")
         assert response.status_code == 200 and response.content == files[instance_id]
