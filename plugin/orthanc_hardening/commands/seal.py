@@ -41,9 +41,9 @@ from orthanc_hardening.seal.identity import NO_IDENTITY, identify
 from orthanc_hardening.seal.layout import attachment_path
 from orthanc_hardening.seal.record import seal_attachment
 from orthanc_hardening.stores import key_files
-from orthanc_hardening.stores.legacy_inventory import SQLiteLegacyInventory, inventory_path
+from orthanc_hardening.stores.legacy_inventory import SQLLegacyInventory, inventory_path
 from orthanc_hardening.stores.seal_store import SQLSealStore
-from orthanc_hardening.stores.sql import SEALS_SCHEMA, open_store_database
+from orthanc_hardening.stores.sql import LEGACY_SCHEMA, SEALS_SCHEMA, open_store_database
 
 RECEPTION_DATE = 2  # Orthanc's MetadataType_Instance_ReceptionDate
 INSTANCE = 4  # Orthanc's ResourceType_Instance in the SQLite index (Patient 1 … Instance 4)
@@ -95,7 +95,8 @@ def seal_offline(orthanc_config: dict[str, Any], env: dict[str, str], now: dt.da
     listed = [StoredAttachment(str(instance_id), int(content_type), str(uuid), received)
               for instance_id, content_type, uuid, received in rows]
     is_sealed = lambda uuid, kind: store.get(uuid, kind) is not None  # noqa: E731
-    inventory = SQLiteLegacyInventory(inventory_path(config.seal_database))
+    inventory = SQLLegacyInventory(open_store_database(config.shared_database, LEGACY_SCHEMA,
+                                                       inventory_path(config.seal_database)))
     if since is not None and inventory.taken() is None:
         # Upgraded from a version without inventory and not started since: the older rule, once.
         entries = plan_inventory(listed, is_sealed, InventoryRule.RECEPTION_DATE, since)

@@ -70,10 +70,10 @@ from orthanc_hardening.shell.binding import IndexBinding, scan_shared_attachment
 from orthanc_hardening.shell.guard import alert, decide, mark_audited, refuse_raise
 from orthanc_hardening.shell.runtime import Runtime
 from orthanc_hardening.stores.attachment_files import read_file, remove_file, unlink, write_file
-from orthanc_hardening.stores.legacy_inventory import SQLiteLegacyInventory, inventory_path
+from orthanc_hardening.stores.legacy_inventory import SQLLegacyInventory, inventory_path
 from orthanc_hardening.stores.seal_store import SQLSealStore
 from orthanc_hardening.stores.signature_cache import SignatureCache
-from orthanc_hardening.stores.sql import SEALS_SCHEMA, open_store_database
+from orthanc_hardening.stores.sql import LEGACY_SCHEMA, SEALS_SCHEMA, open_store_database
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class SealedStorage:
     _last: dict[int, tuple[bytes, InstanceIdentity]] = field(default_factory=dict)
     _last_lock: threading.Lock = field(default_factory=threading.Lock)
     # The signed legacy inventory (``integrity/legacy.py``); ``None``: nothing is legacy.
-    legacy: SQLiteLegacyInventory | None = None
+    legacy: SQLLegacyInventory | None = None
     # The index side of every read (``shell/binding.py``); ``None`` only in unit tests.
     index_binding: IndexBinding | None = None
     # Index tags parsed at create, by attachment uuid, for the query catalogue (bounded).
@@ -697,7 +697,8 @@ def install(runtime: Runtime, keys: KeyRing, cache: SignatureCache) -> SealedSto
     storage.index_binding = IndexBinding(runtime)
     scan_shared_attachments(runtime, storage.index_binding)
     storage.sealing_since, fresh = load_sealing_since(store, keys, now)
-    storage.legacy = SQLiteLegacyInventory(inventory_path(config.seal_database))
+    storage.legacy = SQLLegacyInventory(open_store_database(config.shared_database, LEGACY_SCHEMA,
+                                                            inventory_path(config.seal_database)))
     clean_through = store.max_rowid()
     suspects = reconcile_files(root, store, now)
     runtime.metrics.set(FAILURES_METRIC, 0)

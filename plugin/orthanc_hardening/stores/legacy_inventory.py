@@ -1,4 +1,5 @@
-"""The signed legacy inventory in one SQLite file (``legacy.db`` next to the seal database).
+"""The signed legacy inventory: one SQLite file (``legacy.db`` next to the seal database) or schema
+``hardening_legacy`` of ``Hardening.Database`` (shared by the nodes, taken once for the archive).
 
 Rows ``(uuid, content_type, instance_id, signature)`` written once, when the inventory is taken
 (``integrity/legacy.py``), and a ``meta`` row saying it was taken and by which rule. Entries
@@ -8,13 +9,11 @@ its signature, a row deleted only makes fewer attachments legacy (fail closed).
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from orthanc_hardening.errors import StoreUnavailableError
 from orthanc_hardening.integrity.legacy import LegacyEntry
+from orthanc_hardening.stores.sql import Database, sqlite_url
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS legacy (uuid TEXT NOT NULL, content_type INTEGER NOT NULL, instance_id TEXT NOT NULL,
@@ -24,56 +23,48 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 TAKEN = "taken"
 
 
-class SQLiteLegacyInventory:
-    """The legacy inventory (see the module docstring). Thread-safe."""
+class SQLLegacyInventory:
+    """The legacy inventory (see the module docstring) on the SQL layer. Thread-safe."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
-            self._db.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreUnavailableError(f"cannot open the legacy inventory {self.path}: {exc}") from exc
-        self._lock = threading.Lock()
+    def __init__(self, database: Database) -> None:
+        """Use ``database`` and create the tables.
+
+        Raises:
+            StoreUnavailableError: it cannot be opened.
+        """
+        self.database = database
+        self.path = database.path
+        database.create_schema(_SCHEMA)
 
     def taken(self) -> str | None:
         """The rule the inventory was taken by, or ``None`` when it was never taken."""
-        try:
-            with self._lock:
-                row = self._db.execute("SELECT value FROM meta WHERE name = ?", (TAKEN,)).fetchone()
-        except sqlite3.Error as exc:
-            raise StoreUnavailableError(f"cannot read the legacy inventory: {exc}") from exc
+        row = self.database.read_one("SELECT value FROM meta WHERE name = ?", (TAKEN,))
         return None if row is None else str(row[0])
 
     def take(self, entries: Iterable[tuple[LegacyEntry, str]], rule: str) -> int:
-        """Write every entry with its signature and mark the inventory taken, in one transaction."""
+        """Write every entry with its signature and mark the inventory taken, in one transaction.
+
+        Serialised between nodes: the first node takes it; a node that finds it taken while
+        waiting writes nothing (returns 0), so a node joining later never widens it.
+        """
         count = 0
-        try:
-            with self._lock:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    for entry, signature in entries:
-                        self._db.execute("INSERT OR REPLACE INTO legacy VALUES (?, ?, ?, ?)",
-                                         (entry.uuid, int(entry.content_type), entry.instance_id, signature))
-                        count += 1
-                    self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (TAKEN, rule))
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-        except sqlite3.Error as exc:
-            raise StoreUnavailableError(f"cannot write the legacy inventory: {exc}") from exc
+        with self.database.transaction(serialise="orthanc-hardening:legacy-inventory", action="write") as tx:
+            if tx.one("SELECT value FROM meta WHERE name = ?", (TAKEN,)) is not None:
+                return 0
+            for entry, signature in entries:
+                tx.execute("INSERT INTO legacy (uuid, content_type, instance_id, signature) VALUES (?, ?, ?, ?) "
+                           "ON CONFLICT (uuid, content_type) DO UPDATE SET instance_id = excluded.instance_id, "
+                           "signature = excluded.signature",
+                           (entry.uuid, int(entry.content_type), entry.instance_id, signature))
+                count += 1
+            tx.execute("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET "
+                       "value = excluded.value", (TAKEN, rule))
         return count
 
     def get(self, uuid: str, content_type: int) -> tuple[LegacyEntry, str] | None:
         """The entry of an attachment and its stored signature, or ``None``."""
-        try:
-            with self._lock:
-                row = self._db.execute("SELECT uuid, content_type, instance_id, signature FROM legacy "
-                                       "WHERE uuid = ? AND content_type = ?", (uuid, int(content_type))).fetchone()
-        except sqlite3.Error as exc:
-            raise StoreUnavailableError(f"cannot read the legacy inventory: {exc}") from exc
+        row = self.database.read_one("SELECT uuid, content_type, instance_id, signature FROM legacy "
+                                     "WHERE uuid = ? AND content_type = ?", (uuid, int(content_type)))
         if row is None:
             return None
         return LegacyEntry(str(row[0]), int(row[1]), str(row[2])), str(row[3])
@@ -84,12 +75,18 @@ class SQLiteLegacyInventory:
             return [(str(u), int(t)) for u, t in self._db.execute("SELECT uuid, content_type FROM legacy")]
 
     def count(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM legacy").fetchone()[0])
+        row = self.database.read_one("SELECT COUNT(*) FROM legacy")
+        return int(row[0]) if row else 0
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.database.close()
+
+
+class SQLiteLegacyInventory(SQLLegacyInventory):
+    """The legacy inventory in its SQLite file (``legacy.db`` next to ``seals.db``)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(Database(sqlite_url(Path(path))))
 
 
 def inventory_path(seal_database: Path) -> Path:

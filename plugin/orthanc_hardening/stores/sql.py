@@ -277,19 +277,47 @@ class Database:
             manager.__enter__()
         return manager
 
+    def _single(self, statement: str, params: Sequence[Any], action: str, retry: bool) -> Any:
+        """One statement in autocommit (its own transaction; one round trip on PostgreSQL)."""
+        errors = self._driver_errors()
+        with self._lock:
+            try:
+                conn = self._connection()
+                try:
+                    return conn.execute(self.sql(statement), tuple(params))
+                except errors:
+                    # A read found the connection dead (the server restarted while it was idle):
+                    # replaced once. A write is not repeated: it may have committed.
+                    if not retry or self.dialect != POSTGRESQL or not (conn.closed or conn.broken):
+                        raise
+                    self.close()
+                    return self._connection().execute(self.sql(statement), tuple(params))
+            except errors as exc:
+                raise self._error(action, exc) from exc
+
     def read(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Every row of one query (its own transaction)."""
-        with self.transaction(action="read") as tx:
-            return tx.all(statement, params)
+        """Every row of one query."""
+        with self._lock:
+            return [tuple(row) for row in self._fetch(statement, params, all_rows=True)]
 
     def read_one(self, statement: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
-        with self.transaction(action="read") as tx:
-            return tx.one(statement, params)
+        """The first row of one query, or ``None``."""
+        with self._lock:
+            row = self._fetch(statement, params, all_rows=False)
+        return None if row is None else tuple(row)
+
+    def _fetch(self, statement: str, params: Sequence[Any], all_rows: bool) -> Any:
+        errors = self._driver_errors()
+        cursor = self._single(statement, params, "read", retry=True)
+        try:
+            return cursor.fetchall() if all_rows else cursor.fetchone()
+        except errors as exc:
+            raise self._error("read", exc) from exc
 
     def write(self, statement: str, params: Sequence[Any] = ()) -> int:
-        """Run one statement in its own transaction; return the number of rows it changed."""
-        with self.transaction(action="write") as tx:
-            return int(tx.execute(statement, params).rowcount)
+        """Run one statement as its own transaction; return the number of rows it changed."""
+        with self._lock:
+            return int(self._single(statement, params, "write", retry=False).rowcount)
 
     def create_schema(self, ddl: str) -> None:
         """Create the tables and indexes of ``ddl`` (``;``-separated, ``IF NOT EXISTS``) in one transaction.
