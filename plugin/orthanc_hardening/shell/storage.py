@@ -30,6 +30,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import socket
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -617,6 +618,17 @@ def is_torn_copy(found: bytes, sealed: bytes) -> bool:
 # -- start-up -----------------------------------------------------------------------------
 
 
+def node_identity(orthanc_config: Any, shared_database: str | None) -> str:
+    """The name this node's seal rows carry: Orthanc's ``DatabaseServerIdentifier`` if set, else,
+    on a database shared by several nodes, host name and HTTP port; ``""`` for a lone node."""
+    configured = orthanc_config.get("DatabaseServerIdentifier")
+    if isinstance(configured, str) and configured:
+        return configured
+    if not shared_database:
+        return ""
+    return f"{socket.gethostname()}:{orthanc_config.get('HttpPort', 8042)}"
+
+
 def storage_root(orthanc_config: Any) -> Path:
     """Orthanc's ``StorageDirectory`` (relative paths are taken from the working directory)."""
     return Path(str(orthanc_config.get("StorageDirectory", "OrthancStorage"))).absolute()
@@ -677,7 +689,7 @@ def reconcile_index(storage: SealedStorage, suspects: Iterable[Seal], clean_thro
             logger.warning("removing attachment %s that Orthanc never indexed (interrupted ingest)", seal.uuid)
             unlink(attachment_path(storage.root, seal.uuid))
             storage.store.abandon(seal.uuid, seal.content_type, storage.runtime.clock())
-    storage.store.set_meta("clean_through_rowid", str(clean_through))
+    storage.store.set_clean_through(clean_through)
 
 
 def install(runtime: Runtime, keys: KeyRing, cache: SignatureCache) -> SealedStorage:
@@ -691,7 +703,8 @@ def install(runtime: Runtime, keys: KeyRing, cache: SignatureCache) -> SealedSto
     root = storage_root(runtime.orthanc_config)
     root.mkdir(parents=True, exist_ok=True)
     store = SQLSealStore(open_store_database(config.shared_database, SEALS_SCHEMA, config.seal_database,
-                                             config.sqlite_synchronous))
+                                             config.sqlite_synchronous),
+                         writer=node_identity(runtime.orthanc_config, config.shared_database))
     storage = SealedStorage(runtime=runtime, root=root, store=store, keyring=keys, cache=cache,
                             sync=bool(runtime.orthanc_config.get("SyncStorageArea", True)))
     storage.index_binding = IndexBinding(runtime)

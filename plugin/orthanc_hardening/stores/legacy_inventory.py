@@ -71,8 +71,7 @@ class SQLLegacyInventory:
 
     def attachments(self) -> list[tuple[str, int]]:
         """``(uuid, content type)`` of every entry."""
-        with self._lock:
-            return [(str(u), int(t)) for u, t in self._db.execute("SELECT uuid, content_type FROM legacy")]
+        return [(str(u), int(t)) for u, t in self.database.read("SELECT uuid, content_type FROM legacy")]
 
     def count(self) -> int:
         row = self.database.read_one("SELECT COUNT(*) FROM legacy")

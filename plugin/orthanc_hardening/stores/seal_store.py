@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS seals (
     key_id TEXT NOT NULL,
     state TEXT NOT NULL DEFAULT 'stored',
     changed_at TEXT NOT NULL DEFAULT '',
+    writer TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (uuid, content_type)
 );
 CREATE INDEX IF NOT EXISTS seals_sop ON seals (sop_instance_uid);
@@ -100,15 +101,31 @@ class SQLSealStore:
     (as SQLite's ``INSERT OR REPLACE`` does), so ``suspect_rows`` and ``stored_after`` mean the same.
     """
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, writer: str = "") -> None:
         """Use ``database`` and create the schema.
+
+        ``writer`` names the node whose writes these are (``shell/storage.node_identity``): on a
+        database shared by several nodes, start-up reconciliation checks only this node's rows,
+        never a write another node has in flight.
 
         Raises:
             StoreUnavailableError: the database cannot be opened or the schema created.
         """
         self.database = database
         self.path = database.path
+        self.writer = writer
         database.create_schema(SCHEMA if database.dialect == SQLITE else f"{SCHEMA};{POSTGRES_INDEXES}")
+        self._add_writer_column()
+
+    def _add_writer_column(self) -> None:
+        """Seal stores created before rows named their writer gain the column (empty: one node)."""
+        with self._cursor() as db:
+            if db.dialect == SQLITE:
+                columns = {str(row[1]) for row in db.execute("PRAGMA table_info(seals)").fetchall()}
+                if "writer" not in columns:
+                    db.execute("ALTER TABLE seals ADD COLUMN writer TEXT NOT NULL DEFAULT ''")
+            else:
+                db.execute("ALTER TABLE seals ADD COLUMN IF NOT EXISTS writer TEXT NOT NULL DEFAULT ''")
 
     def close(self) -> None:
         self.database.close()
@@ -128,17 +145,18 @@ class SQLSealStore:
             StoreUnavailableError: the row could not be committed.
         """
         record = seal.to_bytes()
-        values = (seal.uuid, seal.content_type, record, seal.sop_instance_uid, seal.study_uid, seal.key_id)
+        values = (seal.uuid, seal.content_type, record, seal.sop_instance_uid, seal.study_uid, seal.key_id,
+                  self.writer)
         with self._cursor() as db:
             if db.dialect == SQLITE:
                 db.execute("INSERT OR REPLACE INTO seals (uuid, content_type, record, sop_instance_uid, study_uid, "
-                           "key_id, state) VALUES (?, ?, ?, ?, ?, ?, 'stored')", values)
+                           "key_id, writer, state) VALUES (?, ?, ?, ?, ?, ?, ?, 'stored')", values)
             else:
-                db.execute("INSERT INTO seals (uuid, content_type, record, sop_instance_uid, study_uid, key_id, state)"
-                           " VALUES (?, ?, ?, ?, ?, ?, 'stored') ON CONFLICT (uuid, content_type) DO UPDATE SET "
-                           "record = excluded.record, sop_instance_uid = excluded.sop_instance_uid, "
-                           "study_uid = excluded.study_uid, key_id = excluded.key_id, state = 'stored', "
-                           "changed_at = '', rowid = DEFAULT", values)
+                db.execute("INSERT INTO seals (uuid, content_type, record, sop_instance_uid, study_uid, key_id, "
+                           "writer, state) VALUES (?, ?, ?, ?, ?, ?, ?, 'stored') ON CONFLICT (uuid, content_type) "
+                           "DO UPDATE SET record = excluded.record, sop_instance_uid = excluded.sop_instance_uid, "
+                           "study_uid = excluded.study_uid, key_id = excluded.key_id, writer = excluded.writer, "
+                           "state = 'stored', changed_at = '', rowid = DEFAULT", values)
         return record
 
     def get(self, uuid: str, content_type: int) -> Seal | None:
@@ -250,16 +268,29 @@ class SQLSealStore:
         with self._cursor() as db:
             return int(db.execute("SELECT COALESCE(MAX(rowid), 0) FROM seals").fetchone()[0])
 
+    def _clean_mark(self) -> str:
+        return "clean_through_rowid" if not self.writer else f"clean_through_rowid:{self.writer}"
+
     def mark_clean(self) -> None:
-        """Record that every row written so far belongs to a completed write (clean stop)."""
-        self.set_meta("clean_through_rowid", str(self.max_rowid()))
+        """Record that every row this node wrote so far belongs to a completed write (clean stop)."""
+        self.set_clean_through(self.max_rowid())
+
+    def set_clean_through(self, rowid: int) -> None:
+        """Record that this node's rows up to ``rowid`` belong to completed writes."""
+        self.set_meta(self._clean_mark(), str(rowid))
 
     def suspect_rows(self) -> list[SealRow]:
-        """Stored rows written after the last clean stop (possibly half-written state)."""
-        clean = int(self.get_meta("clean_through_rowid") or "0")
+        """This node's stored rows written after its last clean stop (possibly half-written state).
+
+        Another node's rows are never suspects here: on a shared database its write may be in
+        flight right now (seal row committed, file or Orthanc's index not yet), and that node
+        reconciles its own rows when it starts again.
+        """
+        clean = int(self.get_meta(self._clean_mark()) or "0")
         with self._cursor() as db:
             rows = db.execute(
-                "SELECT rowid, record, state FROM seals WHERE rowid > ? AND state = 'stored' ORDER BY rowid", (clean,)
+                "SELECT rowid, record, state FROM seals WHERE rowid > ? AND state = 'stored' AND writer = ? "
+                "ORDER BY rowid", (clean, self.writer)
             ).fetchall()
         return [SealRow(int(r[0]), Seal.from_bytes(r[1]), str(r[2])) for r in rows]
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 
 from orthanc_hardening.errors import SealInvalidError, StoreUnavailableError
 from orthanc_hardening.seal.identity import InstanceIdentity
 from orthanc_hardening.seal.record import seal_attachment
-from orthanc_hardening.stores.seal_store import ABANDONED, REMOVED, STORED, SQLiteSealStore
+from orthanc_hardening.stores.seal_store import ABANDONED, REMOVED, STORED, SQLiteSealStore, SQLSealStore
+from orthanc_hardening.stores.sql import Database, sqlite_url
 from tests.unit.seal.conftest import NOW, fixed_signer
 
 UUIDS = ["0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f" + str(i) for i in range(4)]
@@ -53,6 +56,41 @@ def test_suspect_rows_are_those_after_the_last_clean_stop(tmp_path):
     store.abandon(UUIDS[2], 1, NOW)
     assert [r.seal.uuid for r in store.suspect_rows()] == [UUIDS[1]]
     assert store.get_row(UUIDS[2], 1).state == ABANDONED
+
+
+def test_a_node_never_takes_another_nodes_write_in_flight_for_a_suspect(tmp_path):
+    """Two nodes on one database: node B's seal row, committed while its file is still being
+    written, is not node A's to reconcile when A restarts (A would abandon a write B acknowledges)."""
+    url = sqlite_url(tmp_path / "seals.db")
+    node_a = SQLSealStore(Database(url), writer="A")
+    node_b = SQLSealStore(Database(url), writer="B")
+    node_a.put(make_seal(UUIDS[0]))
+    node_a.mark_clean()
+    node_b.put(make_seal(UUIDS[1]))  # B's write in flight
+    node_a.put(make_seal(UUIDS[2]))  # A crashes after this row
+    assert [r.seal.uuid for r in node_a.suspect_rows()] == [UUIDS[2]]
+    assert [r.seal.uuid for r in node_b.suspect_rows()] == [UUIDS[1]]
+    node_b.mark_clean()
+    assert node_b.suspect_rows() == []
+    assert [r.seal.uuid for r in node_a.suspect_rows()] == [UUIDS[2]]
+
+
+def test_a_seal_store_from_before_writers_gains_the_column_and_keeps_its_suspects(tmp_path):
+    path = tmp_path / "seals.db"
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE seals (uuid TEXT NOT NULL, content_type INTEGER NOT NULL, record BLOB NOT NULL, "
+                "sop_instance_uid TEXT NOT NULL, study_uid TEXT NOT NULL, key_id TEXT NOT NULL, "
+                "state TEXT NOT NULL DEFAULT 'stored', changed_at TEXT NOT NULL DEFAULT '', "
+                "PRIMARY KEY (uuid, content_type))")
+    seal = make_seal(UUIDS[0])
+    old.execute("INSERT INTO seals (uuid, content_type, record, sop_instance_uid, study_uid, key_id) "
+                "VALUES (?, 1, ?, ?, '', ?)", (seal.uuid, seal.to_bytes(), seal.sop_instance_uid, seal.key_id))
+    old.commit()
+    old.close()
+    store = SQLiteSealStore(path)
+    assert [r.seal.uuid for r in store.suspect_rows()] == [UUIDS[0]]
+    store.put(make_seal(UUIDS[1]))
+    assert store.get(UUIDS[0], 1) == seal and len(store.suspect_rows()) == 2
 
 
 @pytest.mark.attack
