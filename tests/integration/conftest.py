@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.support.pki import make_pki
+from tests.support.postgres import PostgresServer
 from tests.support.server import SHIM_DIR, OrthancServer, Pki, make_server
 
 
@@ -69,3 +70,13 @@ def start_orthanc(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 def start_orthanc_module(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartOrthanc]:
     """Like ``start_orthanc`` but servers live for the whole test module."""
     yield from _factory(pki, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL cluster (Debian's, on loopback) for the tests of one module; destroyed after."""
+    server = PostgresServer().start()
+    try:
+        yield server
+    finally:
+        server.destroy()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import pytest
 
@@ -17,12 +16,8 @@ from tests.unit.audit.conftest import FixedClock, make_event, signer_from_seed
 
 
 @pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    server = PostgresServer().start()
-    try:
-        yield server.url()
-    finally:
-        server.destroy()
+def postgres_url(postgres: PostgresServer) -> str:
+    return postgres.url()
 
 
 def test_postgres_store_chains_queries_and_verifies(postgres_url: str) -> None:

@@ -14,7 +14,6 @@ import base64
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -27,15 +26,6 @@ from tests.support.postgres import PostgresServer
 from tests.support.server import OrthancServer
 
 pytestmark = [pytest.mark.integration]
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    server = PostgresServer().start()
-    try:
-        yield server
-    finally:
-        server.destroy()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ scrub lease passes to another node when its holder dies, and that node resumes t
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -29,15 +28,6 @@ from tests.support.postgres import PostgresServer
 from tests.unit.audit.conftest import FixedClock, make_event, signer_from_seed
 
 pytestmark = [pytest.mark.integration]
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    server = PostgresServer().start()
-    try:
-        yield server
-    finally:
-        server.destroy()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
