@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import threading
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from tests.integration.test_deployment import RUN_SCRIPT, Deployment
 from tests.support.dicom import make_instance, make_series
 from tests.support.nodes import Cluster, start_cluster
 from tests.support.server import OrthancServer, Pki, free_port
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration]
 
@@ -73,16 +73,6 @@ def test_both_nodes_ingest_into_one_index(nodes) -> None:
     series = a.get(f"/instances/{on_a}/series").json()
     assert sorted(series["Instances"]) == sorted([on_a, on_b])
     assert b.get(f"/series/{series['ID']}").json()["Instances"] == series["Instances"]
-
-
-def wait_for(predicate, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def ingest(server: OrthancServer, count: int, patient_id: str) -> tuple[str, list[str], list[bytes]]:

@@ -14,7 +14,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 import uuid as uuidlib
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import pytest
 
 from tests.support.dicom import make_instance
 from tests.support.server import OrthancServer
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 STUDY_A, STUDY_B, STUDY_C = ("1.2.826.0.1.3680043.8.498.71", "1.2.826.0.1.3680043.8.498.72",
@@ -46,16 +46,6 @@ def edit_index(server: OrthancServer, *statements: tuple[str, tuple]) -> None:
 
 def file_of(server: OrthancServer, uuid: str) -> Path:
     return server.storage_dir / uuid[0:2] / uuid[2:4] / uuid
-
-
-def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def manifest(server: OrthancServer, study_id: str) -> dict[str, Any]:

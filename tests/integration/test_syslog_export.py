@@ -8,7 +8,6 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from orthanc_hardening.audit.chain import checkpoint_bytes
 from orthanc_hardening.shell.review import CHECKPOINT_MSGID
 from tests.support.dicom import make_series
 from tests.support.server import OrthancServer, Pki, free_port, wait_for_port
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -129,15 +129,6 @@ def metric(server: OrthancServer, name: str) -> float:
     text = server.get("/tools/metrics-prometheus").text
     match = re.search(rf"^{name} ([0-9.e+-]+)", text, re.M)
     return float(match.group(1)) if match else -1.0
-
-
-def wait_for(predicate, timeout: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def make_events(server: OrthancServer, patient: str) -> str:
