@@ -87,30 +87,28 @@ def append_rate(directory: Path, writers: int, seconds: float, durability: str =
 
 
 def build_big(path: Path, events: int, series_count: int) -> list[str]:
-    store = SQLiteAuditStore(path)
-    conn = store._conn  # bulk load through the store's own connection and schema
-    conn.execute("PRAGMA synchronous=OFF")
+    # Bulk load through the store's own schema, in one transaction (a fixture, not a measured append).
+    store = SQLiteAuditStore(path, synchronous="NORMAL")
     series = [f"1.2.840.99.{i}" for i in range(series_count)]
     previous = None
     chunk = []
     columns = ('seq, time, event, action, outcome, "user", roles, source_ip, calling_aet, called_aet, transport, '
                "route, patient_id, study_uid, series_uid, instance_count, detail, prev_hash, hash")
+    insert = f"INSERT INTO events ({columns}) VALUES ({', '.join('?' * 19)})"
     from orthanc_hardening.stores.audit_store import _row_values
 
-    conn.execute("BEGIN")
-    for n in range(events):
-        previous = link(previous, _event(n, series[n % series_count]))
-        chunk.append(_row_values(previous))
-        if len(chunk) == 20000:
-            conn.executemany(f"INSERT INTO events ({columns}) VALUES ({', '.join('?' * 19)})", chunk)
-            chunk.clear()
-    if chunk:
-        conn.executemany(f"INSERT INTO events ({columns}) VALUES ({', '.join('?' * 19)})", chunk)
-    assert previous is not None
-    checkpoint = make_checkpoint(previous, _signer(), START)
-    conn.execute("INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?)",
-                 (checkpoint.seq, checkpoint.hash, checkpoint.time, checkpoint.key_id, checkpoint.signature))
-    conn.execute("COMMIT")
+    with store.database.transaction(action="load") as tx:
+        for n in range(events):
+            previous = link(previous, _event(n, series[n % series_count]))
+            chunk.append(_row_values(previous))
+            if len(chunk) == 20000:
+                tx.executemany(insert, chunk)
+                chunk.clear()
+        tx.executemany(insert, chunk)
+        assert previous is not None
+        checkpoint = make_checkpoint(previous, _signer(), START)
+        tx.execute("INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?)",
+                   (checkpoint.seq, checkpoint.hash, checkpoint.time, checkpoint.key_id, checkpoint.signature))
     store.close()
     return series
 
