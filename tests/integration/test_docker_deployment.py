@@ -413,10 +413,17 @@ class Deployment:
         return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30, check=False)
 
     def audit_rows(self, where: str = "TRUE", *args: Any) -> list[dict[str, Any]]:
-        """Rows of the audit trail, read in PostgreSQL directly."""
+        """Rows of the audit trail, read in PostgreSQL directly.
+
+        The audit database is also the plugin's store (``Hardening.Database``): the trail is
+        then in its schema ``hardening_audit`` (README "Several nodes: the plugin's database").
+        """
         assert self.postgres is not None
-        database = self.services["orthanc"]["environment"]["HARDENING_AUDIT_DATABASE"].rsplit("/", 1)[1]
-        with psycopg.connect(self.postgres.url(database)) as conn, conn.cursor() as cursor:
+        environment = self.services["orthanc"]["environment"]
+        database = environment["HARDENING_AUDIT_DATABASE"].rsplit("/", 1)[1]
+        shared = environment.get("HARDENING_DATABASE") == environment["HARDENING_AUDIT_DATABASE"]
+        options = "-c search_path=hardening_audit" if shared else ""
+        with psycopg.connect(self.postgres.url(database), options=options) as conn, conn.cursor() as cursor:
             cursor.execute(f"SELECT * FROM events WHERE {where} ORDER BY seq", args)
             names = [column.name for column in cursor.description or []]
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
@@ -668,6 +675,8 @@ def test_instance_stored_on_one_node_is_served_verified_by_the_other(two_nodes: 
         assert seal.json()["verified"] is True
         served = two_nodes.get(f"/instances/{instance}/file", user="user", node=served_by)
         assert served.status_code == 200 and served.content == dicom
+        study = two_nodes.get(f"/instances/{instance}/study", node=served_by)
+        assert study.status_code == 200, (stored_on, served_by, study.text)
         imports = two_nodes.audit_rows("event = %s AND series_uid = %s", "110107", series)
         assert len(imports) == 1 and imports[0]["user"] == "user"
     # Both nodes append to one chain, which verifies on either.
@@ -680,8 +689,10 @@ def test_instance_stored_on_one_node_is_served_verified_by_the_other(two_nodes: 
 
 @pytest.mark.attack
 def test_tampered_shared_file_is_refused_by_both_nodes(two_nodes: Deployment) -> None:
+    # Stored through node 2; node 1 has never read it. The intruder edits the shared file.
     dicom, instance, _ = upload(two_nodes, 2, "DOCKER-NODE-ATTACK")
     uuid = two_nodes.get(f"/instances/{instance}/attachments/dicom/info", node=2).json()["Uuid"]
+    study = two_nodes.get(f"/instances/{instance}/study", node=2).json()["ID"]
     stored = two_nodes.volumes / "orthanc-storage" / uuid[0:2] / uuid[2:4] / uuid
     data = bytearray(stored.read_bytes())
     data[-100] ^= 0x01
@@ -691,11 +702,14 @@ def test_tampered_shared_file_is_refused_by_both_nodes(two_nodes: Deployment) ->
         refused = two_nodes.get(f"/instances/{instance}/file", user="user", node=node)
         assert refused.status_code == 500
         assert refused.content != dicom and bytes(data) not in refused.content
-        study = two_nodes.get(f"/instances/{instance}/study", node=node).json()["ID"]
         archive = two_nodes.get(f"/studies/{study}/archive", user="user", node=node)
         assert archive.status_code == 409 and instance in archive.json()["detail"]
         alerts = two_nodes.audit_rows("event = %s", "110113")[alerts_before:]
         assert any(row["user"] == "user" and row["outcome"] != 0 for row in alerts), node
+    # Node 1 never read the instance's tags while the file was intact: its study is refused too,
+    # as unsealed (the per-node tag cache is filled from the verified file only).
+    answer = two_nodes.get(f"/instances/{instance}/study", node=1)
+    assert answer.status_code == 409 and answer.json()["error"] == "integrity check failed"
     assert stored.read_bytes() == bytes(data)  # refused, not repaired or replaced
     verify = two_nodes.get("/hardening/audit/verify", user="auditor", node=2)
     assert verify.status_code == 200, verify.text
