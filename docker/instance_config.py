@@ -12,12 +12,15 @@ What it holds:
 - ``RegisteredUsers``: the accounts of ``credentials.json`` (made by the init service);
 - ``PostgreSQL.Password``: the content of ``--db-password-file``;
 - ``Hardening.Audit.Database``: ``--audit-database`` (a ``postgresql://user@host:port/db`` URL
-  without password) with that password inserted, percent-encoded as RFC 3986 requires.
+  without password) with that password inserted, percent-encoded as RFC 3986 requires;
+- ``Hardening.Database``: ``--database`` (the plugin's store, shared by the nodes of the
+  archive; the same kind of URL), with the same password inserted.
 
 An ``ORTHANC_JSON`` already in the environment (set by the operator) is kept and ours is added
 to it; a key both set is refused with the key named, instead of one silently winning.
 
-Usage: ``instance_config.py --credentials FILE [--db-password-file FILE] [--audit-database URL]``.
+Usage: ``instance_config.py --credentials FILE [--db-password-file FILE] [--audit-database URL]
+[--database URL]``.
 Exits 1 with one line naming the problem. Standard library only.
 """
 
@@ -74,41 +77,49 @@ def read_password(path: Path) -> str:
     return password
 
 
-def audit_database_url(url: str, password: str) -> str:
+def audit_database_url(url: str, password: str, variable: str = "HARDENING_AUDIT_DATABASE") -> str:
     """Return ``url`` with ``password`` inserted after its user name, percent-encoded.
 
     Raises:
-        InstanceConfigError: not a ``postgresql://user@host/db`` URL, or it carries a password already.
+        InstanceConfigError: not a ``postgresql://user@host/db`` URL, or it carries a password
+            already (the message names ``variable``).
     """
     parts = urlsplit(url)
     if parts.scheme not in ("postgresql", "postgres"):
-        raise InstanceConfigError(f"HARDENING_AUDIT_DATABASE: {parts.scheme!r} is not a PostgreSQL URL")
+        raise InstanceConfigError(f"{variable}: {parts.scheme!r} is not a PostgreSQL URL")
     userinfo, at, hostport = parts.netloc.rpartition("@")
     if not at or not userinfo or not hostport:
-        raise InstanceConfigError("HARDENING_AUDIT_DATABASE: name the user and host: postgresql://user@host:port/db")
+        raise InstanceConfigError(f"{variable}: name the user and host: postgresql://user@host:port/db")
     if ":" in userinfo:
         raise InstanceConfigError(
-            "HARDENING_AUDIT_DATABASE: holds a password; leave it out, the PostgreSQL password file provides it"
+            f"{variable}: holds a password; leave it out, the PostgreSQL password file provides it"
         )
     netloc = f"{userinfo}:{quote(password, safe='')}@{hostport}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def instance_config(
-    credentials: dict[str, str], password: str | None, audit_database: str | None
+    credentials: dict[str, str], password: str | None, audit_database: str | None, database: str | None = None
 ) -> dict[str, Any]:
     """Return the generated keys (see the module docstring).
 
     Raises:
-        InstanceConfigError: an audit database URL without a password to put in it.
+        InstanceConfigError: a database URL without a password to put in it.
     """
     config: dict[str, Any] = {"RegisteredUsers": dict(credentials)}
     if password is not None:
         config["PostgreSQL"] = {"Password": password}
+    hardening: dict[str, Any] = {}
     if audit_database is not None:
         if password is None:
             raise InstanceConfigError("--audit-database needs --db-password-file")
-        config["Hardening"] = {"Audit": {"Database": audit_database_url(audit_database, password)}}
+        hardening["Audit"] = {"Database": audit_database_url(audit_database, password)}
+    if database is not None:
+        if password is None:
+            raise InstanceConfigError("--database needs --db-password-file")
+        hardening["Database"] = audit_database_url(database, password, "HARDENING_DATABASE")
+    if hardening:
+        config["Hardening"] = hardening
     return config
 
 
@@ -137,10 +148,12 @@ def main(argv: list[str], environ: dict[str, str]) -> int:
     parser.add_argument("--credentials", type=Path, required=True)
     parser.add_argument("--db-password-file", type=Path)
     parser.add_argument("--audit-database")
+    parser.add_argument("--database")
     args = parser.parse_args(argv)
     try:
         password = read_password(args.db_password_file) if args.db_password_file else None
-        generated = instance_config(read_credentials(args.credentials), password, args.audit_database)
+        generated = instance_config(read_credentials(args.credentials), password, args.audit_database,
+                                    args.database)
         existing: Any = {}
         if environ.get("ORTHANC_JSON", "").strip():
             try:

@@ -3,7 +3,8 @@
 Fast, no Orthanc: ``docker/instance_config.py`` and ``docker/db_password.py`` with hostile
 passwords, ``docker/entrypoint.sh`` in front of a stand-in image entry point that records what
 it was given, ``docker/healthcheck.py``'s decision on canned answers, and
-``docker/syslog/healthcheck.sh`` against a real listening socket.
+``docker/syslog/healthcheck.sh`` against a real listening socket; the entry point joining a node
+(``HARDENING_JOIN``) with real devsetup homes.
 """
 
 from __future__ import annotations
@@ -142,6 +143,86 @@ def test_entrypoint_names_what_the_init_service_did_not_create(home: Path) -> No
     result = run_entrypoint(home, "/tmp/orthanc.json")
     assert result.returncode == 1 and "passes to libpq unquoted" in result.stderr
     assert not (home.parent / "record").exists()
+
+
+# -- docker/entrypoint.sh on a further node (HARDENING_JOIN) -----------------------------------
+
+VENV_BIN = REPO / ".venv" / "bin"
+TRUST = ("tls/ca.pem", "tls/ca.key", "tls/client.pem", "tls/client.key", "keys/seal-key.pem", "keys/passphrase",
+         "credentials.json", "hardening/keys/registry.json")
+
+
+def devsetup(home: Path) -> None:
+    subprocess.run([str(VENV_BIN / "python"), "-m", "orthanc_hardening", "devsetup", "--home", str(home)],
+                   env={**os.environ, "PYTHONPATH": str(REPO / "plugin")}, capture_output=True, text=True,
+                   timeout=60, check=True)
+
+
+@pytest.fixture
+def node1(tmp_path: Path) -> Path:
+    """A running node's home: devsetup's files and the key registry its first start wrote."""
+    home = tmp_path / "node1"
+    devsetup(home)
+    (home / "hardening" / "keys").mkdir(parents=True)
+    (home / "hardening" / "keys" / "registry.json").write_text('{"entries": []}')
+    (tmp_path / "password").write_text(HOSTILE[0])
+    recorder = tmp_path / "image-entrypoint"
+    recorder.write_text('#!/bin/bash\nprintf "%s\\n" "$#" "$@" > "$RECORD"\nenv > "$RECORD.env"\n')
+    recorder.chmod(0o755)
+    return home
+
+
+def run_joining_entrypoint(node1: Path, node2: Path) -> subprocess.CompletedProcess[str]:
+    # The image's python3 has the plugin's dependencies; here the venv's python3 stands in for it.
+    return run_entrypoint(node2, "/tmp/orthanc.json", HARDENING_JOIN=str(node1),
+                          PATH=f"{VENV_BIN}:{os.environ['PATH']}", HARDENING_SITE_PACKAGES=str(node1.parent / "none"),
+                          HARDENING_DATABASE="postgresql://orthanc@postgres:5432/hardening_audit")
+
+
+def test_entrypoint_joins_a_node_and_issues_its_own_server_certificate(node1: Path) -> None:
+    from cryptography import x509
+
+    node2 = node1.parent / "node2"
+    result = run_joining_entrypoint(node1, node2)
+    assert result.returncode == 0, result.stderr
+    for name in TRUST:
+        assert (node2 / name).read_bytes() == (node1 / name).read_bytes(), name
+    for name in ("tls/ca.key", "tls/client.key", "keys/seal-key.pem", "keys/passphrase", "credentials.json"):
+        assert (node2 / name).stat().st_mode & 0o777 == 0o600, name
+    own, theirs = (x509.load_pem_x509_certificate((home / "tls" / "server.crt").read_bytes())
+                   for home in (node2, node1))
+    ca = x509.load_pem_x509_certificate((node1 / "tls" / "ca.pem").read_bytes())
+    assert own.serial_number != theirs.serial_number
+    own.verify_directly_issued_by(ca)
+    env = dict(line.split("=", 1) for line in (node2.parent / "record.env").read_text().splitlines() if "=" in line)
+    config = json.loads(env["ORTHANC_JSON"])
+    assert conninfo_to_dict(config["Hardening"]["Database"])["password"] == HOSTILE[0]
+    assert config["RegisteredUsers"] == json.loads((node1 / "credentials.json").read_text())
+    # Every later start: nothing to take, nothing changed.
+    before = {name: (node2 / name).read_bytes() for name in (*TRUST, "tls/server.pem")}
+    assert run_joining_entrypoint(node1, node2).returncode == 0
+    assert {name: (node2 / name).read_bytes() for name in before} == before
+
+
+@pytest.mark.attack
+def test_a_node_with_trust_of_its_own_cannot_join(node1: Path) -> None:
+    # A home that made its own CA and signing key would serve certificates and seals nobody trusts.
+    node2 = node1.parent / "node2"
+    devsetup(node2)
+    before = {name: (node2 / name).read_bytes() for name in ("tls/ca.pem", "keys/seal-key.pem")}
+    result = run_joining_entrypoint(node1, node2)
+    assert result.returncode == 1
+    assert "already has its own tls/ca.pem" in result.stderr and "could not join" in result.stderr
+    assert not (node2.parent / "record").exists()
+    assert {name: (node2 / name).read_bytes() for name in before} == before
+
+
+def test_joining_a_missing_node_creates_no_trust_of_its_own(node1: Path) -> None:
+    node2 = node1.parent / "node2"
+    result = run_joining_entrypoint(node1.parent / "no-such-node", node2)
+    assert result.returncode == 1 and "no such directory" in result.stderr
+    assert not (node2 / "tls").exists() and not (node2 / "keys").exists()
+    assert not (node2.parent / "record").exists()
 
 
 # -- docker/healthcheck.py --------------------------------------------------------------------

@@ -137,12 +137,16 @@ class Deployment:
         self.orthanc: subprocess.Popen[bytes] | None = None
         self.orthanc_variant: dict[str, str] | None = None
         self.orthanc_log = base / "orthanc.log"
+        # The second node (orthanc-2): its own ports and log, the same PostgreSQL and storage.
+        self.node2_http_port, self.node2_dicom_port = free_port(), free_port()
+        self.node2: subprocess.Popen[bytes] | None = None
+        self.node2_log = base / "orthanc-2.log"
 
     # -- file trees and environments -------------------------------------------------------
 
     def build(self) -> None:
         packages = site_packages()
-        for name in ("init", "orthanc"):
+        for name in ("init", "orthanc", "orthanc-2"):
             tree = ContainerTree(self.base / name, self.volumes)
             tree.copy_from(self.dockerfile)
             tree.mount(service_mounts(self.services[name]))
@@ -161,6 +165,10 @@ class Deployment:
     @property
     def home(self) -> Path:
         return self.volumes / "hardening-home"
+
+    @property
+    def home2(self) -> Path:
+        return self.volumes / "hardening-home-2"
 
     @property
     def ca(self) -> Path:
@@ -192,28 +200,33 @@ class Deployment:
                 assert path.startswith(str(tree.root)) or name in ("PATH",), f"{name}={value}: {path} not moved"
         return env
 
-    def orthanc_environment(self, variant: Mapping[str, str] | None = None) -> dict[str, str]:
-        service = container_environment(self.services["orthanc"])
+    def orthanc_environment(self, variant: Mapping[str, str] | None = None, name: str = "orthanc"
+                            ) -> dict[str, str]:
+        service = container_environment(self.services[name])
         assert self.postgres is not None
+        http_port, dicom_port = ((self.http_port, self.dicom_port) if name == "orthanc"
+                                 else (self.node2_http_port, self.node2_dicom_port))
         network = {
-            "ORTHANC__HTTP_PORT": str(self.http_port),
-            "ORTHANC__DICOM_PORT": str(self.dicom_port),
+            "ORTHANC__HTTP_PORT": str(http_port),
+            "ORTHANC__DICOM_PORT": str(dicom_port),
             "ORTHANC__POSTGRESQL__HOST": "127.0.0.1",
             "ORTHANC__POSTGRESQL__PORT": str(self.postgres.port),
             "ORTHANC__HARDENING__AUDIT__SYSLOG__HOST": "127.0.0.1",
             "ORTHANC__HARDENING__AUDIT__SYSLOG__PORT": str(self.syslog_port),
             "HARDENING_AUDIT_DATABASE": service["HARDENING_AUDIT_DATABASE"].replace(
                 "@postgres:5432/", f"@127.0.0.1:{self.postgres.port}/"),
+            "HARDENING_DATABASE": service["HARDENING_DATABASE"].replace(
+                "@postgres:5432/", f"@127.0.0.1:{self.postgres.port}/"),
             "ORTHANC__DICOM_MODALITIES": service["ORTHANC__DICOM_MODALITIES"].replace("172.29.60.1", "127.0.0.1"),
         }
-        tree = self.trees["orthanc"]
+        tree = self.trees[name]
         extra = {
             # Debian's civetweb needs the libssl shim for HTTPS (the image's Orthanc does not).
             "LD_LIBRARY_PATH": str(SHIM_DIR),
             "HARDENING_TEST_IMAGE_ROOT": str(tree.root),
         }
         extra.update({name: tree.relocate_value(value) for name, value in (variant or {}).items()})
-        return self.environment("orthanc", network, extra)
+        return self.environment(name, network, extra)
 
     # -- services ----------------------------------------------------------------------------
 
@@ -314,7 +327,48 @@ class Deployment:
                 process.wait(timeout=10)
         return process.returncode
 
+    def start_node2(self) -> None:
+        """Start the orthanc-2 service as Docker would (once node 1 is healthy, as it depends on)."""
+        if self.node2 is not None:
+            return
+        tree = self.trees["orthanc-2"]
+        entrypoint = self.dockerfile.exec_form("ENTRYPOINT") or []
+        command = self.dockerfile.cmd_after_entrypoint() or []
+        argv = [tree.relocate_value(arg) for arg in [*entrypoint, *command]]
+        with self.node2_log.open("ab") as log:
+            log.write(f"\n==== start {argv}\n".encode())
+            self.node2 = subprocess.Popen(argv, env=self.orthanc_environment(name="orthanc-2"), stdout=log,
+                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + START_TIMEOUT
+        last = ""
+        while time.monotonic() < deadline:
+            if self.node2.poll() is not None:
+                tail = "\n".join(self.node2_log.read_text(errors="replace").splitlines()[-60:])
+                raise AssertionError(f"orthanc-2 exited with {self.node2.returncode}:\n{tail}")
+            try:
+                if self.get("/system", node=2, timeout=2).status_code in (200, 403):
+                    return
+            except requests.RequestException as exc:
+                last = str(exc)
+            time.sleep(0.1)
+        tail = "\n".join(self.node2_log.read_text(errors="replace").splitlines()[-60:])
+        raise AssertionError(f"orthanc-2 did not answer in {START_TIMEOUT:.0f} s ({last}):\n{tail}")
+
+    def stop_node2(self) -> int | None:
+        process, self.node2 = self.node2, None
+        if process is None:
+            return None
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+        return process.returncode
+
     def stop_all(self) -> None:
+        self.stop_node2()
         self.stop_orthanc()
         if self.rsyslog is not None and self.rsyslog.poll() is None:
             self.rsyslog.terminate()
@@ -332,22 +386,25 @@ class Deployment:
         # The server certificate names localhost (devsetup), as a browser on the Docker host uses it.
         return f"https://localhost:{self.http_port}"
 
-    def request(self, method: str, path: str, user: str | None = "admin", **kwargs: Any) -> requests.Response:
+    def request(self, method: str, path: str, user: str | None = "admin", node: int = 1, **kwargs: Any
+                ) -> requests.Response:
         kwargs.setdefault("verify", str(self.ca))
         kwargs.setdefault("timeout", 30)
         if user is not None:
             kwargs.setdefault("auth", (user, self.credentials[user]))
-        return requests.request(method, self.url + path, **kwargs)
+        url = self.url if node == 1 else f"https://localhost:{self.node2_http_port}"
+        return requests.request(method, url + path, **kwargs)
 
-    def get(self, path: str, user: str | None = "admin", **kwargs: Any) -> requests.Response:
-        return self.request("GET", path, user, **kwargs)
+    def get(self, path: str, user: str | None = "admin", node: int = 1, **kwargs: Any) -> requests.Response:
+        return self.request("GET", path, user, node, **kwargs)
 
-    def healthcheck(self, variant: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        """The orthanc service's health check, as Docker runs it (``CMD`` form) in the container."""
-        test = self.services["orthanc"]["healthcheck"]["test"]
+    def healthcheck(self, variant: Mapping[str, str] | None = None, name: str = "orthanc"
+                    ) -> subprocess.CompletedProcess[str]:
+        """An orthanc service's health check, as Docker runs it (``CMD`` form) in the container."""
+        test = self.services[name]["healthcheck"]["test"]
         assert test[0] == "CMD"
-        tree = self.trees["orthanc"]
-        env = self.orthanc_environment(variant)
+        tree = self.trees[name]
+        env = self.orthanc_environment(variant, name)
         env.pop("ORTHANC_JSON", None)
         # Debian does not package Orthanc Explorer 2; every other required plugin is asked for.
         required = [p for p in env["HARDENING_HEALTHCHECK_PLUGINS"].split(",") if p != "orthanc-explorer-2"]
@@ -356,10 +413,17 @@ class Deployment:
         return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30, check=False)
 
     def audit_rows(self, where: str = "TRUE", *args: Any) -> list[dict[str, Any]]:
-        """Rows of the audit trail, read in PostgreSQL directly."""
+        """Rows of the audit trail, read in PostgreSQL directly.
+
+        The audit database is also the plugin's store (``Hardening.Database``): the trail is
+        then in its schema ``hardening_audit`` (README "Several nodes: the plugin's database").
+        """
         assert self.postgres is not None
-        database = self.services["orthanc"]["environment"]["HARDENING_AUDIT_DATABASE"].rsplit("/", 1)[1]
-        with psycopg.connect(self.postgres.url(database)) as conn, conn.cursor() as cursor:
+        environment = self.services["orthanc"]["environment"]
+        database = environment["HARDENING_AUDIT_DATABASE"].rsplit("/", 1)[1]
+        shared = environment.get("HARDENING_DATABASE") == environment["HARDENING_AUDIT_DATABASE"]
+        options = "-c search_path=hardening_audit" if shared else ""
+        with psycopg.connect(self.postgres.url(database), options=options) as conn, conn.cursor() as cursor:
             cursor.execute(f"SELECT * FROM events WHERE {where} ORDER BY seq", args)
             names = [column.name for column in cursor.description or []]
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
@@ -555,6 +619,107 @@ def test_health_checks_pass(running: Deployment) -> None:
                             env={"PATH": os.environ["PATH"], "SYSLOG_PORT": str(running.syslog_port)}, timeout=10,
                             check=False)
     assert syslog.returncode == 0, syslog.stderr
+
+
+# -- two nodes, one archive (the orthanc-2 service) -------------------------------------------
+
+
+@pytest.fixture
+def two_nodes(running: Deployment) -> Deployment:
+    """Node 1 running, and orthanc-2 started as Compose starts it: once node 1 is healthy."""
+    if running.node2 is None:
+        healthy = running.healthcheck()
+        assert healthy.returncode == 0, healthy.stderr
+        running.start_node2()
+    return running
+
+
+def upload(deployment: Deployment, node: int, patient_id: str) -> tuple[bytes, str, str]:
+    """Store a new instance through ``node``; return it, its Orthanc ID and its series UID."""
+    dicom = make_instance(patient_id=patient_id)
+    answer = deployment.request("POST", "/instances", user="user", node=node, data=dicom,
+                                headers={"Content-Type": "application/dicom"})
+    assert answer.status_code == 200, answer.text
+    instance = answer.json()["ID"]
+    series = deployment.get(f"/instances/{instance}/series", node=node).json()["MainDicomTags"]["SeriesInstanceUID"]
+    return dicom, instance, series
+
+
+def test_second_node_takes_the_first_ones_trust_and_has_its_own_identity(two_nodes: Deployment) -> None:
+    home1, home2 = two_nodes.home, two_nodes.home2
+    for name in ("tls/ca.pem", "tls/client.pem", "credentials.json", "keys/seal-key.pem", "keys/passphrase",
+                 "keys/seal-key.pem.registry-anchor.json", "hardening/keys/registry.json"):
+        assert (home2 / name).read_bytes() == (home1 / name).read_bytes(), name
+    # Its own server certificate, issued by the shared CA (the client verifies it with that CA).
+    assert (home2 / "tls" / "server.pem").read_bytes() != (home1 / "tls" / "server.pem").read_bytes()
+    assert two_nodes.get("/system", node=2).status_code == 200
+    for path, mode in ((home2, 0o700), (home2 / "tls" / "ca.key", 0o600), (home2 / "tls" / "server.key", 0o600),
+                       (home2 / "keys" / "seal-key.pem", 0o600), (home2 / "credentials.json", 0o600)):
+        assert path.stat().st_mode & 0o777 == mode, (path, oct(path.stat().st_mode))
+    first, second = (json.loads(Path(two_nodes.trees[name].relocate("/tmp/orthanc.json")).read_text())
+                     for name in ("orthanc", "orthanc-2"))
+    assert (lookup(first, "DatabaseServerIdentifier"), lookup(second, "DatabaseServerIdentifier")) == \
+        ("orthanc-1", "orthanc-2")
+    for config in (first, second):
+        assert lookup(config, "PostgreSQL.Lock") is False
+        assert lookup(config, "Hardening.Database") == lookup(first, "Hardening.Database")
+        assert lookup(config, "Hardening.Database").startswith("postgresql://orthanc:")
+    assert two_nodes.get("/plugins", node=2).json() == two_nodes.get("/plugins").json()
+
+
+def test_instance_stored_on_one_node_is_served_verified_by_the_other(two_nodes: Deployment) -> None:
+    for stored_on, served_by in ((1, 2), (2, 1)):
+        dicom, instance, series = upload(two_nodes, stored_on, f"DOCKER-NODE-{stored_on}")
+        seal = two_nodes.get(f"/hardening/instances/{instance}/seal", user="user", node=served_by)
+        assert seal.status_code == 200, seal.text
+        assert seal.json()["verified"] is True
+        served = two_nodes.get(f"/instances/{instance}/file", user="user", node=served_by)
+        assert served.status_code == 200 and served.content == dicom
+        study = two_nodes.get(f"/instances/{instance}/study", node=served_by)
+        assert study.status_code == 200, (stored_on, served_by, study.text)
+        imports = two_nodes.audit_rows("event = %s AND series_uid = %s", "110107", series)
+        assert len(imports) == 1 and imports[0]["user"] == "user"
+    # Both nodes append to one chain, which verifies on either.
+    rows = two_nodes.audit_rows()
+    assert [row["seq"] for row in rows] == list(range(1, len(rows) + 1))
+    for node in (1, 2):
+        verify = two_nodes.get("/hardening/audit/verify", user="auditor", node=node)
+        assert verify.status_code == 200, verify.text
+
+
+@pytest.mark.attack
+def test_tampered_shared_file_is_refused_by_both_nodes(two_nodes: Deployment) -> None:
+    # Stored through node 2; node 1 has never read it. The intruder edits the shared file.
+    dicom, instance, _ = upload(two_nodes, 2, "DOCKER-NODE-ATTACK")
+    uuid = two_nodes.get(f"/instances/{instance}/attachments/dicom/info", node=2).json()["Uuid"]
+    study = two_nodes.get(f"/instances/{instance}/study", node=2).json()["ID"]
+    stored = two_nodes.volumes / "orthanc-storage" / uuid[0:2] / uuid[2:4] / uuid
+    data = bytearray(stored.read_bytes())
+    data[-100] ^= 0x01
+    stored.write_bytes(bytes(data))
+    for node in (1, 2):
+        alerts_before = len(two_nodes.audit_rows("event = %s", "110113"))
+        refused = two_nodes.get(f"/instances/{instance}/file", user="user", node=node)
+        assert refused.status_code == 500
+        assert refused.content != dicom and bytes(data) not in refused.content
+        archive = two_nodes.get(f"/studies/{study}/archive", user="user", node=node)
+        assert archive.status_code == 409 and instance in archive.json()["detail"]
+        alerts = two_nodes.audit_rows("event = %s", "110113")[alerts_before:]
+        assert any(row["user"] == "user" and row["outcome"] != 0 for row in alerts), node
+    # Node 1 never read the instance's tags while the file was intact: its study is refused too,
+    # as unsealed (the per-node tag cache is filled from the verified file only).
+    answer = two_nodes.get(f"/instances/{instance}/study", node=1)
+    assert answer.status_code == 409 and answer.json()["error"] == "integrity check failed"
+    assert stored.read_bytes() == bytes(data)  # refused, not repaired or replaced
+    verify = two_nodes.get("/hardening/audit/verify", user="auditor", node=2)
+    assert verify.status_code == 200, verify.text
+
+
+def test_second_node_is_healthy_and_stops_cleanly(two_nodes: Deployment) -> None:
+    result = two_nodes.healthcheck(name="orthanc-2")
+    assert result.returncode == 0, result.stderr
+    assert two_nodes.stop_node2() == 0
+    assert two_nodes.get("/system").status_code == 200  # node 1 keeps serving
 
 
 def test_stop_is_clean(running: Deployment) -> None:

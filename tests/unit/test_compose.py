@@ -78,6 +78,10 @@ EXPECTED_KEYS: dict[str, type | tuple[type, ...]] = {
     "PostgreSQL.Username": str,
     "PostgreSQL.EnableIndex": bool,
     "PostgreSQL.EnableStorage": bool,
+    "PostgreSQL.Lock": bool,
+    "PostgreSQL.MaximumConnectionRetries": int,
+    "PostgreSQL.ConnectionRetryInterval": int,
+    "DatabaseServerIdentifier": str,
     "Hardening.Mode": str,
     "Hardening.Audit.Syslog.Host": str,
     "Hardening.Audit.Syslog.Port": int,
@@ -299,6 +303,7 @@ def generated(tmp_path_factory: pytest.TempPathFactory, services: dict[str, Any]
         instance_config.read_credentials(home / "credentials.json"),
         instance_config.read_password(tree.volumes / "db-secret" / "password"),
         env["HARDENING_AUDIT_DATABASE"],
+        env["HARDENING_DATABASE"],
     ))
     env["ORTHANC_JSON"] = document
     result = orthanc_image.generate(env, orthanc_image.ImageLayout(root=str(tree.root)))
@@ -357,6 +362,8 @@ def test_generated_audit_database_url_carries_the_password_percent_encoded(gener
     parsed = conninfo_to_dict(url)
     assert parsed == {"user": "orthanc", "password": NUMERIC_PASSWORD, "host": "postgres", "port": "5432",
                       "dbname": "hardening_audit"}
+    # The plugin's store (Hardening.Database) in the same database, with the same password.
+    assert conninfo_to_dict(generated["config"]["Hardening"]["Database"]) == parsed
 
 
 def test_generated_hardening_section_is_accepted_by_the_plugin(generated: dict[str, Any], tmp_path: Path) -> None:
