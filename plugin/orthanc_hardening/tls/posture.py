@@ -333,6 +333,8 @@ def inspect_posture(
         checks.append(_passphrase_beside_key(hardening, facts))
         checks.append(_audit_witness(hardening))
         checks.append(_audit_database_transport(hardening))
+        if hardening.shared_database is not None:
+            checks.append(_store_database_transport(hardening.shared_database))
         checks.append(_mode(hardening))
         checks.append(_unsealed_policy(hardening))
         checks.append(_route_permissions(hardening))
@@ -922,6 +924,17 @@ def _audit_database_transport(hardening: HardeningConfig) -> Check:
     return make(Status.FAIL, f"{redact_url(url)}: {problem}",
                 "Add ?sslmode=verify-full&sslrootcert=/path/to/ca.pem to the PostgreSQL URL (or connect through "
                 "a Unix socket or loopback).")
+
+
+def _store_database_transport(url: str) -> Check:
+    make = _check("store-database-tls", "The connection to the plugin's database (seals, manifests) is encrypted",
+                  Severity.HIGH)
+    problem = database_transport_problem(url)
+    if problem is None:
+        return make(Status.PASS, f"Hardening.Database {redact_url(url)}: local or TLS with a verified server")
+    return make(Status.FAIL, f"Hardening.Database {redact_url(url)}: {problem}",
+                "Add ?sslmode=verify-full&sslrootcert=/path/to/ca.pem to the PostgreSQL URL (or connect through "
+                "a Unix socket or loopback): whoever sits on that path can rewrite seal rows in transit.")
 
 
 def _mode(hardening: HardeningConfig) -> Check:

@@ -63,6 +63,17 @@ def test_plaintext_remote_audit_database_fails_posture_without_showing_its_passw
     assert "s3cret" not in check.evidence and "orthanc:***@db.example" in check.evidence
 
 
+@pytest.mark.attack
+def test_plaintext_remote_plugin_database_fails_posture_without_showing_its_password(secure):
+    hardening = replace(HARDENING, database="postgresql://orthanc:s3cret@db.example/archive")
+    check = report_for(secure, hardening=hardening).check("store-database-tls")
+    assert check.status is Status.FAIL and "Hardening.Database" in check.evidence
+    assert "s3cret" not in check.evidence and "orthanc:***@db.example" in check.evidence
+    local = replace(HARDENING, database="postgresql://orthanc@127.0.0.1:5432/archive")
+    assert report_for(secure, hardening=local).check("store-database-tls").status is Status.PASS
+    assert all(c.id != "store-database-tls" for c in report_for(secure, hardening=HARDENING).checks)
+
+
 @pytest.mark.parametrize(("url", "shown"), [
     ("postgresql://orthanc:s3cret@db/audit", "postgresql://orthanc:***@db/audit"),
     ("postgresql://orthanc@db/audit?password=s3cret&sslmode=verify-full",
