@@ -16,7 +16,10 @@ and the server never answers again; every path but DICOMweb at once (REST reads 
 instance, ``/studies``, metrics, ``/system``) → passes, run after run (without orthanc-dicomweb
 nothing holds the plugin-context lock while it waits for Python). So on bookworm every non-DICOMweb
 path runs concurrently and the DICOMweb requests one at a time after them; on 1.12.7 and 1.13.0
-every path runs concurrently. The start-up warning of that residual is checked last.
+every path runs concurrently. The start-up warning of that residual is checked last. (With
+every HTTP gate switched off for DICOMweb, DICOMweb clients in parallel still hung bookworm: the
+storage read's index binding called Orthanc from inside orthanc-dicomweb's call for QIDO-RS; it
+no longer does, and what still hangs is the HTTP filter's calls into Orthanc.)
 """
 
 from __future__ import annotations
