@@ -131,11 +131,14 @@ class IndexBinding:
         with self._lock:
             self._parents.clear()
 
-    def check(self, seal: Seal) -> None:
+    def check(self, seal: Seal, consult_index: bool = True) -> None:
         """Check that the index holds the instance ``seal`` names, under its sealed parents, with this attachment.
 
         Only DICOM attachments (types 1 to 3) sealed with an identity are bound: other types
-        carry no identity in their seal (their instance is named by the index alone).
+        carry no identity in their seal (their instance is named by the index alone). With
+        ``consult_index`` false (a read inside orthanc-dicomweb's call on Orthanc before 1.12.2,
+        where a call into Orthanc hangs it) only the attachments found shared at start are
+        checked: the rest is the HTTP gate's, which binds every DICOMweb read of stored bytes.
 
         Raises:
             WrongInstanceError: the index places the sealed instance elsewhere, does not hold
@@ -144,7 +147,7 @@ class IndexBinding:
         if seal.uuid in self.shared and not self._take_grant(seal.uuid):
             verify_not_shared(seal, self.shared[seal.uuid])
         name = DICOM_ATTACHMENTS.get(int(seal.content_type))
-        if name is None or not seal.sop_instance_uid:
+        if name is None or not seal.sop_instance_uid or not consult_index:
             return
         instance_id = orthanc_ids_of_seal(seal)["Instance"]
         indexed = self._get(f"/instances/{instance_id}")

@@ -17,9 +17,11 @@ own object; nothing is looked up by name, so a missing or failed dependency is a
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from orthanc_hardening.config import HardeningConfig, take_passphrase
@@ -85,6 +87,42 @@ def load_keys(config: HardeningConfig, passphrase: bytes | None, runtime_clock: 
                                    runtime_clock(), config.key_registry_anchor)
 
 
+logger = logging.getLogger(__name__)
+
+# Orthanc before 1.12.2 + Python plugin 4.0: README, "No single request stops, hangs or crashes it".
+DICOMWEB_HANG_WARNING = (
+    "Orthanc before 1.12.2 with the DICOMweb plugin loaded ({plugins}): a call of this plugin into Orthanc "
+    "(HTTP filter, verified query, REST stand-in) that meets a DICOMweb read in flight can hang Orthanc for good "
+    "(Python plugin 4.0 keeps Python's lock during the call; Orthanc's plugin-context lock is held by the read, "
+    "which waits for Python's lock). Use Orthanc 1.12.2 or later for DICOMweb under concurrent load, or serve "
+    "DICOMweb from another node (README, 'No single request stops, hangs or crashes it')")
+
+
+def dicomweb_plugins(entries: Iterable[str]) -> list[str]:
+    """The DICOMweb plugin files among Orthanc's ``Plugins`` entries (a directory: the files in it)."""
+    found: list[str] = []
+    for entry in entries:
+        path = Path(str(entry))
+        try:
+            files = sorted(path.iterdir()) if path.is_dir() else [path]
+        except OSError:
+            continue
+        found.extend(str(f) for f in files if "dicomweb" in f.name.lower())
+    return found
+
+
+def warn_if_dicomweb_can_hang(orthanc_config: Mapping[str, Any], shared_plugin_context: bool) -> bool:
+    """Log, at start, that DICOMweb under concurrent load can hang this Orthanc; ``True`` when it did."""
+    if shared_plugin_context:
+        return False
+    entries = orthanc_config.get("Plugins", [])
+    plugins = dicomweb_plugins(entries if isinstance(entries, list) else [])
+    if not plugins:
+        return False
+    logger.warning(DICOMWEB_HANG_WARNING.format(plugins=", ".join(plugins)))
+    return True
+
+
 def build(orthanc: OrthancApi, config: HardeningConfig, orthanc_config: Mapping[str, Any]) -> Plugin:
     """Build and register every feature (see the module docstring for the order).
 
@@ -99,8 +137,10 @@ def build(orthanc: OrthancApi, config: HardeningConfig, orthanc_config: Mapping[
     cache = SignatureCache()
     trail = audit_hooks.open_trail(orthanc, config, keys, utc_now)
     metrics = Metrics(orthanc)
-    if not capabilities_of(orthanc).shared_plugin_context:
+    shared_context = capabilities_of(orthanc).shared_plugin_context
+    if not shared_context:
         metrics.defer_pushes()  # pushed when Prometheus scrapes (shell/metrics.py)
+    warn_if_dicomweb_can_hang(orthanc_config, shared_context)
     runtime = Runtime(orthanc=orthanc, config=config, orthanc_config=orthanc_config, metrics=metrics,
                       audit=trail.sink, clock=utc_now)
     tls = tls_gate.install_early(runtime)

@@ -33,7 +33,7 @@ import logging
 import socket
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,14 @@ from orthanc_hardening.stores.signature_cache import SignatureCache
 from orthanc_hardening.stores.sql import LEGACY_SCHEMA, SEALS_SCHEMA, open_store_database
 
 logger = logging.getLogger(__name__)
+
+
+def dicomweb_root(orthanc_config: Mapping[str, Any]) -> str:
+    """orthanc-dicomweb's root URI (``DicomWeb.Root``, ``/dicom-web/`` by default), ending in ``/``."""
+    section = orthanc_config.get("DicomWeb")
+    root = section.get("Root", "/dicom-web/") if isinstance(section, dict) else "/dicom-web/"
+    root = str(root) if str(root).startswith("/") else "/" + str(root)
+    return root if root.endswith("/") else root + "/"
 
 DICOM = 1
 DICOM_UNTIL_PIXEL_DATA = 3
@@ -205,6 +213,19 @@ class SealedStorage:
         request = self.runtime.current_request()
         return request is not None and requested_read(request.method, request.uri, request.query) is not None
 
+    def _inside_dicomweb_call(self) -> bool:
+        """Whether this read may run inside orthanc-dicomweb's call into Orthanc, which holds the plugin context.
+
+        On Orthanc before 1.12.2 a plugin's call into Orthanc (orthanc-dicomweb reading an
+        instance, or answering QIDO-RS from files) holds the plugin-context lock while Orthanc
+        reads the storage area: a call of this read into Orthanc then waits for that lock for
+        good, with Python's lock held (README, "No single request stops, hangs or crashes it").
+        """
+        if self.runtime.capabilities.shared_plugin_context:
+            return False
+        request = self.runtime.current_request()
+        return request is not None and request.uri.startswith(dicomweb_root(self.runtime.orthanc_config))
+
     def stored_type(self, uuid: str, content_type: int) -> int:
         """The type an attachment is sealed under when the storage area is given ``0`` (user-defined)."""
         if content_type != content_types.UNKNOWN:
@@ -237,8 +258,9 @@ class SealedStorage:
                 self.runtime.metrics.increment("unsealed_reads_total")
                 logger.warning("served unsealed (legacy) attachment %s type %d", uuid, content_type)
             elif self.index_binding is not None and not self._bound_by_request():
-                # Bound to what the index says this file is, whoever reads it (integrity/binding.py).
-                self.index_binding.check(check.seal)
+                # Bound to what the index says this file is, whoever reads it (integrity/binding.py);
+                # not through Orthanc from inside another plugin's call on Orthanc before 1.12.2.
+                self.index_binding.check(check.seal, consult_index=not self._inside_dicomweb_call())
         except IntegrityError as exc:
             rebuilt = self.rebuild_derived(uuid, content_type, seal, exc, data)
             if rebuilt is None:
