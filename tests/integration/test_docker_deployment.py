@@ -88,6 +88,20 @@ DEPLOYMENT_SCRIPTS = [*sorted((REPO / "docker").glob("*.sh")), *sorted((REPO / "
 START_TIMEOUT = 60.0
 
 
+def stop_service(process: subprocess.Popen[bytes] | None) -> int | None:
+    """``docker stop`` of one service: SIGTERM to its process group, SIGKILL after 30 s; its exit status."""
+    if process is None:
+        return None
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+    return process.returncode
+
+
 def wait_until(predicate: Any, what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -316,16 +330,7 @@ class Deployment:
     def stop_orthanc(self) -> int | None:
         """``docker stop``: SIGTERM to the service's process (Orthanc, after the two ``exec``), then SIGKILL."""
         process, self.orthanc = self.orthanc, None
-        if process is None:
-            return None
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
-        return process.returncode
+        return stop_service(process)
 
     def start_node2(self) -> None:
         """Start the orthanc-2 service as Docker would (once node 1 is healthy, as it depends on)."""
@@ -356,16 +361,7 @@ class Deployment:
 
     def stop_node2(self) -> int | None:
         process, self.node2 = self.node2, None
-        if process is None:
-            return None
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
-        return process.returncode
+        return stop_service(process)
 
     def stop_all(self) -> None:
         self.stop_node2()

@@ -915,26 +915,26 @@ def _audit_witness(hardening: HardeningConfig) -> Check:
     )
 
 
-def _audit_database_transport(hardening: HardeningConfig) -> Check:
-    make = _check("audit-database-tls", "The audit database connection is encrypted", Severity.HIGH)
-    url = hardening.audit.database
+def _database_transport(check_id: str, title: str, setting: str, url: str) -> Check:
+    """PASS for a local, Unix-socket or verified-TLS database URL; FAIL (with the fix) otherwise."""
+    make = _check(check_id, title, Severity.HIGH)
     problem = database_transport_problem(url)
     if problem is None:
-        return make(Status.PASS, f"{redact_url(url)}: local or TLS with a verified server")
-    return make(Status.FAIL, f"{redact_url(url)}: {problem}",
+        return make(Status.PASS, f"{setting}{redact_url(url)}: local or TLS with a verified server")
+    return make(Status.FAIL, f"{setting}{redact_url(url)}: {problem}",
                 "Add ?sslmode=verify-full&sslrootcert=/path/to/ca.pem to the PostgreSQL URL (or connect through "
                 "a Unix socket or loopback).")
 
 
+def _audit_database_transport(hardening: HardeningConfig) -> Check:
+    return _database_transport("audit-database-tls", "The audit database connection is encrypted", "",
+                               hardening.audit.database)
+
+
 def _store_database_transport(url: str) -> Check:
-    make = _check("store-database-tls", "The connection to the plugin's database (seals, manifests) is encrypted",
-                  Severity.HIGH)
-    problem = database_transport_problem(url)
-    if problem is None:
-        return make(Status.PASS, f"Hardening.Database {redact_url(url)}: local or TLS with a verified server")
-    return make(Status.FAIL, f"Hardening.Database {redact_url(url)}: {problem}",
-                "Add ?sslmode=verify-full&sslrootcert=/path/to/ca.pem to the PostgreSQL URL (or connect through "
-                "a Unix socket or loopback): whoever sits on that path can rewrite seal rows in transit.")
+    return _database_transport("store-database-tls",
+                               "The connection to the plugin's database (seals, manifests) is encrypted",
+                               "Hardening.Database ", url)
 
 
 def _mode(hardening: HardeningConfig) -> Check:
