@@ -75,12 +75,14 @@ def prepare_node(
     config: Mapping[str, Any] | None = None,
     hardening: Mapping[str, Any] | None = None,
     first: OrthancServer | None = None,
+    plugin: bool = True,
 ) -> OrthancServer:
     """Prepare (not start) one node of ``cluster`` in ``home``.
 
     A node after the first joins it: it takes the first node's signing key, passphrase and
     accounts (what ``make run`` with ``HARDENING_JOIN`` does), so seals made on one node verify
-    on every other.
+    on every other. ``plugin=False`` makes a plain Orthanc node (same index, storage folder, TLS
+    and accounts; only Orthanc's PostgreSQL plugin loaded), for benchmarks.
     """
     if first is not None:
         home.mkdir(parents=True, exist_ok=True)
@@ -89,6 +91,9 @@ def prepare_node(
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(first.home / relative, target)
     merged = deep_merge(node_config(cluster.database_url, cluster.storage, name), config or {})
+    if not plugin:
+        merged["Plugins"] = [POSTGRESQL_INDEX_PLUGIN]
+        return make_server(home, pki, config=merged, plugin=False)
     # The plugin's stores and the audit trail in the same database (Hardening.Database).
     shared_store = {"Database": cluster.database_url, "Audit": {"Database": cluster.database_url}}
     hardening = deep_merge(shared_store, hardening or {})
@@ -104,8 +109,12 @@ def start_cluster(
     count: int = 2,
     config: Mapping[str, Any] | None = None,
     hardening: Mapping[str, Any] | None = None,
+    plugin: bool = True,
 ) -> Iterator[Cluster]:
-    """Start PostgreSQL and ``count`` nodes under ``root``; stop them all on exit (also on failure)."""
+    """Start PostgreSQL and ``count`` nodes under ``root``; stop them all on exit (also on failure).
+
+    ``plugin=False``: plain Orthanc nodes (see ``prepare_node``).
+    """
     postgres = PostgresServer().start()
     cluster = Cluster(postgres=postgres, storage=root / "shared-storage", database_url="")
     try:
@@ -114,7 +123,7 @@ def start_cluster(
         first: OrthancServer | None = None
         for number in range(count):
             name = f"node-{chr(ord('a') + number)}"
-            node = prepare_node(root / name, pki, cluster, name, config, hardening, first)
+            node = prepare_node(root / name, pki, cluster, name, config, hardening, first, plugin)
             cluster.nodes.append(node)
             # One node at a time: the first creates the schema of Orthanc's index.
             node.start()
