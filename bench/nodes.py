@@ -129,19 +129,22 @@ def measure(setup: Setup, name: str, run: Callable[[list[OrthancServer]], None])
 def started(work: Path, pki: Pki, plain_pair: bool) -> Iterator[list[Setup]]:
     """Start every configuration; stop every Orthanc and PostgreSQL on exit, also on failure."""
     with contextlib.ExitStack() as stack:
-        setups: list[Setup] = []
-        for label, plugin in (("plain-sqlite", False), ("hardened-sqlite", True)):
-            server = make_server(work / label, pki, plugin=plugin)
-            stack.callback(server.stop)
-            server.start()
-            setups.append(Setup(label, [server]))
-        clusters = [("plain-pg", False, 1), ("hardened-pg", True, 1), ("hardened-pg-x2", True, 2)]
-        if plain_pair:
-            clusters.append(("plain-pg-x2", False, 2))
-        for label, plugin, count in clusters:
-            cluster = stack.enter_context(start_cluster(work / label, pki, count=count, plugin=plugin))
-            setups.append(Setup(label, cluster.nodes))
-        yield setups
+        try:
+            setups: list[Setup] = []
+            for label, plugin in (("plain-sqlite", False), ("hardened-sqlite", True)):
+                server = make_server(work / label, pki, plugin=plugin)
+                stack.callback(server.stop)
+                server.start()
+                setups.append(Setup(label, [server]))
+            clusters = [("plain-pg", False, 1), ("hardened-pg", True, 1), ("hardened-pg-x2", True, 2)]
+            if plain_pair:
+                clusters.append(("plain-pg-x2", False, 2))
+            for label, plugin, count in clusters:
+                cluster = stack.enter_context(start_cluster(work / label, pki, count=count, plugin=plugin))
+                setups.append(Setup(label, cluster.nodes))
+            yield setups
+        finally:
+            _shield()
 
 
 def summary(setups: list[Setup]) -> dict[str, dict[str, dict[str, float]]]:
@@ -192,7 +195,15 @@ def print_table(figures: dict[str, dict[str, dict[str, float]]], rows: list[dict
               f"{_x(r['server_cpu']):>7}")
 
 
+def _shield() -> None:
+    """Ignore Ctrl-C and SIGTERM from here on, so that a signal cannot cut the teardown short."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _terminate(signum: int, frame: FrameType | None) -> None:
+    """The first Ctrl-C or SIGTERM unwinds (stopping everything); further ones are ignored."""
+    _shield()
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -209,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     size = 128 if args.quick else 512
     mr = 4 if args.quick else 10
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
 
     work = Path(tempfile.mkdtemp(prefix="hardening-bench-nodes-"))
     files = make_dataset(instances, mr, size)
