@@ -46,8 +46,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "plugin"), str(REPO / "bench")]
 
-import requests  # noqa: E402
-from run import clear, cpu_seconds, make_dataset, upload_all, versions  # noqa: E402
+from run import clear, cpu_seconds, fetch_files, make_dataset, upload_all, versions  # noqa: E402
 
 from tests.support.nodes import start_cluster  # noqa: E402
 from tests.support.pki import make_pki  # noqa: E402
@@ -101,18 +100,10 @@ def split_retrieve(clients: int) -> Callable[[list[OrthancServer]], None]:
     def run(nodes: list[OrthancServer]) -> None:
         instances = nodes[0].get("/instances").json()
 
-        def fetch(node: OrthancServer, chunk: list[str]) -> None:
-            with requests.Session() as session:
-                session.auth = node.auth("admin")
-                for instance in chunk:
-                    r = session.get(f"{node.url}/instances/{instance}/file", verify=str(node.pki.ca),
-                                    headers={"Accept-Encoding": "identity"})
-                    r.raise_for_status()
-
         # Client k talks to node k mod n and fetches every clients-th instance.
         work = [(nodes[k % len(nodes)], instances[k::clients]) for k in range(clients)]
         with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-            for future in [pool.submit(fetch, node, chunk) for node, chunk in work]:
+            for future in [pool.submit(fetch_files, node, chunk) for node, chunk in work]:
                 future.result()
 
     return run

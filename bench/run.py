@@ -208,19 +208,21 @@ def pynetdicom_store_all(files: list[bytes]) -> Callable[[OrthancServer], None]:
     return run
 
 
+def fetch_files(server: OrthancServer, instances: list[str]) -> None:
+    """``GET /instances/{id}/file`` of each instance, in order, on one connection (one client)."""
+    with requests.Session() as session:
+        session.auth = server.auth("admin")
+        for instance in instances:
+            r = session.get(f"{server.url}/instances/{instance}/file", verify=str(server.pki.ca),
+                            headers={"Accept-Encoding": "identity"})
+            r.raise_for_status()
+
+
 def retrieve_files(clients: int) -> Callable[[OrthancServer], None]:
     def run(server: OrthancServer) -> None:
-        def fetch(chunk: list[str]) -> None:
-            with requests.Session() as session:
-                session.auth = server.auth("admin")
-                for instance in chunk:
-                    r = session.get(f"{server.url}/instances/{instance}/file", verify=str(server.pki.ca),
-                                    headers={"Accept-Encoding": "identity"})
-                    r.raise_for_status()
-
         instances = server.get("/instances").json()
         with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-            list(pool.map(fetch, [instances[i::clients] for i in range(clients)]))
+            list(pool.map(lambda chunk: fetch_files(server, chunk), [instances[i::clients] for i in range(clients)]))
 
     return run
 
