@@ -72,14 +72,19 @@ def test_study_hidden_from_its_patient_is_refused_by_qido_rs(hidden) -> None:
 
 
 @pytest.mark.attack
+def studies_of_patient(patient_id: str) -> Dataset:
+    """A study-level C-FIND identifier: the studies of ``patient_id`` (wildcards allowed)."""
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.PatientID = patient_id
+    query.StudyInstanceUID = ""
+    return query
+
+
 def test_study_hidden_from_its_patient_fails_c_find(hidden) -> None:
     server, study, _uid, _other = hidden
     before = len(alerts(server, f"sealed study {study}"))
-    query = Dataset()
-    query.QueryRetrieveLevel = "STUDY"
-    query.PatientID = "PAT-HIDE"
-    query.StudyInstanceUID = ""
-    status, answers = c_find(server, query)
+    status, answers = c_find(server, studies_of_patient("PAT-HIDE"))
     assert status == 0xC000 and answers == []
     assert len(alerts(server, f"sealed study {study}")) > before
 
@@ -95,11 +100,7 @@ def test_study_hidden_from_a_wildcard_search_is_refused_by_tools_find_qido_rs_an
     assert alerts(server, f"sealed study {study} matches PatientID=PAT-H?DE")
     response = server.get("/dicom-web/studies?PatientID=PAT-HID*")
     assert response.status_code == 403 and response.content == b""
-    query = Dataset()
-    query.QueryRetrieveLevel = "STUDY"
-    query.PatientID = "PAT-HID*"
-    query.StudyInstanceUID = ""
-    status, answers = c_find(server, query)
+    status, answers = c_find(server, studies_of_patient("PAT-HID*"))
     assert status == 0xC000 and answers == []
     assert len(alerts(server, f"sealed study {study}")) >= before + 5
     # Wildcard searches that the index answers completely answer as Orthanc does (its case rules too).
