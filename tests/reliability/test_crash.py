@@ -5,8 +5,10 @@ audit chain verifies."""
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
+import traceback
 from typing import Any
 
 import pytest
@@ -21,6 +23,7 @@ IMPORT = "110107"
 INSTANCES_ACCESSED = "110103"
 STORM_SECONDS = 25  # upper bound; the kill comes as soon as enough requests were answered
 ANSWERED_BEFORE_KILL = 150
+CLIENT_JOIN_SECONDS = 60  # after the kill, for all client threads together
 
 
 @pytest.mark.attack
@@ -79,9 +82,9 @@ def test_kill_9_during_mixed_storm_loses_no_acknowledged_instance_or_event(start
                 with lock:
                     reads.append(series_uid)
 
-    workers = [threading.Thread(target=rest_uploader, args=(i,)) for i in range(3)]
-    workers += [threading.Thread(target=dimse_storer) for _ in range(2)]
-    workers += [threading.Thread(target=reader, args=(i,)) for i in range(2)]
+    workers = [threading.Thread(target=rest_uploader, args=(i,), name=f"rest-{i}", daemon=True) for i in range(3)]
+    workers += [threading.Thread(target=dimse_storer, name=f"c-store-{i}", daemon=True) for i in range(2)]
+    workers += [threading.Thread(target=reader, args=(i,), name=f"reader-{i}", daemon=True) for i in range(2)]
     for worker in workers:
         worker.start()
     deadline = time.monotonic() + STORM_SECONDS
@@ -92,9 +95,15 @@ def test_kill_9_during_mixed_storm_loses_no_acknowledged_instance_or_event(start
         time.sleep(0.05)
     server.kill()
     stop.set()
+    # Every client call is bounded (HTTP 15 s per socket operation; DICOM connect, ACSE, DIMSE and
+    # network 15 s each), so a client still running a minute after the kill is hung.
+    join_deadline = time.monotonic() + CLIENT_JOIN_SECONDS
     for worker in workers:
-        worker.join(30)
-    assert not any(worker.is_alive() for worker in workers), "a client thread hung after the crash"
+        worker.join(max(0.0, join_deadline - time.monotonic()))
+    hung = {worker.name: worker.ident for worker in workers if worker.is_alive()}
+    frames = sys._current_frames()
+    assert hung == {}, "client threads hung after the crash:\n" + "\n".join(
+        f"{name}:\n{''.join(traceback.format_stack(frames[ident]))}" for name, ident in hung.items() if ident in frames)
     with lock:
         acked = dict(acknowledged)
         uploads, stores, answered_reads = list(rest_uploads), list(dimse_stores), list(reads)

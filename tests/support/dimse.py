@@ -50,7 +50,7 @@ def _ae() -> AE:
     # Bounded waits: a server that dies mid-association (the crash tests kill it) must not
     # leave a client thread waiting for pynetdicom's default 60 s network timeout.
     ae = AE(ae_title=CLIENT_AET)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 15
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = 15
     return ae
 
 
