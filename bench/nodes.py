@@ -1,6 +1,7 @@
 """The cost of several nodes: REST ingest and ``/file`` retrieve on SQLite, PostgreSQL, one node and two.
 
-    .venv/bin/python bench/nodes.py [--quick] [--instances N] [--repeat R] [--no-plain-pair] [--json out.json]
+    .venv/bin/python bench/nodes.py [--quick] [--instances N] [--repeat R] [--clients C] [--only LABELS]
+                                    [--no-plain-pair] [--keep-logs] [--json out.json]
 
 One run, the same synthetic data (``bench/run.py``'s ``make_dataset``), these configurations:
 
@@ -12,15 +13,20 @@ One run, the same synthetic data (``bench/run.py``'s ``make_dataset``), these co
     plain-pg-x2       two plain nodes the same way (skipped with --no-plain-pair)
 
 The PostgreSQL configurations are ``tests/support/nodes.py``'s ``start_cluster`` (each its own
-PostgreSQL). Figures: REST ingest with 4 clients (``POST /instances``, the store cleared before
-each run) and ``GET /instances/{id}/file`` with 4 clients, each as wall time and server CPU
+PostgreSQL). Figures: REST ingest with 4 clients (``--clients``; ``POST /instances``, the store
+cleared before each run) and ``GET /instances/{id}/file`` with as many clients, each as wall time and server CPU
 (user + system summed over the configuration's Orthanc processes; PostgreSQL's own CPU is not
 counted). On two nodes the files and the clients are split evenly across the nodes. Each figure
 is the median of ``--repeat`` repetitions; the repetitions are interleaved across
 configurations so a change in machine load hits all of them alike. Ratios: hardened vs plain of
 the same back end and node count, PostgreSQL vs SQLite, two nodes vs one. Nothing is asserted:
 compare within one run. Every Orthanc and PostgreSQL is stopped at the end, also on an error,
-Ctrl-C or SIGTERM.
+Ctrl-C or SIGTERM. ``--only`` runs only the named configurations (comma-separated labels).
+
+Any answer other than 200 stops the run with the request, its status and its body
+(``run.AnswerError``), and the logs of that run (every Orthanc's log and every PostgreSQL's) are
+copied to ``build/bench-nodes-logs/<UTC time>/<configuration>/`` before anything is stopped or
+removed; the path is printed. ``--keep-logs`` keeps them after a successful run too.
 """
 
 from __future__ import annotations
@@ -46,15 +52,17 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "plugin"), str(REPO / "bench")]
 
-from run import clear, cpu_seconds, fetch_files, make_dataset, upload_all, versions  # noqa: E402
+from run import AnswerError, clear, cpu_seconds, fetch_files, make_dataset, upload_all, versions  # noqa: E402
 
-from tests.support.nodes import start_cluster  # noqa: E402
+from tests.support.nodes import node_config, start_cluster  # noqa: E402
 from tests.support.pki import make_pki  # noqa: E402
 from tests.support.server import OrthancServer, Pki, make_server  # noqa: E402
 
 CLIENTS = 4
-INGEST = f"ingest REST, {CLIENTS} clients"
-RETRIEVE = f"retrieve /file, {CLIENTS} clients"
+INGEST = "ingest REST"
+RETRIEVE = "retrieve /file"
+LOGS = REPO / "build" / "bench-nodes-logs"
+LABELS = ("plain-sqlite", "hardened-sqlite", "plain-pg", "hardened-pg", "hardened-pg-x2", "plain-pg-x2")
 
 # (numerator, denominator, label) of each ratio printed.
 RATIOS = [
@@ -74,6 +82,8 @@ class Setup:
 
     label: str
     nodes: list[OrthancServer]
+    # Every log of the configuration (its Orthanc processes, its PostgreSQL server).
+    logs: list[Path] = field(default_factory=list)
     walls: dict[str, list[float]] = field(default_factory=dict)
     cpus: dict[str, list[float]] = field(default_factory=dict)
 
@@ -116,23 +126,44 @@ def measure(setup: Setup, name: str, run: Callable[[list[OrthancServer]], None])
     setup.cpus.setdefault(name, []).append(setup.cpu() - cpu0)
 
 
+def keep_logs(setups: list[Setup], why: str) -> Path:
+    """Copy every log of ``setups`` to a new ``build/bench-nodes-logs/<UTC time>/``; return it."""
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    target = LOGS / stamp
+    for setup in setups:
+        for index, log in enumerate(setup.logs):
+            if log.exists():
+                name = f"{index}-{log.parent.name}-{log.name}"
+                (target / setup.label).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(log, target / setup.label / name)
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "WHY").write_text(why + "\n")
+    return target
+
+
 @contextlib.contextmanager
-def started(work: Path, pki: Pki, plain_pair: bool) -> Iterator[list[Setup]]:
-    """Start every configuration; stop every Orthanc and PostgreSQL on exit, also on failure."""
+def started(work: Path, pki: Pki, labels: list[str], retries: int | None = None) -> Iterator[list[Setup]]:
+    """Start the configurations named by ``labels``; stop every Orthanc and PostgreSQL on exit, also on failure."""
     with contextlib.ExitStack() as stack:
         try:
             setups: list[Setup] = []
             for label, plugin in (("plain-sqlite", False), ("hardened-sqlite", True)):
+                if label not in labels:
+                    continue
                 server = make_server(work / label, pki, plugin=plugin)
                 stack.callback(server.stop)
                 server.start()
-                setups.append(Setup(label, [server]))
-            clusters = [("plain-pg", False, 1), ("hardened-pg", True, 1), ("hardened-pg-x2", True, 2)]
-            if plain_pair:
-                clusters.append(("plain-pg-x2", False, 2))
+                setups.append(Setup(label, [server], [server.log_path]))
+            clusters = [("plain-pg", False, 1), ("hardened-pg", True, 1), ("hardened-pg-x2", True, 2),
+                        ("plain-pg-x2", False, 2)]
             for label, plugin, count in clusters:
-                cluster = stack.enter_context(start_cluster(work / label, pki, count=count, plugin=plugin))
-                setups.append(Setup(label, cluster.nodes))
+                if label not in labels:
+                    continue
+                config = {"PostgreSQL": {"MaximumConnectionRetries": retries}} if retries is not None else None
+                cluster = stack.enter_context(start_cluster(work / label, pki, count=count, config=config,
+                                                            plugin=plugin))
+                logs = [node.log_path for node in cluster.nodes] + [cluster.postgres.home / "log"]
+                setups.append(Setup(label, cluster.nodes, logs))
             yield setups
         finally:
             _shield()
@@ -203,33 +234,59 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run (20 small instances, one repetition)")
     parser.add_argument("--instances", type=int, default=None, help="CT instances (default 500, quick 20)")
     parser.add_argument("--repeat", type=int, default=None, help="repetitions per figure (default 3, quick 1)")
+    parser.add_argument("--clients", type=int, default=CLIENTS, help=f"clients of each figure (default {CLIENTS})")
+    parser.add_argument("--only", default=None, help=f"comma-separated configurations (of {', '.join(LABELS)})")
     parser.add_argument("--no-plain-pair", action="store_true", help="skip two plain nodes on PostgreSQL")
+    parser.add_argument("--retries", type=int, default=None,
+                        help="PostgreSQL.MaximumConnectionRetries of the PostgreSQL nodes (default: "
+                             f"{node_config('', Path(), '')['PostgreSQL']['MaximumConnectionRetries']}, as make run)")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the logs under build/bench-nodes-logs/ "
+                        "after a successful run too (a failed run always keeps them)")
     parser.add_argument("--json", type=Path, default=None, help="write results as JSON here")
     args = parser.parse_args(argv)
     instances = args.instances or (20 if args.quick else 500)
     repeat = args.repeat or (1 if args.quick else 3)
     size = 128 if args.quick else 512
     mr = 4 if args.quick else 10
+    labels = [label.strip() for label in args.only.split(",")] if args.only else list(LABELS)
+    unknown = sorted(set(labels) - set(LABELS))
+    if unknown:
+        parser.error(f"unknown configuration(s) {', '.join(unknown)}: choose among {', '.join(LABELS)}")
+    if args.no_plain_pair and "plain-pg-x2" in labels:
+        labels.remove("plain-pg-x2")
+    clients = args.clients
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _terminate)
 
     work = Path(tempfile.mkdtemp(prefix="hardening-bench-nodes-"))
     files = make_dataset(instances, mr, size)
-    print(f"data: {instances} CT {size}x{size} 16-bit + {mr} MR; {CLIENTS} clients; repeat {repeat}; in {work}",
-          flush=True)
+    print(f"data: {instances} CT {size}x{size} 16-bit + {mr} MR; {clients} clients; repeat {repeat}; "
+          f"{', '.join(labels)}; in {work}", flush=True)
     pki = make_pki(work / "pki")
-    ingest, retrieve = split_ingest(files, CLIENTS), split_retrieve(CLIENTS)
+    ingest, retrieve = split_ingest(files, clients), split_retrieve(clients)
     try:
-        with started(work, pki, not args.no_plain_pair) as setups:
-            for repetition in range(repeat):
-                for setup in setups:
-                    clear(setup.nodes[0])
-                    measure(setup, INGEST, ingest)
-                    measure(setup, RETRIEVE, retrieve)
-                    print(f"  run {repetition + 1}/{repeat} {setup.label:<16} "
-                          f"ingest {setup.walls[INGEST][-1]:.3f}s (CPU {setup.cpus[INGEST][-1]:.2f}s)  "
-                          f"/file {setup.walls[RETRIEVE][-1]:.3f}s (CPU {setup.cpus[RETRIEVE][-1]:.2f}s)",
-                          flush=True)
+        with started(work, pki, labels, args.retries) as setups:
+            current = "starting"
+            try:
+                for repetition in range(repeat):
+                    for setup in setups:
+                        current = f"run {repetition + 1}/{repeat} {setup.label}"
+                        clear(setup.nodes[0])
+                        measure(setup, INGEST, ingest)
+                        measure(setup, RETRIEVE, retrieve)
+                        print(f"  run {repetition + 1}/{repeat} {setup.label:<16} "
+                              f"ingest {setup.walls[INGEST][-1]:.3f}s (CPU {setup.cpus[INGEST][-1]:.2f}s)  "
+                              f"/file {setup.walls[RETRIEVE][-1]:.3f}s (CPU {setup.cpus[RETRIEVE][-1]:.2f}s)",
+                              flush=True)
+            except Exception as exc:
+                # Before anything is stopped or removed: the logs explain the answer.
+                kept = keep_logs(setups, f"{current}: {exc}")
+                print(f"FAILED in {current}: {exc}\nlogs of this run kept in {kept}", file=sys.stderr, flush=True)
+                raise
+            if args.keep_logs:
+                print(f"logs of this run kept in {keep_logs(setups, 'kept on request (--keep-logs)')}", flush=True)
+    except AnswerError:
+        return 1
     finally:
         shutil.rmtree(work, ignore_errors=True)
     figures = summary(setups)
@@ -240,7 +297,9 @@ def main(argv: list[str] | None = None) -> int:
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "versions": versions(),
             "instances": len(files),
-            "clients": CLIENTS,
+            "clients": clients,
+            "labels": labels,
+            "postgresql_retries": args.retries,
             "repeat": repeat,
             "load_average": os.getloadavg(),
             "figures": figures,

@@ -152,10 +152,36 @@ def baseline_plugin(ref: str, work: Path) -> Path:
     return base / "plugin" / "hardening.py"
 
 
+class AnswerError(RuntimeError):
+    """A benchmark request was not answered 200; the message has the method, URL, status and body."""
+
+    def __init__(self, response: requests.Response) -> None:
+        request = response.request
+        body = response.text[:ANSWER_BODY_CHARS]
+        super().__init__(f"{request.method} {response.url} answered {response.status_code} "
+                         f"{response.reason}: {body!r}")
+        self.status = response.status_code
+        self.body = body
+
+
+ANSWER_BODY_CHARS = 2000
+
+
+def check_answer(response: requests.Response) -> requests.Response:
+    """``response`` if it is a 200.
+
+    Raises:
+        AnswerError: any other status (its status and body kept, for the report).
+    """
+    if response.status_code != 200:
+        raise AnswerError(response)
+    return response
+
+
 def clear(server: OrthancServer) -> None:
     """Delete every patient (the storage area's remove runs for each file)."""
-    for patient in server.get("/patients").json():
-        server.delete(f"/patients/{patient}")
+    for patient in check_answer(server.get("/patients")).json():
+        check_answer(server.delete(f"/patients/{patient}"))
 
 
 def upload_all(files: list[bytes], clients: int) -> Callable[[OrthancServer], None]:
@@ -164,9 +190,9 @@ def upload_all(files: list[bytes], clients: int) -> Callable[[OrthancServer], No
             with requests.Session() as session:
                 session.auth = server.auth("admin")
                 for data in chunk:
-                    r = session.post(server.url + "/instances", data=data, verify=str(server.pki.ca),
-                                     headers={"Content-Type": "application/dicom", "Accept-Encoding": "identity"})
-                    r.raise_for_status()
+                    check_answer(session.post(
+                        server.url + "/instances", data=data, verify=str(server.pki.ca),
+                        headers={"Content-Type": "application/dicom", "Accept-Encoding": "identity"}))
 
         chunks = [files[i::clients] for i in range(clients)]
         with concurrent.futures.ThreadPoolExecutor(clients) as pool:
@@ -213,9 +239,8 @@ def fetch_files(server: OrthancServer, instances: list[str]) -> None:
     with requests.Session() as session:
         session.auth = server.auth("admin")
         for instance in instances:
-            r = session.get(f"{server.url}/instances/{instance}/file", verify=str(server.pki.ca),
-                            headers={"Accept-Encoding": "identity"})
-            r.raise_for_status()
+            check_answer(session.get(f"{server.url}/instances/{instance}/file", verify=str(server.pki.ca),
+                                     headers={"Accept-Encoding": "identity"}))
 
 
 def retrieve_files(clients: int) -> Callable[[OrthancServer], None]:

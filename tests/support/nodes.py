@@ -23,6 +23,8 @@ from tests.support.server import DICOMWEB_PLUGIN, PYTHON_PLUGIN, OrthancServer, 
 
 POSTGRESQL_INDEX_PLUGIN = "/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so"
 ARCHIVE_DATABASE = "archive"
+# What `make run` generates for a node (commands/devnode.py); tests/unit checks they agree.
+MAXIMUM_CONNECTION_RETRIES = 10
 
 
 def node_config(database_url: str, storage: Path, name: str) -> dict[str, Any]:
@@ -41,9 +43,12 @@ def node_config(database_url: str, storage: Path, name: str) -> dict[str, Any]:
             "EnableStorage": False,
             "ConnectionUri": database_url,
             # Several Orthanc on one index: no exclusive lock; retries on serialization
-            # conflicts and on a lost connection (PostgreSQL plugin 4.0 and later).
+            # conflicts and on a lost connection (PostgreSQL plugin 4.0 and later). The retry
+            # count is the one `make run` generates (commands/devnode.py): with 3, concurrent
+            # REST ingests into one series exhaust Orthanc's retries of a serialization conflict
+            # and it answers 503 (OrthancStatus 42), plain Orthanc as well (bench/RESULTS.md).
             "Lock": False,
-            "MaximumConnectionRetries": 3,
+            "MaximumConnectionRetries": MAXIMUM_CONNECTION_RETRIES,
             "ConnectionRetryInterval": 1,
             "IndexConnectionsCount": 2,
         },
