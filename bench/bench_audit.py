@@ -6,7 +6,7 @@
   ``Hardening.Durability`` levels: ``process`` (``synchronous=NORMAL``, the default: a returned
   call's event survives kill -9) and ``power`` (``synchronous=FULL``: also fsynced, survives power
   loss). Each call returns only once its event is committed (8 writers share commits: group
-  commit). Goal: >= 5,000 events/s with 8 writers.
+  commit). Goal: >= 10,000 events/s with 8 writers (issue 19).
 * trail: a database of 1,000,000 chained events (built with ``executemany``, 500 events per series),
   then ``GET /hardening/audit?series=UID`` as the store runs it (newest first, limit 100).
   Goal: < 50 ms. Then a full verification of that chain (``/hardening/audit/verify``).

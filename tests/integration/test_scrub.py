@@ -8,6 +8,7 @@ archive of its own (``fresh_archive``); the read-only tests share one (``archive
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -334,3 +335,35 @@ def test_offline_cli_scrub_names_every_kind(fresh_archive: Archive, tmp_path: Pa
     assert done.returncode == 1, done.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     assert {kind: report["counts"][kind] > 0 for kind in ALL_KINDS} == dict.fromkeys(ALL_KINDS, True)
+
+
+@pytest.mark.attack
+def test_seal_row_with_a_broken_signature_under_an_intact_manifest_is_found_tampered(fresh_archive: Archive) -> None:
+    # The file and the study's manifest are untouched and agree; only the seal row's signature is
+    # broken (its digest and identity still match the manifest leaf). The read path refuses such a
+    # seal, so the scrub must name it: the manifest is never taken as proof of a seal row.
+    archive = fresh_archive
+    server, sop = archive.server, STUDY_A + ".1.1"
+    uuid = archive.uuid(sop)
+    db = sqlite3.connect(str(server.data_dir / "seals.db"), isolation_level=None, timeout=30)
+    try:
+        (record,) = db.execute("SELECT record FROM seals WHERE uuid = ? AND content_type = 1", (uuid,)).fetchone()
+        seal = json.loads(record)
+        signature = bytearray(base64.b64decode(seal["signature"]))
+        signature[5] ^= 0x01
+        seal["signature"] = base64.b64encode(bytes(signature)).decode("ascii")
+        db.execute("UPDATE seals SET record = ? WHERE uuid = ? AND content_type = 1",
+                   (json.dumps(seal, sort_keys=True, separators=(",", ":")).encode("ascii"), uuid))
+    finally:
+        db.close()
+    report = run_scrub(server)
+    tampered = findings(report, "tampered")
+    assert [(f["uuid"], f["sop_instance_uid"]) for f in tampered] == [(uuid, sop)]
+    assert "signature" in tampered[0]["detail"]
+    assert findings(report, "manifest-mismatch") == []  # the manifest itself is genuine and still agrees
+    assert problems(server, archive.studies[STUDY_A]) == set()
+    alerts = server.get("/hardening/audit?event=110113&limit=100", user="auditor").json()["events"]
+    assert any("scrub" in e["detail"] and "tampered 1" in e["detail"] for e in alerts)
+    assert server.get(f"/instances/{archive.instances[sop]}/file").status_code in (409, 415, 500)
+    others = [i for s, i in archive.instances.items() if s != sop]
+    assert all(server.get(f"/instances/{i}/file").status_code == 200 for i in others)

@@ -120,7 +120,9 @@ class ManifestLeaf:
 
     def leaf_bytes(self) -> bytes:
         """The canonical leaf input: sorted-key compact ASCII JSON of the seven fields."""
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+        # The seven fields are strings: the same bytes as json.dumps(asdict(self), sort_keys=True, ...),
+        # without asdict's deep copy (the scrub and every manifest check encode each leaf several times).
+        return canonical_json({name: getattr(self, name) for name in _LEAF_FIELDS})
 
     @property
     def sort_key(self) -> tuple[str, str]:

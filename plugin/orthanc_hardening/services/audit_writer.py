@@ -43,10 +43,30 @@ RECORD_TIMEOUT_SECONDS = 30.0
 
 @dataclass(eq=False)
 class _Batch:
-    """The callers whose events go into one commit: they share its fate and its wake-up."""
+    """The callers whose events go into one commit: they share its fate.
 
-    done: threading.Event = field(default_factory=threading.Event)
+    Each caller waits on a lock of its own (taken when it joins, released by the writer once the
+    batch is decided), so waking a batch is one release per caller and no woken caller has to
+    take a lock the others share (a ``threading.Event`` makes each woken waiter re-acquire its
+    condition's lock in turn, a hand-over per caller on the writer's cycle).
+    """
+
+    waiters: list[threading.Lock] = field(default_factory=list)
     error: BaseException | None = None
+    finished: bool = False
+
+    def join(self) -> threading.Lock:
+        """A lock that is released when the batch is decided (called under the writer's lock)."""
+        waiter = threading.Lock()
+        waiter.acquire()
+        self.waiters.append(waiter)
+        return waiter
+
+    def finish(self) -> None:
+        """Release every caller (once ``error`` is set, if the batch failed)."""
+        self.finished = True
+        for waiter in self.waiters:
+            waiter.release()
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,11 +78,12 @@ class Pending:
     """
 
     batch: _Batch | None
+    waiter: threading.Lock | None = None
     message: str = "audit event not recorded"
 
     def wait(self) -> None:
-        if self.batch is not None:
-            AuditWriter._wait(self.batch, self.message)
+        if self.batch is not None and self.waiter is not None:
+            AuditWriter._wait(self.batch, self.waiter, self.message)
 
 
 DONE = Pending(None)
@@ -151,10 +172,15 @@ class AuditWriter:
         with self._cond:
             if self._stopping:
                 raise StoreUnavailableError("the audit writer is stopped")
+            was_empty = not self._queue
             self._queue.extend(events)
             batch = self._open
-            self._cond.notify_all()
-        return Pending(batch)
+            waiter = batch.join()
+            # Only the writer thread waits on this condition: wake it when it may be idle (the queue
+            # was empty) or when the batch it gathers is complete, not at every event in between.
+            if was_empty or len(self._queue) >= self._last_batch:
+                self._cond.notify()
+        return Pending(batch, waiter)
 
     def flush(self) -> None:
         """Write a checkpoint over everything committed so far (blocks until done).
@@ -167,13 +193,15 @@ class AuditWriter:
                 return
             self._flush_wanted = True
             batch = self._open
-            self._cond.notify_all()
-        self._wait(batch, "audit checkpoint not written")
+            waiter = batch.join()
+            self._cond.notify()
+        self._wait(batch, waiter, "audit checkpoint not written")
 
     @staticmethod
-    def _wait(batch: _Batch, message: str) -> None:
-        if not batch.done.wait(RECORD_TIMEOUT_SECONDS):
+    def _wait(batch: _Batch, waiter: threading.Lock, message: str) -> None:
+        if not waiter.acquire(timeout=RECORD_TIMEOUT_SECONDS):
             raise StoreUnavailableError("the audit store did not commit within the time limit")
+        waiter.release()  # a second wait() returns at once
         if batch.error is not None:
             raise StoreUnavailableError(f"{message}: {batch.error}") from batch.error
 
@@ -185,7 +213,7 @@ class AuditWriter:
             logger.error("final audit checkpoint could not be written")
         with self._cond:
             self._stopping = True
-            self._cond.notify_all()
+            self._cond.notify()
         self._thread.join(RECORD_TIMEOUT_SECONDS)
         self.store.close()
 
@@ -227,7 +255,7 @@ class AuditWriter:
                     self._on_checkpoint(signed[-1])
                 except Exception:
                     logger.exception("audit checkpoint observer failed (the checkpoint is stored)")
-            batch.done.set()
+            batch.finish()
             if committed and self._on_commit is not None:
                 try:
                     self._on_commit(committed)

@@ -10,8 +10,10 @@ unchanged archive only hashes files.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import hashlib
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -158,16 +160,27 @@ class ScrubRunner:
 
     def _hashed(self, to_read: tuple[IndexedAttachment, ...]
                 ) -> Iterator[tuple[IndexedAttachment, tuple[str, int] | Exception]]:
-        # Reading and hashing release the GIL: one helper thread reads ahead (a small window)
-        # while this thread checks seals and signatures, so the two overlap.
+        # Reading and hashing release the GIL: the reader threads keep up to ``window`` files read
+        # ahead (topped up as each result is taken, so they never wait for a whole batch to be
+        # checked) while this thread checks seals and signatures, so the two overlap.
         window = 16
         with concurrent.futures.ThreadPoolExecutor(max_workers=self.readers,
                                                    thread_name_prefix="hardening-scrub-read") as pool:
-            for start in range(0, len(to_read), window):
+            ahead: collections.deque[tuple[IndexedAttachment, concurrent.futures.Future[tuple[str, int] | Exception]]]
+            ahead = collections.deque()
+            upcoming = iter(to_read)
+            for attachment in itertools.islice(upcoming, window):
+                ahead.append((attachment, pool.submit(self._hash, attachment)))
+            while ahead:
                 if self.stop.is_set():
+                    for _attachment, future in ahead:
+                        future.cancel()
                     return
-                batch = to_read[start:start + window]
-                yield from zip(batch, pool.map(self._hash, batch), strict=True)
+                attachment, future = ahead.popleft()
+                following = next(upcoming, None)
+                if following is not None:
+                    ahead.append((following, pool.submit(self._hash, following)))
+                yield attachment, future.result()
 
     def _check(self, attachment: IndexedAttachment, hashed: tuple[str, int] | Exception
                ) -> tuple[Finding | None, int]:

@@ -46,7 +46,7 @@ from orthanc_hardening.shell.storage import SealedStorage
 from orthanc_hardening.stores.manifest_store import ManifestStore
 from orthanc_hardening.stores.scrub_state import ScrubLeaseLost, ScrubState
 from orthanc_hardening.stores.seal_store import SealReader
-from orthanc_hardening.stores.signature_cache import SignatureCache
+from orthanc_hardening.stores.signature_cache import ResigningVerifier, SignatureCache
 from orthanc_hardening.stores.sql import MANIFESTS_SCHEMA, SCRUB_SCHEMA, SEALS_SCHEMA, open_store_database
 
 logger = logging.getLogger(__name__)
@@ -223,9 +223,10 @@ class ScrubService:
         self._progress: Progress | None = None
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        # The plugin's one signature cache (cleared when the key ring changes).
+        # The plugin's one signature cache (cleared when the key ring changes); behind it, the
+        # seals of the current key are checked by signing them again (``ResigningVerifier``).
         self._cache = cache
-        self._verifier = cache.verifier_for(keyring)
+        self._verifier = cache.verifier_for(ResigningVerifier(keyring))
 
     def start(self, options: ScrubOptions, resume_run: int | None = None) -> int:
         """Start a scrub (or resume ``resume_run``); return its run id.

@@ -32,6 +32,8 @@ from orthanc_hardening.stores.sql import Database, Transaction, sqlite_url
 from orthanc_hardening.timefmt import format_time
 
 SCHEMA_VERSION = 1
+WAL_AUTOCHECKPOINT_PAGES = 4000
+WAL_SIZE_LIMIT_BYTES = 4 * 1024 * 1024
 AUDIT_LOCK = "orthanc-hardening:audit-append"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EVENT_COLUMNS = (
@@ -330,6 +332,15 @@ class SQLiteAuditStore(SQLAuditStore):
             StoreUnavailableError: the file cannot be opened or the schema cannot be created.
         """
         database = Database(sqlite_url(Path(path)), synchronous=synchronous, create=create, busy_timeout=busy_timeout)
+        if create:
+            # Each commit of a few events writes ~50 pages to the WAL (the rows and five indexes on
+            # scattered keys), so SQLite's default automatic checkpoint (every 1,000 pages, with an
+            # fsync of the WAL and of the database) ran every ~20 commits on the writer's critical
+            # path. Every 4,000 pages it runs a quarter as often and copies each page rewritten
+            # meanwhile once; the WAL is truncated back to 4 MB after it. Durability is unchanged
+            # (a commit is in the WAL before it returns, at either synchronous level).
+            database.write(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+            database.write(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
         super().__init__(database, create=create)
 
 

@@ -198,3 +198,16 @@ def test_submit_to_a_stopped_writer_refuses_at_once(db_path: Path, signer: Signe
     writer.close()
     with pytest.raises(StoreUnavailableError, match="stopped"):
         writer.submit([make_event(1)])
+
+
+def test_every_caller_of_a_batch_is_released_even_when_one_never_waits(db_path: Path, signer: Signer) -> None:
+    writer = writer_on(db_path, signer)
+    abandoned = writer.submit([make_event(1)])  # e.g. a request that failed before waiting
+    pending = [writer.submit([make_event(i)]) for i in range(2, 6)]
+    for waiter in pending:
+        waiter.wait()
+        waiter.wait()  # a second wait returns at once
+    writer.flush()
+    abandoned.wait()
+    writer.close()
+    assert SQLiteAuditStore(db_path, create=False).count() == 5

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from orthanc_hardening.canonical import canonical_json
 from orthanc_hardening.commands.scrub import progress_line
-from orthanc_hardening.errors import SealInvalidError
+from orthanc_hardening.errors import SealInvalidError, UnknownKeyError
 from orthanc_hardening.integrity.scrub import IndexedInstance, Progress
 from orthanc_hardening.seal.identity import InstanceIdentity
 from orthanc_hardening.seal.keys import KeyRing, Signer
@@ -19,7 +23,7 @@ from orthanc_hardening.services.scrub_runner import ScrubRunner
 from orthanc_hardening.stores.manifest_store import ManifestStore
 from orthanc_hardening.stores.scrub_state import ScrubState
 from orthanc_hardening.stores.seal_store import SealReader, SQLiteSealStore
-from orthanc_hardening.stores.signature_cache import SignatureCache
+from orthanc_hardening.stores.signature_cache import ResigningVerifier, SignatureCache
 
 NOW = datetime(2026, 1, 2, tzinfo=UTC)
 SIGNER = Signer.of(ed25519.Ed25519PrivateKey.from_private_bytes(bytes(range(32))))
@@ -134,3 +138,68 @@ def test_forged_seal_row_is_caught_on_a_cached_rerun(archive) -> None:
     second = runner_for(archive, cache=verified)
     report = second.run(second.state.start_run(NOW, {}))
     assert [(f["kind"], f["uuid"]) for f in report["findings"]] == [("tampered", uuid_of(2))]
+
+
+def resigning_runner(archive, cache: SignatureCache | None = None) -> ScrubRunner:
+    cache = cache or SignatureCache()
+    root, base, index = archive
+    return ScrubRunner(index, SealReader(base / "seals.db"), ManifestStore(base / "manifests.db"), root,
+                       cache.verifier_for(ResigningVerifier(KeyRing(SIGNER))), ScrubState(base / "scrub.db"),
+                       lambda: NOW, batch_seconds=0.0, cache=cache)
+
+
+def rewrite_seal_row(base: Path, uuid: str, change) -> None:
+    db = sqlite3.connect(base / "seals.db", isolation_level=None)
+    (record,) = db.execute("SELECT record FROM seals WHERE uuid = ?", (uuid,)).fetchone()
+    raw = json.loads(record)
+    change(raw)
+    db.execute("UPDATE seals SET record = ? WHERE uuid = ?", (canonical_json(raw), uuid))
+    db.close()
+
+
+def flip_signature_bit(raw: dict) -> None:
+    signature = bytearray(base64.b64decode(raw["signature"]))
+    signature[0] ^= 0x01
+    raw["signature"] = base64.b64encode(bytes(signature)).decode("ascii")
+
+
+@pytest.mark.attack
+@pytest.mark.parametrize("change", [flip_signature_bit, lambda raw: raw.update(sealed_at="2025-01-01T00:00:00.000000Z"),
+                                    lambda raw: raw.update(sealed_after_ingest=True)],
+                         ids=["signature-broken", "sealed-at-changed", "sealed-after-ingest-flipped"])
+def test_seal_row_broken_under_an_intact_manifest_is_found_tampered(archive, change) -> None:
+    # The file's digest and identity still match the signed manifest leaf; only the seal row is not
+    # genuine. The read path refuses it, so the scrub must too: a manifest never vouches for a seal row.
+    _root, base, _index = archive
+    clean = resigning_runner(archive)
+    assert clean.run(clean.state.start_run(NOW, {}))["findings"] == []
+    rewrite_seal_row(base, uuid_of(4), change)
+    runner = resigning_runner(archive)
+    report = runner.run(runner.state.start_run(NOW, {}))
+    assert [(f["kind"], f["uuid"]) for f in report["findings"]] == [("tampered", uuid_of(4))]
+    assert "signature" in report["findings"][0]["detail"]
+
+
+def test_resigning_verifier_accepts_exactly_what_the_key_ring_accepts() -> None:
+    ring = KeyRing(SIGNER)
+    verifier = ResigningVerifier(ring)
+    good = SIGNER.sign(b"data")
+    verifier.verify(SIGNER.key_id, b"data", good)
+    with pytest.raises(SealInvalidError):
+        verifier.verify(SIGNER.key_id, b"other data", good)
+    with pytest.raises(SealInvalidError):
+        verifier.verify(SIGNER.key_id, b"data", bytes([good[0] ^ 1]) + good[1:])
+    with pytest.raises(UnknownKeyError):
+        verifier.verify("0123456789abcdef", b"data", good)
+
+
+def test_resigning_verifier_verifies_other_keys_and_follows_the_ring() -> None:
+    ecdsa = Signer.of(ec.generate_private_key(ec.SECP256R1()))
+    ring = KeyRing(ecdsa)
+    verifier = ResigningVerifier(ring)
+    verifier.verify(ecdsa.key_id, b"data", ecdsa.sign(b"data"))  # randomised signatures: verified as usual
+    with pytest.raises(SealInvalidError):
+        verifier.verify(ecdsa.key_id, b"data", ecdsa.sign(b"other"))
+    ring.replace_signer(SIGNER)
+    verifier.verify(SIGNER.key_id, b"data", SIGNER.sign(b"data"))
+    verifier.verify(ecdsa.key_id, b"data", ecdsa.sign(b"data"))  # the previous key stays trusted
