@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 GATHER_SECONDS = 0.0004
 RECORD_TIMEOUT_SECONDS = 30.0
+OUTAGE_LOG_SECONDS = 60.0  # while the store stays unavailable, one reminder a minute
 
 
 @dataclass(eq=False)
@@ -140,6 +141,7 @@ class AuditWriter:
         self.failures = 0
         self.batches = 0
         self.is_healthy = True
+        self._outage_logged_at = 0.0
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
 
@@ -276,8 +278,8 @@ class AuditWriter:
             self._cond.wait(remaining)
 
     def _wait_seconds(self) -> float:
-        if self._backlog:
-            return 1.0
+        if self._backlog or not self.is_healthy:
+            return 1.0  # the store failed: retry once a second, not at the checkpoint's pace
         if self._head is not None and self._head[0] > self._signed_seq:
             return max(0.05, self._seconds - (time.monotonic() - self._signed_at))
         return self._seconds
@@ -336,8 +338,14 @@ class AuditWriter:
 
     def _failed(self, exc: StoreUnavailableError, events: list[AuditEvent]) -> None:
         self.failures += 1
+        first = self.is_healthy
         self.is_healthy = False
-        logger.error("audit store cannot write (%d events refused): %s", len(events), exc)
+        # Refused events are always logged; a retry of a pending checkpoint alone (no event) is
+        # logged when the outage begins and then at most once a minute, not at every retry.
+        now = time.monotonic()
+        if events or first or now - self._outage_logged_at >= OUTAGE_LOG_SECONDS:
+            self._outage_logged_at = now
+            logger.error("audit store cannot write (%d events refused): %s", len(events), exc)
         if self._keep_failed:
             room = max(0, self._backlog_limit - len(self._backlog))
             self._backlog.extend(events[:room])

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -101,6 +103,27 @@ def test_locked_store_raises_then_recovers_without_losing_rows(db_path: Path, si
     rows = list(reader.iter_rows())
     assert [r.event.detail for r in rows] == ["event 1", "event 3"]
     verify_chain(rows, reader.checkpoints(), keyring)
+
+
+def test_an_unavailable_store_is_retried_once_a_second_and_logged_once_per_outage(
+        db_path: Path, signer: Signer, caplog: pytest.LogCaptureFixture) -> None:
+    store = SQLiteAuditStore(db_path, busy_timeout=0.05)
+    writer = AuditWriter(store, lambda: signer, FixedClock(), checkpoint_seconds=0.3)
+    writer.record(make_event(1))  # the first commit is signed at once
+    writer.record(make_event(2))  # committed; its checkpoint falls due 0.3 s later
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    with caplog.at_level(logging.ERROR, logger="orthanc_hardening"):
+        time.sleep(2.0)  # the checkpoint is retried while the store stays locked
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    logged = [r for r in caplog.records if "audit store cannot write" in r.getMessage()]
+    assert not writer.is_healthy
+    assert 1 <= writer.failures <= 3, writer.failures  # paced at one retry a second, not 20
+    assert len(logged) == 1, [r.getMessage() for r in logged]
+    writer.record(make_event(3))  # writing (and the overdue checkpoint) resumes by itself
+    assert writer.is_healthy
+    writer.close()
 
 
 def test_monitor_mode_keeps_failed_events_and_writes_them_later(db_path: Path, signer: Signer) -> None:
