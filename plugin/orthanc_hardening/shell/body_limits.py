@@ -18,8 +18,7 @@ keeps Python's lock during the call, so a slow modality would stall every reques
 
 from __future__ import annotations
 
-from orthanc_hardening.errors import HostileInputError
-from orthanc_hardening.request_body import MAX_DEPTH, nesting_depth
+from orthanc_hardening.request_body import check_body_depth
 from orthanc_hardening.shell.orthanc_api import core_call
 from orthanc_hardening.shell.rest import Reply, RestCall, register
 from orthanc_hardening.shell.runtime import Runtime
@@ -29,17 +28,9 @@ GUARDED_ROUTES = (
     ("/instances/([^/]+)/(modify|anonymize)", "application/dicom"),
     ("/tools/bulk-content", "application/json; charset=utf-8"),
     ("/tools/bulk-delete", "text/plain"),  # Orthanc answers an empty body
+    # Stores what it creates: Orthanc records the instance's Origin as "Plugins" (README, Drop-in).
+    ("/tools/create-dicom", "application/json; charset=utf-8"),
 )
-
-
-def check_body_depth(body: bytes) -> None:
-    """Check that a JSON body is not nested deeper than ``MAX_DEPTH``.
-
-    Raises:
-        HostileInputError: it is (a body built to exhaust a parser's stack).
-    """
-    if nesting_depth(body) > MAX_DEPTH:
-        raise HostileInputError(f"JSON body nested more than {MAX_DEPTH} levels deep")
 
 
 def install(runtime: Runtime) -> None:
