@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import re
-import time
+import socket
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,7 +47,7 @@ ORIGIN_METADATA = ("Origin", "RemoteIP", "HttpUsername", "CalledAET", "RemoteAET
 
 
 @pytest.fixture(scope="module")
-def trio(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trio]:  # noqa: F811
+def trio(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trio]:
     from tests.integration.conftest import _factory
 
     factory = _factory(pki, tmp_path_factory)
@@ -210,7 +211,9 @@ FAILING: list[tuple[str, Any]] = [
     ("/peers/PEER/store", "not json"),
     ("/modalities/TESTSCU/query", {"Level": "Study", "Query": {"PatientID": "CMP-1"}}),
     ("/modalities/TESTSCU/query", {"Query": {}}),
-    ("/modalities/TESTSCU/find-study", {"PatientID": "*"}),
+    ("/modalities/TESTSCU/find-patient", {"PatientID": "*"}),
+    ("/modalities/TESTSCU/find-study", {"Level": "Study", "Query": {}}),
+    ("/modalities/TESTSCU/find-worklist", {"PatientID": "*"}),
 ]
 
 
@@ -219,31 +222,66 @@ def test_failing_sends_and_queries_answer_like_plain_orthanc(trio: Trio, path: s
     assert_same(trio, path, body)
 
 
+def test_a_legacy_find_orthanc_refuses_without_an_error_code_answers_404(trio: Trio) -> None:
+    """``/modalities/{m}/find-study|find-series|find-instance`` refuse some bodies with an empty
+    400 and no error code; a plugin's forwarded call only learns "Unknown resource" (deliberate)."""
+    path, body = "/modalities/TESTSCU/find-study", json.dumps({"PatientID": "*"})
+    plain, *hardened = (server.request("POST", path, data=body) for server in trio.all)
+    assert (plain.status_code, plain.content) == (400, b"")
+    version = trio.enforce.get("/plugins/python").json().get("Version", "0")
+    stand_in = tuple(int(part) for part in version.split(".")[:2]) >= (4, 3)  # Python.AllowThreads is set
+    for answer in hardened:
+        if stand_in:
+            assert (answer.status_code, answer.json()["Message"]) == (404, "Unknown resource"), answer.text
+        else:
+            assert (answer.status_code, answer.content) == (400, b"")
+
+
 def test_create_dicom_answers_like_plain_orthanc_and_records_the_plugin_as_origin(trio: Trio) -> None:
-    tags = {"PatientID": "CMP-NEW", "PatientName": "New^Patient", "StudyInstanceUID": "1.2.826.0.1.3680043.10.543.90",
-            "SeriesInstanceUID": "1.2.826.0.1.3680043.10.543.90.1", "SOPInstanceUID": "1.2.826.0.1.3680043.10.543.90.1.1",
-            "Modality": "OT"}
+    uid = "1.2.826.0.1.3680043.10.543.90"
+    tags = {"PatientID": "CMP-NEW", "PatientName": "New^Patient", "StudyInstanceUID": uid,
+            "SeriesInstanceUID": f"{uid}.1", "SOPInstanceUID": f"{uid}.1.1", "Modality": "OT"}
     assert_same(trio, "/tools/create-dicom", {"Tags": tags}, metadata_differs=True)
     for body in ({"Tags": tags}, {"Tags": "no object"}, "not json", {"Tags": {"NoSuchTag": "x"}}):
         assert_same(trio, "/tools/create-dicom", body, metadata_differs=True)
 
 
-def test_job_routes_wait_without_holding_pythons_lock(trio: Trio) -> None:
-    """While one synchronous modification waits for its job, other requests are answered."""
-    import threading
-
+@pytest.mark.parametrize(("path", "body"), [
+    ("/modalities/TESTSCU/store", [S3]),
+    ("/modalities/TESTSCU/query", {"Level": "Study", "Query": {"PatientID": "*"}}),
+], ids=["store", "query"])
+def test_a_stand_in_waiting_on_a_silent_modality_leaves_other_requests_answered(trio: Trio, path: str,
+                                                                                 body: Any) -> None:
+    """The modality accepts the connection and never answers: while Orthanc waits for it (its
+    DICOM timeout), the plugin holds no lock other requests need."""
     server = trio.enforce
+    connected = threading.Event()
+    listener = socket.create_server(("127.0.0.1", server.modality_port))
+    accepted: list[socket.socket] = []
+
+    def silent_modality() -> None:
+        connection, _address = listener.accept()
+        accepted.append(connection)
+        connected.set()
+
     answers: list[int] = []
-    body = json.dumps({"Replace": {"StudyDescription": "Concurrent"}, "Force": True})
-    worker = threading.Thread(target=lambda: answers.append(
-        server.request("POST", f"/studies/{S3}/modify", data=body, timeout=120).status_code))
-    worker.start()
-    for _ in range(20):
-        assert server.get("/system", timeout=30).status_code == 200
-        time.sleep(0.01)
-    worker.join(timeout=120)
-    assert not worker.is_alive()
-    assert answers == [200]
+    threads = [threading.Thread(target=silent_modality, name="silent-modality"),
+               threading.Thread(target=lambda: answers.append(server.request(
+                   "POST", path, data=json.dumps(body), timeout=120).status_code), name="send")]
+    try:
+        for thread in threads:
+            thread.start()
+        assert connected.wait(60), "Orthanc never connected to the modality"
+        assert server.get("/system", timeout=60).status_code == 200
+        assert server.get(f"/studies/{S3}", timeout=60).status_code == 200
+        assert threads[1].is_alive(), "the request did not wait for the modality"
+    finally:
+        for connection in accepted:
+            connection.close()
+        listener.close()
+        for thread in threads:
+            thread.join(timeout=120)
+    assert answers and answers[0] >= 400  # the modality hung up: Orthanc's error
 
 
 def test_the_job_servers_run_the_same_orthanc(trio: Trio) -> None:
