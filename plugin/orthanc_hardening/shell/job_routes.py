@@ -50,16 +50,18 @@ ORTHANC_JSON = "application/json; charset=utf-8"
 class JobFailedError(OrthancCoreError):
     """The job of a synchronous request failed: Orthanc's synchronous route answers its error."""
 
-    def __init__(self, code: int, description: str, details: str) -> None:
+    def __init__(self, code: int, description: str, details: str, payload: Any = None) -> None:
         super().__init__(ORTHANC_ERROR_STATUS.get(code, 500), details or description, code)
         self._description = description
+        # Orthanc's "ErrorPayload" of the answer (guard.answer_like_orthanc), when it gives one.
+        self.payload = payload
 
     @property
     def description(self) -> str:
         return self._description
 
 
-def job_answer(state: Mapping[str, Any]) -> Any:
+def job_answer(state: Mapping[str, Any], payload: Any = None) -> Any:
     """What Orthanc's synchronous route answers for a job that ended in ``state``.
 
     Raises:
@@ -70,7 +72,7 @@ def job_answer(state: Mapping[str, Any]) -> Any:
     code = state.get("ErrorCode")
     code = code if isinstance(code, int) and code != 0 else -1
     raise JobFailedError(code, str(state.get("ErrorDescription") or "Internal error"),
-                         str(state.get("ErrorDetails") or ""))
+                         str(state.get("ErrorDetails") or ""), payload)
 
 
 def hand_on_job(runtime: Runtime, call: RestCall, resources_form: bool) -> Reply:
@@ -86,7 +88,21 @@ def hand_on_job(runtime: Runtime, call: RestCall, resources_form: bool) -> Reply
         return Reply(raw=answer if answer is not None else b"", content_type=ORTHANC_JSON)
     started = json.loads(core_call(runtime.orthanc.RestApiPost, call.uri, request.body))
     state = wait_for_job(runtime, str(started["ID"]))
-    return Reply(job_answer(state))
+    return Reply(job_answer(state, error_payload(runtime, state)))
+
+
+# Orthanc 1.13 adds the failed job's details to the error of a synchronous C-MOVE or C-GET request
+# (measured: the job's Content.Details, as a "RetrieveJob"); earlier versions and other jobs do not.
+RETRIEVE_JOBS = frozenset({"DicomMoveScu", "DicomGetScu"})
+
+
+def error_payload(runtime: Runtime, state: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The ``ErrorPayload`` Orthanc's synchronous route adds to a failed job's error, if any."""
+    content = state.get("Content")
+    if not capabilities_of(runtime.orthanc).loader_threads or state.get("Type") not in RETRIEVE_JOBS \
+            or not isinstance(content, Mapping) or "Details" not in content:
+        return None
+    return {"Content": content["Details"], "Type": "RetrieveJob"}
 
 
 def releases_python_lock(runtime: Runtime) -> bool:
