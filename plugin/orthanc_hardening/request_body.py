@@ -9,9 +9,11 @@ that are too large or too deeply nested before parsing. Pure: no I/O.
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from typing import Any
 
-from orthanc_hardening.errors import BadRequestError, HostileBodyError
+from orthanc_hardening.errors import BadRequestError, HostileBodyError, HostileInputError
 
 MAX_BODY_BYTES = 1 << 20
 MAX_DEPTH = 32
@@ -91,3 +93,72 @@ def parse_json_object(
     if not isinstance(parsed, dict):
         raise BadRequestError(name, "must be a JSON object")
     return parsed
+
+
+def check_body_depth(body: bytes) -> None:
+    """Check that a JSON body is not nested deeper than ``MAX_DEPTH``.
+
+    Raises:
+        HostileInputError: it is (a body built to exhaust a parser's stack).
+    """
+    if nesting_depth(body) > MAX_DEPTH:
+        raise HostileInputError(f"JSON body nested more than {MAX_DEPTH} levels deep")
+
+
+# Orthanc takes a bare identifier (not JSON) as the resource to send (``Toolbox::IsSHA1``).
+_ORTHANC_ID = re.compile(rb"\s*[0-9a-fA-F]{8}(-[0-9a-fA-F]{8}){4}\s*")
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    """How to hand a job route's body on to Orthanc without Orthanc waiting for the job.
+
+    ``body`` is what Orthanc gets; ``synchronous`` whether the client asked to wait for the job
+    (then ``body`` asks Orthanc for an asynchronous job, and the caller waits for it).
+    ``synchronous`` false: ``body`` is the client's own, unchanged — an asynchronous job, or a
+    body Orthanc refuses before it starts any job (not JSON, not an object, a non-boolean
+    ``Synchronous``), so its own answer is given back.
+    """
+
+    body: bytes
+    synchronous: bool
+
+
+def job_request(body: bytes, resources_form: bool = False, synchronous_by_default: bool = True) -> JobRequest:
+    """Check a job route's JSON body and decide how to hand it on (see ``JobRequest``).
+
+    Mirrors Orthanc's ``IsSynchronousJobRequest`` (``Synchronous`` wins over ``Asynchronous``;
+    neither: the route's default) and, with ``resources_form`` (``/modalities/{m}/store``,
+    ``/peers/{p}/store``), its reading of a bare identifier, a JSON string or a JSON list as
+    the resources to send, turned into the equivalent ``{"Resources": [...]}``.
+
+    Raises:
+        HostileInputError: the body is nested more than ``MAX_DEPTH`` levels deep.
+    """
+    raw = bytes(body)
+    check_body_depth(raw)
+    unchanged = JobRequest(raw, synchronous=False)
+    try:
+        parsed = json.loads(raw)
+    except (ValueError, RecursionError):
+        if not (resources_form and _ORTHANC_ID.fullmatch(raw)):
+            return unchanged  # Orthanc answers "Bad file format"
+        parsed = raw.decode("ascii").strip()
+    if resources_form and isinstance(parsed, str):
+        parsed = {"Resources": [parsed]}
+    elif resources_form and isinstance(parsed, list):
+        parsed = {"Resources": parsed}
+    if not isinstance(parsed, dict):
+        return unchanged  # Orthanc refuses a body that is not an object before any job
+    if "Synchronous" in parsed:
+        synchronous = parsed["Synchronous"]
+    elif "Asynchronous" in parsed:
+        asynchronous = parsed["Asynchronous"]
+        synchronous = not asynchronous if isinstance(asynchronous, bool) else asynchronous
+    else:
+        synchronous = synchronous_by_default
+    if synchronous is not True:
+        return unchanged  # asynchronous, or a non-boolean Orthanc refuses
+    forwarded = {key: value for key, value in parsed.items() if key != "Synchronous"}
+    forwarded["Asynchronous"] = True
+    return JobRequest(json.dumps(forwarded).encode("utf-8"), synchronous=True)

@@ -33,6 +33,17 @@ DIFFERENCES = (
                "plugin 4.x only offers RegisterMoveCallback, which asks the plugin for the move only "
                "once Orthanc has announced one sub-operation; plugin 5.0+ (RegisterMoveCallback2/3) "
                "answers as Orthanc does"),
+
+    Difference("instances stored by a job or create-dicom the plugin stands in for (modify, anonymize, "
+               "bulk modify and anonymize, POST /tools/create-dicom)",
+               "metadata Origin is \"Plugins\" instead of \"RestApi\"; no RemoteIP, no HttpUsername",
+               "the plugin hands the body on with orthanc.RestApiPost after checking its depth (a 1 KB body "
+               "nested 500 levels deep segfaults Orthanc's JSON reader); Orthanc records a plugin's call as "
+               "such, and its REST API refuses to set these system metadata"),
+    Difference("POST /modalities/{m}/find-study|find-series|find-instance with Python.AllowThreads (trixie, "
+               "forky)", "a body Orthanc refuses with an empty 400 gets 404 \"Unknown resource\"",
+               "Orthanc answers these refusals without an error code, and a plugin's forwarded call then "
+               "only learns \"Unknown resource\" (every other answer of these routes is Orthanc's)"),
 )
 
 # Response headers only the hardened servers send.
@@ -56,3 +67,11 @@ def single_step_move(plain: tuple[int, int, int, list[str]]) -> tuple[int, int, 
         return SUCCESS, 1, 0, received
     # Orthanc counts the failed sub-operation both as completed and as failed.
     return WARNING, 1, 1, received
+
+
+def stored_by_plugin(plain: dict[str, object]) -> dict[str, object]:
+    """The origin metadata of an instance a stand-in's call stored, given plain Orthanc's."""
+    found = {name: value for name, value in plain.items() if name not in ("RemoteIP", "HttpUsername")}
+    if "Origin" in found:
+        found["Origin"] = "Plugins"
+    return found

@@ -27,7 +27,9 @@ pytestmark = [pytest.mark.integration]
 
 @pytest.fixture(scope="module")
 def server(start_orthanc_module: Any) -> OrthancServer:
-    return start_orthanc_module(config={"Plugins": [PYTHON_PLUGIN, DICOMWEB_PLUGIN]})
+    # PEER: a secure peer nobody answers at (the sends to it fail; an unknown one is refused earlier).
+    return start_orthanc_module(config={"Plugins": [PYTHON_PLUGIN, DICOMWEB_PLUGIN],
+                                        "OrthancPeers": {"PEER": {"Url": "https://127.0.0.1:9/"}}})
 
 
 def poison_alerts(server: OrthancServer) -> list[dict[str, Any]]:
@@ -65,6 +67,51 @@ def test_deeply_nested_json_body_is_refused_and_orthanc_stays_up(server: Orthanc
     assert len(poison_alerts(server)) == alerts + 1
     assert server.get("/system").status_code == 200
     assert server.get("/instances").json() == before
+
+
+# Routes Orthanc answers with a job, or that store or query: a 1 KB body nested 500 levels deep
+# segfaults plain Orthanc 1.10.1, 1.12.7 and 1.13.0 on each of them.
+JOB_ROUTES = [
+    "/studies/{study}/modify", "/studies/{study}/anonymize", "/series/{series}/modify", "/series/{series}/anonymize",
+    "/patients/{patient}/modify", "/patients/{patient}/anonymize", "/tools/bulk-modify", "/tools/bulk-anonymize",
+    "/modalities/TESTSCU/store", "/modalities/TESTSCU/move", "/modalities/TESTSCU/get", "/peers/PEER/store",
+    "/tools/create-dicom", "/tools/create-archive", "/tools/create-media", "/tools/create-media-extended",
+    "/studies/{study}/archive", "/studies/{study}/media",
+]
+QUERY_ROUTES = ["/modalities/TESTSCU/query", "/modalities/TESTSCU/find-study", "/modalities/TESTSCU/find"]
+DEEP_500 = "[" * 500 + "]" * 500
+
+
+def orthanc_state(server: OrthancServer) -> tuple[Any, ...]:
+    """What a refused request must leave as it was: every resource and every job."""
+    return tuple(server.get(f"/{level}").json() for level in ("patients", "studies", "series", "instances", "jobs"))
+
+
+def python_lock_released_during_calls(server: OrthancServer) -> bool:
+    """Python plugin 4.3+ with Python.AllowThreads (trixie, forky): the modality queries get a stand-in."""
+    version = server.get("/plugins/python").json().get("Version", "0")
+    return tuple(int(part) for part in version.split(".")[:2]) >= (4, 3)
+
+
+@pytest.mark.attack
+@pytest.mark.parametrize("route", JOB_ROUTES + QUERY_ROUTES)
+def test_deep_json_to_a_job_store_or_query_route_is_refused_and_orthanc_stays_up(server: OrthancServer,
+                                                                                 route: str) -> None:
+    if route in QUERY_ROUTES and not python_lock_released_during_calls(server):
+        pytest.skip("bookworm (Python plugin 4.0): no stand-in for the modality queries, README")
+    instance = server.upload(make_instance(patient_id="DEEPJOB"), user="admin")
+    uri = route.format(study=instance["ParentStudy"], series=instance["ParentSeries"],
+                       patient=server.get(f"/studies/{instance['ParentStudy']}").json()["ParentPatient"])
+    before, alerts = orthanc_state(server), len(poison_alerts(server))
+    answer = server.post(uri, user="admin", data=DEEP_500)
+    assert answer.status_code == 400, answer.text[:200]
+    body = answer.json()
+    detail = body.get("detail") or body.get("Details", "")
+    assert "more than 32 levels deep" in detail or "deeper than 32 levels" in detail, body
+    assert len(poison_alerts(server)) == alerts + 1
+    assert poison_alerts(server)[0]["user"] == "admin"
+    assert server.get("/system").status_code == 200
+    assert orthanc_state(server) == before
 
 
 def test_synchronous_body_routes_still_answer_as_orthanc(server: OrthancServer) -> None:

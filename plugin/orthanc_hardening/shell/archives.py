@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from orthanc_hardening.errors import (
     StoreUnavailableError,
 )
 from orthanc_hardening.request_body import parse_json_object, parse_json_value
+from orthanc_hardening.shell.jobs import wait_for_job
 from orthanc_hardening.shell.offload import Offloader
 from orthanc_hardening.shell.orthanc_api import OrthancCoreError, core_call
 from orthanc_hardening.shell.rest import Reply, RestCall, register
@@ -39,7 +39,6 @@ from orthanc_hardening.shell.storage import SealedStorage
 ARCHIVE_ROUTE = "/(patients|studies|series)/([^/]+)/(archive|media)"
 TOOLS_ARCHIVE_ROUTE = "/tools/(create-archive|create-media|create-media-extended)"
 JOB_ARCHIVE_ROUTE = "/jobs/([^/]+)/archive"
-JOB_POLL_SECONDS = 0.02
 JOB_TIMEOUT_SECONDS = 3600.0
 JOBS_REMEMBERED = 10_000
 LEVELS = ("patients", "studies", "series", "instances")
@@ -262,15 +261,8 @@ def make_archive(archives: Archives, uri: str, instances: list[str], job_body: d
             Orthanc read it for the archive, or the archive lacks an instance.
         StoreUnavailableError: the job failed.
     """
-    runtime = archives.storage.runtime
     job_id, _answer = start_archive(archives, uri, instances, job_body)
-    deadline = time.monotonic() + JOB_TIMEOUT_SECONDS
-    while True:
-        # time.sleep releases the GIL: the job thread needs it to run the storage read.
-        time.sleep(JOB_POLL_SECONDS)
-        state = json.loads(runtime.orthanc.RestApiGet(f"/jobs/{job_id}"))
-        if state.get("State") in ("Success", "Failure") or time.monotonic() > deadline:
-            break
+    state = wait_for_job(archives.storage.runtime, job_id, JOB_TIMEOUT_SECONDS)
     if state.get("State") != "Success":
         raise StoreUnavailableError(f"archive job {job_id} ended in state {state.get('State')}")
     try:

@@ -172,6 +172,9 @@ def answer_like_orthanc(output: Any, exc: BaseException, uri: str, method: str, 
     }
     if str(exc) and str(exc) != exc.description:
         body["Details"] = str(exc)
+    payload = getattr(exc, "payload", None)  # a failed job's (shell/job_routes.py)
+    if payload is not None:
+        body["ErrorPayload"] = payload
     send_status(output, exc.status, orthanc_json(body))
 
 

@@ -34,6 +34,7 @@ from orthanc_hardening.shell import (
     body_limits,
     cmove,
     ingest_limits,
+    job_routes,
     permissions,
     query,
     reset,
@@ -148,6 +149,7 @@ def build(orthanc: OrthancApi, config: HardeningConfig, orthanc_config: Mapping[
     reset.install(runtime)
     ingest_limits.install(runtime)
     body_limits.install(runtime)
+    job_routes.install(runtime)
     sealed = storage.install(runtime, keys, cache)
     binding.install(runtime, sealed.store, sealed.attachments_of, sealed.index_binding)
     archive_routes = archives.install(runtime, sealed)
