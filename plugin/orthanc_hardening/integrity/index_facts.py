@@ -68,41 +68,45 @@ class IndexFacts:
 
     The storage area adds and removes from Orthanc's threads while gates read: the shell passes
     a ``threading.Lock`` as ``lock`` (every method holds it; none calls another while holding it).
+    Kept compact (tuples, one entry per resource), since it holds the whole index.
     """
 
     def __init__(self, lock: contextlib.AbstractContextManager[Any] | None = None) -> None:
         self._lock = lock if lock is not None else contextlib.nullcontext()
-        self._level: dict[str, str] = {}
-        self._parent: dict[str, str] = {}
+        # id -> (level, parent id or "", identifier as stored, lookup key)
+        self._node: dict[str, tuple[str, str, str, str]] = {}
         self._children: dict[str, set[str]] = {}
-        self._identifier: dict[str, str] = {}
-        self._named: dict[tuple[str, str], set[str]] = {}
-        self._key: dict[str, tuple[str, str]] = {}
-        self._files: dict[str, dict[int, set[str]]] = {}
+        # level -> lookup key -> ids
+        self._named: dict[str, dict[str, tuple[str, ...]]] = {level: {} for level in LEVELS}
+        # instance id -> ((content type, uuid), ...)
+        self._files: dict[str, tuple[tuple[int, str], ...]] = {}
         # uuid -> the instances naming it (one, unless the index was edited to share a file).
-        self._owner: dict[str, set[str]] = {}
+        self._owner: dict[str, tuple[str, ...]] = {}
+        self._instances = 0
         # A DICOM file created without an identity (e.g. ``StorageCompression``): its instance
         # is unknown here, so the copy no longer answers for the whole index.
         self.complete = True
 
     def __len__(self) -> int:
         with self._lock:
-            return sum(1 for level in self._level.values() if level == INSTANCE)
+            return self._instances
 
     # -- building ------------------------------------------------------------------------
 
     def _add_resource(self, level: str, resource_id: str, parent_id: str, identifier: str,
                       lookup_key: str | None = None) -> None:
-        if resource_id in self._level:
+        if resource_id in self._node:
             return  # known: keeps the parent and identifier the index gave it
-        self._level[resource_id] = level
+        key = normalize_identifier(identifier) if lookup_key is None else lookup_key
+        if key == identifier:
+            key = identifier  # one string for both
+        self._node[resource_id] = (level, parent_id, identifier, key)
         if parent_id:
-            self._parent[resource_id] = parent_id
             self._children.setdefault(parent_id, set()).add(resource_id)
-        self._identifier[resource_id] = identifier
-        key = (level, normalize_identifier(identifier) if lookup_key is None else lookup_key)
-        self._key[resource_id] = key
-        self._named.setdefault(key, set()).add(resource_id)
+        named = self._named[level]
+        named[key] = (*named.get(key, ()), resource_id)
+        if level == INSTANCE:
+            self._instances += 1
 
     def add_resource(self, level: str, resource_id: str, parent_id: str, identifier: str,
                      lookup_key: str | None = None) -> None:
@@ -117,15 +121,21 @@ class IndexFacts:
             self._add_resource(level, resource_id, parent_id, identifier, lookup_key)
 
     def _add_file(self, instance_id: str, content_type: int, uuid: str) -> None:
-        self._files.setdefault(instance_id, {}).setdefault(int(content_type), set()).add(uuid)
-        self._owner.setdefault(uuid, set()).add(instance_id)
+        entry = (int(content_type), uuid)
+        files = self._files.get(instance_id, ())
+        if entry not in files:
+            self._files[instance_id] = (*files, entry)
+        owners = self._owner.get(uuid, ())
+        if instance_id not in owners:
+            self._owner[uuid] = (*owners, instance_id)
 
     def add_indexed_file(self, instance_id: str, content_type: int, uuid: str) -> None:
         """Record an attachment row of the index (at load): the instance must be recorded already."""
         if int(content_type) not in DICOM_TYPES:
             return
         with self._lock:
-            if self._level.get(instance_id) == INSTANCE:
+            node = self._node.get(instance_id)
+            if node is not None and node[0] == INSTANCE:
                 self._add_file(instance_id, content_type, uuid)
 
     def add_file(self, ids: dict[str, str], identifiers: tuple[str, str, str, str], content_type: int,
@@ -145,7 +155,7 @@ class IndexFacts:
             # As Orthanc stores an instance: below the lowest resource it already holds, the
             # missing ones are created; a resource it holds keeps its parent.
             known = len(LEVELS)
-            while known > 0 and ids[LEVELS[known - 1]] not in self._level:
+            while known > 0 and ids[LEVELS[known - 1]] not in self._node:
                 known -= 1
             for depth in range(known, len(LEVELS)):
                 level = LEVELS[depth]
@@ -159,27 +169,29 @@ class IndexFacts:
     # -- removing ------------------------------------------------------------------------
 
     def _drop(self, resource_id: str) -> None:
-        level = self._level.pop(resource_id, None)
-        if level is None:
+        node = self._node.pop(resource_id, None)
+        if node is None:
             return
-        self._identifier.pop(resource_id, None)
-        key = self._key.pop(resource_id, None)
-        named = self._named.get(key) if key is not None else None
-        if key is not None and named is not None:
-            named.discard(resource_id)
-            if not named:
-                del self._named[key]
-        for uuids in self._files.pop(resource_id, {}).values():
-            for uuid in uuids:
-                owners = self._owner.get(uuid)
-                if owners is not None:
-                    owners.discard(resource_id)
-                    if not owners:
-                        del self._owner[uuid]
-        for child in list(self._children.pop(resource_id, ())):
-            self._parent.pop(child, None)
-        parent = self._parent.pop(resource_id, None)
-        if parent is not None:
+        level, parent, _identifier, key = node
+        if level == INSTANCE:
+            self._instances -= 1
+        named = self._named[level]
+        left = tuple(i for i in named.get(key, ()) if i != resource_id)
+        if left:
+            named[key] = left
+        else:
+            named.pop(key, None)
+        for _type, uuid in self._files.pop(resource_id, ()):
+            owners = tuple(i for i in self._owner.get(uuid, ()) if i != resource_id)
+            if owners:
+                self._owner[uuid] = owners
+            else:
+                self._owner.pop(uuid, None)
+        for child in self._children.pop(resource_id, ()):
+            child_node = self._node.get(child)
+            if child_node is not None:
+                self._node[child] = (child_node[0], "", child_node[2], child_node[3])
+        if parent:
             siblings = self._children.get(parent)
             if siblings is not None:
                 siblings.discard(resource_id)
@@ -191,25 +203,29 @@ class IndexFacts:
         """An attachment was removed: forget it, and its instance once its DICOM file is gone."""
         with self._lock:
             for instance_id in sorted(self._owner.pop(uuid, ())):
-                files = self._files.get(instance_id, {})
-                for content_type in list(files):
-                    files[content_type].discard(uuid)
-                    if not files[content_type]:
-                        del files[content_type]
-                if 1 not in files:
+                files = tuple(f for f in self._files.get(instance_id, ()) if f[1] != uuid)
+                self._files[instance_id] = files
+                if not any(content_type == 1 for content_type, _uuid in files):
                     self._drop(instance_id)
 
     # -- reading -------------------------------------------------------------------------
 
+    def _known(self, resource_id: str) -> tuple[str, str, str, str]:
+        node = self._node.get(resource_id)
+        if node is None:
+            raise KeyError(resource_id)
+        return node
+
     def lookup(self, identifier: str, level: str) -> list[str]:
         """Orthanc ids of the resources of ``level`` with this identifier (as ``/tools/lookup``)."""
         with self._lock:
-            return sorted(self._named.get((level, normalize_identifier(identifier)), ()))
+            return sorted(self._named.get(level, {}).get(normalize_identifier(identifier), ()))
 
     def level(self, resource_id: str) -> str | None:
         """The level of a known resource, or ``None``."""
         with self._lock:
-            return self._level.get(resource_id)
+            node = self._node.get(resource_id)
+            return node[0] if node is not None else None
 
     def parent(self, resource_id: str) -> str:
         """The parent's id of a known resource (``""`` for a patient).
@@ -218,9 +234,7 @@ class IndexFacts:
             KeyError: the resource is unknown.
         """
         with self._lock:
-            if resource_id not in self._level:
-                raise KeyError(resource_id)
-            return self._parent.get(resource_id, "")
+            return self._known(resource_id)[1]
 
     def identifier(self, resource_id: str) -> str:
         """The identifier of a known resource, as Orthanc stores it (not normalised).
@@ -229,7 +243,7 @@ class IndexFacts:
             KeyError: the resource is unknown.
         """
         with self._lock:
-            return self._identifier[resource_id]
+            return self._known(resource_id)[2]
 
     def children(self, resource_id: str) -> list[str]:
         """Ids of the children of a known resource, sorted.
@@ -238,8 +252,7 @@ class IndexFacts:
             KeyError: the resource is unknown.
         """
         with self._lock:
-            if resource_id not in self._level:
-                raise KeyError(resource_id)
+            self._known(resource_id)
             return sorted(self._children.get(resource_id, ()))
 
     def instances_under(self, resource_id: str) -> list[tuple[str, str]]:
@@ -249,14 +262,14 @@ class IndexFacts:
             KeyError: the resource is unknown.
         """
         with self._lock:
-            if resource_id not in self._level:
-                raise KeyError(resource_id)
+            self._known(resource_id)
             found: list[tuple[str, str]] = []
             pending = [resource_id]
             while pending:
                 current = pending.pop()
-                if self._level.get(current) == INSTANCE:
-                    found.append((current, self._parent.get(current, "")))
+                node = self._node.get(current)
+                if node is not None and node[0] == INSTANCE:
+                    found.append((current, node[1]))
                 else:
                     pending.extend(self._children.get(current, ()))
             return sorted(found)
@@ -268,14 +281,15 @@ class IndexFacts:
             KeyError: the instance is unknown.
         """
         with self._lock:
-            if self._level.get(instance_id) != INSTANCE:
+            node = self._node.get(instance_id)
+            if node is None or node[0] != INSTANCE:
                 raise KeyError(instance_id)
-            return sorted(FileFact(t, u) for t, uuids in self._files.get(instance_id, {}).items() for u in uuids)
+            return sorted(FileFact(t, u) for t, u in self._files.get(instance_id, ()))
 
     def names_file(self, instance_id: str, content_type: int, uuid: str) -> bool:
         """Whether the copy names this attachment for this instance at this type."""
         with self._lock:
-            return uuid in self._files.get(instance_id, {}).get(int(content_type), ())
+            return (int(content_type), uuid) in self._files.get(instance_id, ())
 
 
 def load(resources: Iterable[tuple[str, str, str, str, str | None]],
