@@ -9,21 +9,21 @@ time, the tampered bytes are never served, and the server keeps answering afterw
 
 On Orthanc before 1.12.2 (bookworm's 1.10.1, whose Python plugin 4.0 keeps Python's lock during
 every call into Orthanc) a call of the plugin into Orthanc that meets a DICOMweb read in flight
-still deadlocks (README, "No single request stops, hangs or crashes it": the cycle GIL →
-plugin-context lock → storage read → GIL, seen in a dump of the hung server). Measured again on
-bookworm with this test: all paths at once (8 clients, each path 3 times) → a request times out
-and the server never answers again; every path but DICOMweb at once (REST reads of the tampered
-instance, ``/studies``, metrics, ``/system``) → passes, run after run (without orthanc-dicomweb
-nothing holds the plugin-context lock while it waits for Python). So on bookworm every non-DICOMweb
-path runs concurrently and the DICOMweb requests one at a time after them; on 1.12.7 and 1.13.0
-every path runs concurrently. The start-up warning of that residual is checked last. (With
-every HTTP gate switched off for DICOMweb, DICOMweb clients in parallel still hung bookworm: the
-storage read's index binding called Orthanc from inside orthanc-dicomweb's call for QIDO-RS; it
-no longer does, and what still hangs is the HTTP filter's calls into Orthanc.)
+can deadlock (README, "No single request stops, hangs or crashes it": the cycle GIL →
+plugin-context lock → storage read → GIL, seen in a dump of the hung server). The HTTP filter of
+a DICOMweb read (the audit trail's resolution of its UIDs, the read-binding gate) and the storage
+read's index binding read the index facts there (``integrity/index_facts.py``) and make no call
+into Orthanc, so on every target the DICOMweb reads (WADO-RS instance, metadata, frames,
+rendered) run concurrently. What still calls Orthanc on bookworm (the QIDO-RS gate's
+``/tools/find``, REST stand-ins such as the verified ``/studies``, the metrics push at scrape
+time, the audit of REST routes) runs concurrently with the REST reads, apart from the DICOMweb
+reads, and the QIDO-RS search one at a time; on 1.12.7 and 1.13.0 every path runs concurrently.
+The start-up warning of that residual is checked last.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -71,18 +71,26 @@ def test_reads_of_a_tampered_instance_under_load_never_hang_the_server(server: O
         answer = server.get(path, user="admin", timeout=REQUEST_TIMEOUT)
         return path, answer.status_code, answer.content
 
-    # Orthanc before 1.12.2 holds its plugin-context lock while orthanc-dicomweb reads an
-    # instance: there DICOMweb requests run one at a time, after every other path has run
-    # concurrently (module docstring); from 1.12.2 every path runs concurrently.
+    # Orthanc before 1.12.2 holds its plugin-context lock while orthanc-dicomweb reads an instance
+    # (module docstring): there the DICOMweb reads run concurrently with each other, apart from
+    # the paths that still call Orthanc from Python, and the QIDO-RS search one at a time after;
+    # from 1.12.2 every path runs concurrently.
     shared_context = orthanc_version() >= (1, 12, 2)
-    concurrent = [p for p in bad_paths + other_paths if shared_context or not p.startswith("/dicom-web/")]
-    one_at_a_time = [p for p in bad_paths + other_paths if p not in concurrent]
+    everything = bad_paths + other_paths
+    qido = [p for p in everything if p.startswith("/dicom-web/") and p.endswith("/series")]
+    dicomweb_reads = [p for p in everything if p.startswith("/dicom-web/") and p not in qido]
+    rounds = [everything] if shared_context else [[p for p in everything if not p.startswith("/dicom-web/")],
+                                                  dicomweb_reads]
+    one_at_a_time = [] if shared_context else qido
+    results: list[tuple[str, int, bytes]] = []
     with ThreadPoolExecutor(max_workers=8) as pool:
         try:
-            results = list(pool.map(fetch, concurrent * 3))
+            for paths in rounds:
+                results += list(pool.map(fetch, paths * 3))
             results += [fetch(path) for path in one_at_a_time]
         except requests.Timeout as exc:
             pytest.fail(f"a request hung the server: {exc}")
+    assert {path for path, _status, _body in results} == set(everything)
     for path, status, body in results:
         if path in bad_paths and not path.endswith(("/tags", "/metadata")):
             # The stored bytes are refused as on every direct path (Orthanc's error when the
@@ -98,6 +106,20 @@ def test_reads_of_a_tampered_instance_under_load_never_hang_the_server(server: O
     assert float(failures.split()[1]) >= 1
     alerts = server.get("/hardening/audit", user="auditor", params={"event": "110113", "limit": 50}).json()["events"]
     assert any("stored bytes do not match the seal" in event["detail"] for event in alerts)
+
+
+def test_orthanc_holds_its_sqlite_index_exclusively_while_it_runs(server: OrthancServer) -> None:
+    # What makes the index facts exact (README): nobody edits the index while Orthanc runs, so
+    # every change comes through the storage area's callbacks. Read and write are both refused.
+    db = sqlite3.connect(f"file:{server.index_db}?mode=rw", uri=True, timeout=1)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            db.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            db.execute("SELECT COUNT(*) FROM Resources").fetchone()
+    finally:
+        db.close()
+    assert server.get("/system", timeout=REQUEST_TIMEOUT).status_code == 200
 
 
 def test_start_warns_that_dicomweb_under_load_can_hang_orthanc_before_1_12_2(server: OrthancServer) -> None:

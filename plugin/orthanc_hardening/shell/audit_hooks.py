@@ -54,6 +54,7 @@ from orthanc_hardening.errors import (
     StoreUnavailableError,
 )
 from orthanc_hardening.identity import AUDITOR, HttpRequest, Requester
+from orthanc_hardening.integrity.index_facts import IndexFacts
 from orthanc_hardening.seal.keys import KeyRing
 from orthanc_hardening.services.audit_witness import AuditWitness, check_log_extends_witness
 from orthanc_hardening.services.audit_writer import DONE, AuditWriter
@@ -151,11 +152,15 @@ class IndexResolver:
     """Orthanc ids and DICOM UIDs -> series identifiers, through Orthanc's index (cached).
 
     Orthanc ids are hashes of the DICOM UIDs, so an id always names the same UIDs: the cache never
-    goes stale; instance counts are read fresh.
+    goes stale; instance counts are read fresh. Where the index facts stand in for Orthanc's
+    index (``facts`` gives them: Orthanc before 1.12.2 with a SQLite index, ``shell/binding.py``)
+    every answer comes from them and no call is made into Orthanc, which could deadlock there
+    with an instance read of orthanc-dicomweb in flight.
     """
 
-    def __init__(self, orthanc: Any) -> None:
+    def __init__(self, orthanc: Any, facts: Callable[[], IndexFacts | None] = lambda: None) -> None:
         self._orthanc = orthanc
+        self._facts = facts
         self._instances = _LRU(CACHE_SIZE)  # instance id -> series id
         self._series = _LRU(CACHE_SIZE)  # series id -> (study id, series uid)
         self._studies = _LRU(CACHE_SIZE)  # study id -> (patient id, study uid)
@@ -165,6 +170,9 @@ class IndexResolver:
         return json.loads(answer)
 
     def study(self, study_id: str) -> tuple[str, str]:
+        facts = self._facts()
+        if facts is not None:
+            return facts.identifier(facts.parent(study_id)), facts.identifier(study_id)
         cached = self._studies.get(study_id)
         if cached is None:
             study = self._get(f"/studies/{study_id}")
@@ -174,6 +182,13 @@ class IndexResolver:
         return cached
 
     def series(self, series_id: str, count: bool = True) -> SeriesRef:
+        facts = self._facts()
+        if facts is not None:
+            if facts.level(series_id) != "Series":
+                raise KeyError(series_id)
+            patient_id, study_uid = self.study(facts.parent(series_id))
+            return SeriesRef(patient_id, study_uid, facts.identifier(series_id),
+                             len(facts.children(series_id)) if count else 0)
         cached = self._series.get(series_id)
         instances = 0
         if cached is None or count:
@@ -186,6 +201,12 @@ class IndexResolver:
         return SeriesRef(patient_id, study_uid, cached[1], instances)
 
     def instance(self, instance_id: str) -> SeriesRef:
+        facts = self._facts()
+        if facts is not None:
+            if facts.level(instance_id) != "Instance":
+                raise KeyError(instance_id)
+            ref = self.series(facts.parent(instance_id), count=False)
+            return SeriesRef(ref.patient_id, ref.study_uid, ref.series_uid, 1)
         series_id = self._instances.get(instance_id)
         if series_id is None:
             series_id = str(self._get(f"/instances/{instance_id}").get("ParentSeries", ""))
@@ -199,6 +220,15 @@ class IndexResolver:
             return [self.instance(resource_id)]
         if level == "series":
             return [self.series(resource_id)]
+        facts = self._facts()
+        if facts is not None:
+            wanted = {"studies": "Study", "patients": "Patient"}.get(level)
+            if wanted is None:
+                raise ValueError(f"unknown level {level!r}")
+            if facts.level(resource_id) != wanted:
+                raise KeyError(resource_id)
+            series = sorted({series_id for _instance, series_id in facts.instances_under(resource_id)})
+            return [self.series(s) for s in series]
         if level == "studies":
             return [self.series(s) for s in self._get(f"/studies/{resource_id}").get("Series", [])]
         if level == "patients":
@@ -210,6 +240,10 @@ class IndexResolver:
 
     def lookup(self, uid: str, kind: str) -> str | None:
         """Orthanc id of the resource of type ``kind`` (Study/Series/Instance) with this UID."""
+        facts = self._facts()
+        if facts is not None:
+            ids = facts.lookup(uid, kind)
+            return ids[0] if ids else None
         found = json.loads(self._orthanc.RestApiPost("/tools/lookup", uid))
         for item in found:
             if item.get("Type") == kind:
@@ -236,12 +270,13 @@ class _HttpState:
 class AuditHooks:
     """The audit trail's callbacks and routes (see the module docstring)."""
 
-    def __init__(self, runtime: Runtime, writer: AuditWriter, reader: AuditStore, keyring: KeyRing) -> None:
+    def __init__(self, runtime: Runtime, writer: AuditWriter, reader: AuditStore, keyring: KeyRing,
+                 facts: Callable[[], IndexFacts | None] = lambda: None) -> None:
         self.runtime = runtime
         self.keyring = keyring
         self.writer = writer
         self.reader = reader
-        self.resolver = IndexResolver(runtime.orthanc)
+        self.resolver = IndexResolver(runtime.orthanc, facts)
         self.our_aet = str(runtime.orthanc_config.get("DicomAet", "ORTHANC"))
         self._lock = threading.Lock()
         self._http: dict[int, _HttpState] = {}
@@ -551,7 +586,8 @@ def install(runtime: Runtime, trail: AuditTrail, storage: SealedStorage) -> Audi
     """Wire the audit trail into Orthanc (see the module docstring)."""
     config = runtime.config
     writer = trail.writer
-    hooks = AuditHooks(runtime, writer, trail.reader, storage.keyring)
+    facts = storage.index_binding.active_facts if storage.index_binding is not None else (lambda: None)
+    hooks = AuditHooks(runtime, writer, trail.reader, storage.keyring, facts)
     runtime.audit.record(_application_activity(runtime, f"orthanc-hardening started ({config.mode.value} mode)"))
 
     def stop() -> None:

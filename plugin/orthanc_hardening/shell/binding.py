@@ -20,6 +20,14 @@
   row was copied onto it, so ``IndexBinding`` refuses every such read of it, and the storage
   area never deletes it (deleting the copy must not delete the original's file).
 
+* ``IndexBinding.facts`` (Orthanc before 1.12.2 with its SQLite index): an in-memory copy of
+  the index facts the gates read (``integrity/index_facts.py``), loaded from the index file at
+  start and kept by the storage area's ``create`` and ``remove`` (``created``, ``removed``). There
+  the HTTP gate, the index binding and the audit trail's resolution (``shell/audit_hooks.py``)
+  read it instead of calling Orthanc, which could deadlock with an instance read of
+  orthanc-dicomweb in flight (README, "No single request stops, hangs or crashes it"). From
+  1.12.2, or with the index in PostgreSQL (written by other nodes too), they call Orthanc.
+
 What is left (README, "Reads bound to the request"): with an index in PostgreSQL, or an edit
 made while Orthanc runs, a copied pointer is seen only by the requests the HTTP gate binds.
 """
@@ -47,12 +55,13 @@ from orthanc_hardening.integrity.binding import (
     verify_bound,
     verify_not_shared,
 )
+from orthanc_hardening.integrity.index_facts import INSTANCE, IndexFacts
 from orthanc_hardening.integrity.query import orthanc_ids_of_seal
 from orthanc_hardening.seal.record import Seal
 from orthanc_hardening.shell.guard import alert, mark_audited
 from orthanc_hardening.shell.requester import internal_requester
 from orthanc_hardening.shell.runtime import Runtime
-from orthanc_hardening.stores.orthanc_index import shared_attachments
+from orthanc_hardening.stores.orthanc_index import load_index_facts, shared_attachments
 from orthanc_hardening.stores.seal_store import SQLSealStore
 
 logger = logging.getLogger(__name__)
@@ -88,6 +97,32 @@ class IndexBinding:
         # uuid -> (until, reads left): reads of a shared file the HTTP gate bound to its sealed
         # instance, for Orthanc 1.13, whose loader threads read apart from the request's thread.
         self._granted: dict[str, tuple[float, int]] = {}
+        # The index facts, where they stand in for calls into Orthanc (the module docstring).
+        self.facts: IndexFacts | None = None
+
+    def active_facts(self) -> IndexFacts | None:
+        """The index facts, while they answer for the whole index; else ``None`` (call Orthanc)."""
+        facts = self.facts
+        return facts if facts is not None and facts.complete else None
+
+    def created(self, seal: Seal) -> None:
+        """The storage area stored an attachment: record it in the index facts (DICOM types)."""
+        facts = self.facts
+        if facts is None or int(seal.content_type) not in DICOM_ATTACHMENTS:
+            return
+        if not seal.sop_instance_uid:
+            if int(seal.content_type) == 1 and facts.complete:
+                logger.warning("a DICOM file without a readable identity was stored (StorageCompression?): "
+                               "the gates call Orthanc's index from now on")
+                facts.mark_incomplete()
+            return
+        facts.add_file(orthanc_ids_of_seal(seal), (seal.patient_id, seal.study_uid, seal.series_uid,
+                                                   seal.sop_instance_uid), int(seal.content_type), seal.uuid)
+
+    def removed(self, uuid: str) -> None:
+        """The storage area removed an attachment: forget it in the index facts."""
+        if self.facts is not None:
+            self.facts.remove_file(uuid)
 
     def grant(self, uuid: str) -> None:
         """Let the next few reads of a shared file pass: the HTTP gate bound a request to its sealed instance."""
@@ -147,9 +182,15 @@ class IndexBinding:
         if seal.uuid in self.shared and not self._take_grant(seal.uuid):
             verify_not_shared(seal, self.shared[seal.uuid])
         name = DICOM_ATTACHMENTS.get(int(seal.content_type))
-        if name is None or not seal.sop_instance_uid or not consult_index:
+        if name is None or not seal.sop_instance_uid:
             return
         instance_id = orthanc_ids_of_seal(seal)["Instance"]
+        facts = self.active_facts()
+        if facts is not None:
+            verify_bound(seal, index_binding(seal, *indexed_by_facts(facts, instance_id, seal)))
+            return
+        if not consult_index:
+            return
         indexed = self._get(f"/instances/{instance_id}")
         indexed_uuid: str | None = None
         parents: dict[str, str] | None = None
@@ -163,6 +204,26 @@ class IndexBinding:
         verify_bound(seal, index_binding(seal, parents, indexed_uuid))
 
 
+def indexed_by_facts(facts: IndexFacts, instance_id: str, seal: Seal) -> tuple[dict[str, str] | None, str | None]:
+    """What the index facts say of an instance, as ``index_binding`` takes it: parents and the uuid of this type."""
+    if facts.level(instance_id) != INSTANCE:
+        return None, None
+    try:
+        series_id = facts.parent(instance_id)
+        study_id = facts.parent(series_id) if series_id else ""
+        patient = facts.parent(study_id) if study_id else ""
+    except KeyError:
+        return None, None
+    content_type = int(seal.content_type)
+    if facts.names_file(instance_id, content_type, seal.uuid):
+        uuid: str | None = seal.uuid
+    else:
+        named = [f.uuid for f in facts.files(instance_id) if f.content_type == content_type]
+        uuid = named[0] if named else None
+    return ({"ID": instance_id, "ParentSeries": series_id, "ParentStudy": study_id, "ParentPatient": patient},
+            uuid)
+
+
 class ReadBinding:
     """The request side of a read: the HTTP gate (see the module docstring)."""
 
@@ -174,6 +235,8 @@ class ReadBinding:
         self.attachments_of = attachments_of
         # Orthanc 1.13 reads on loader threads: a shared file the gate bound is granted there.
         self.index = index if runtime.capabilities.loader_threads else None
+        # Before 1.12.2 with a SQLite index: the index facts instead of calls into Orthanc.
+        self.facts_of: Callable[[], IndexFacts | None] = index.active_facts if index is not None else lambda: None
 
     def _get(self, uri: str) -> Any | None:
         try:
@@ -196,6 +259,9 @@ class ReadBinding:
         source = f"the request {read.route}"
         study_uid, series_uid, sop_uid = read.uids
         named = ExpectedRead(sop_instance_uid=sop_uid, series_uid=series_uid, study_uid=study_uid, source=source)
+        facts = self.facts_of()
+        if facts is not None:
+            return expected_from_facts(facts, read, named)
         if read.level == "instances":
             ids = [read.resource] if read.resource else self._lookup(sop_uid, "Instance")
             found = []
@@ -233,9 +299,14 @@ class ReadBinding:
         Raises:
             WrongInstanceError: an attachment's seal names another instance (or parent).
         """
+        facts = self.facts_of()
         for instance_id, expected in self.expected_reads(read):
             try:
-                attachments = self.attachments_of(instance_id)
+                if facts is not None:
+                    attachments = [(DICOM_ATTACHMENTS[f.content_type], f.content_type, f.uuid)
+                                   for f in facts.files(instance_id)]
+                else:
+                    attachments = self.attachments_of(instance_id)
             except IntegrityError:
                 raise
             except Exception:
@@ -270,6 +341,34 @@ class ReadBinding:
             logger.warning("monitor mode: serving %s although its seal names another instance", read.route)
 
 
+LEVEL_OF_ROUTE = {"instances": "Instance", "series": "Series", "studies": "Study", "patients": "Patient"}
+
+
+def expected_from_facts(facts: IndexFacts, read: RequestedRead, named: ExpectedRead) -> list[tuple[str, ExpectedRead]]:
+    """``ReadBinding.expected_reads`` answered by the index facts: the same listing, no call into Orthanc."""
+    study_uid, series_uid, sop_uid = read.uids
+    if read.resource:
+        groups = [read.resource] if facts.level(read.resource) == LEVEL_OF_ROUTE[read.level] else []
+    elif read.level == "instances":
+        groups = facts.lookup(sop_uid, "Instance")
+    elif read.level == "series":
+        groups = facts.lookup(series_uid, "Series")
+    else:
+        groups = facts.lookup(study_uid, "Study")
+    result = []
+    for group in groups:
+        try:
+            under = facts.instances_under(group)
+        except KeyError:
+            continue  # deleted meanwhile: Orthanc answers it
+        for instance_id, series_id in under:
+            result.append((instance_id, dataclasses.replace(
+                named, instance_id=instance_id, series_id=series_id,
+                study_id=group if read.level == "studies" else "",
+                patient_id_hash=group if read.level == "patients" else "")))
+    return result
+
+
 def index_file(orthanc_config: Any) -> Path | None:
     """Orthanc's SQLite index file, or ``None`` when a database plugin (PostgreSQL) holds the index."""
     postgresql = orthanc_config.get("PostgreSQL")
@@ -289,6 +388,8 @@ def scan_shared_attachments(runtime: Runtime, binding: IndexBinding) -> None:
     if path is None:
         logger.info("the index is in PostgreSQL: copied attachment pointers are bound by the HTTP gate only")
         return
+    if not runtime.capabilities.shared_plugin_context:
+        load_facts(binding, path)
     if not path.is_file():
         return  # a new installation: Orthanc creates the index
     try:
@@ -317,6 +418,22 @@ def scan_shared_attachments(runtime: Runtime, binding: IndexBinding) -> None:
                   "instances in Orthanc's index")
 
     runtime.change_observers.append(alert_on_start)
+
+
+def load_facts(binding: IndexBinding, path: Path) -> None:
+    """Before Orthanc opens its SQLite index: load the index facts (Orthanc before 1.12.2 only).
+
+    A new installation starts with none (Orthanc creates an empty index); an index that cannot
+    be read leaves the gates calling Orthanc, as from 1.12.2.
+    """
+    started = time.monotonic()
+    try:
+        binding.facts = load_index_facts(path) if path.is_file() else IndexFacts(threading.Lock())
+    except Exception as exc:
+        logger.error("could not load the index facts from %s (the gates call Orthanc's index): %s", path, exc)
+        return
+    logger.info("index facts: %d instances loaded from %s in %.2f s", len(binding.facts), path,
+                time.monotonic() - started)
 
 
 def install(runtime: Runtime, store: SQLSealStore,

@@ -152,6 +152,8 @@ class SealedStorage:
             for waiter in waiters:
                 waiter.wait()
             self.cache.remember_seal(record, seal, signed_here=True)
+            if self.index_binding is not None:
+                self.index_binding.created(seal)
         except BaseException:
             logger.error("storing attachment %s failed; undoing", uuid)
             for waiter in waiters:
@@ -449,6 +451,8 @@ class SealedStorage:
         A file the index names for several instances (``shell/binding.py``) is kept: deleting
         the instance whose row was copied onto it must not delete the original's file.
         """
+        if self.index_binding is not None:
+            self.index_binding.removed(uuid)
         if self.index_binding is not None and uuid in self.index_binding.shared:
             logger.warning("kept attachment %s: Orthanc's index names it for several instances", uuid)
             return

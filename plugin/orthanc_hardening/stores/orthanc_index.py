@@ -8,12 +8,21 @@ the same way.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from orthanc_hardening.errors import NotFoundError
+from orthanc_hardening.integrity import index_facts
+from orthanc_hardening.integrity.index_facts import IndexFacts
 from orthanc_hardening.integrity.scrub import IndexedInstance
+
+# Orthanc's SQLite schema: resource type -> level, and the identifier tag of each level.
+_LEVELS = {1: index_facts.PATIENT, 2: index_facts.STUDY, 3: index_facts.SERIES, 4: index_facts.INSTANCE}
+# The lookup key of a resource the index holds no ``DicomIdentifiers`` row for: no lookup finds it.
+NOT_LOOKED_UP = "\x00"
+_IDENTIFIERS = {1: (0x0010, 0x0020), 2: (0x0020, 0x000D), 3: (0x0020, 0x000E), 4: (0x0008, 0x0018)}
 
 
 def shared_attachments(path: Path, timeout: float = 2.0) -> dict[str, tuple[str, ...]]:
@@ -43,6 +52,44 @@ def shared_attachments(path: Path, timeout: float = 2.0) -> dict[str, tuple[str,
         if str(public_id) not in owners:
             owners.append(str(public_id))
     return {uuid: tuple(owners) for uuid, owners in shared.items()}
+
+
+def load_index_facts(path: Path, timeout: float = 2.0) -> IndexFacts:
+    """The index facts the HTTP gates read (``integrity/index_facts.py``), from Orthanc's SQLite index.
+
+    Read at plugin start, before Orthanc opens (and locks) the file: every resource with its
+    parent and identifier (as stored, ``MainDicomTags``, and as looked up, ``DicomIdentifiers``)
+    and every DICOM attachment row. Four plain selects.
+
+    Raises:
+        NotFoundError: no index file at ``path``.
+        sqlite3.Error: the index cannot be read (locked, not an Orthanc index).
+    """
+    if not Path(path).is_file():
+        raise NotFoundError(f"Orthanc index {path} does not exist")
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout)
+    try:
+        wanted = " OR ".join(f"(tagGroup = {g} AND tagElement = {e})" for g, e in _IDENTIFIERS.values())
+        stored = {(int(i), int(g), int(e)): str(v) for i, g, e, v in db.execute(
+            f"SELECT id, tagGroup, tagElement, value FROM MainDicomTags WHERE {wanted}")}
+        looked_up = {(int(i), int(g), int(e)): str(v) for i, g, e, v in db.execute(
+            f"SELECT id, tagGroup, tagElement, value FROM DicomIdentifiers WHERE {wanted}")}
+        public: dict[int, str] = {}
+        resources: list[tuple[str, str, str, str, str | None]] = []
+        for internal, kind, public_id, parent in db.execute(
+                "SELECT internalId, resourceType, publicId, parentId FROM Resources ORDER BY resourceType"):
+            level = _LEVELS.get(int(kind))
+            if level is None:
+                continue
+            public[int(internal)] = str(public_id)
+            tag = (int(internal), *_IDENTIFIERS[int(kind)])
+            resources.append((level, str(public_id), public.get(int(parent), "") if parent is not None else "",
+                              stored.get(tag, looked_up.get(tag, "")), looked_up.get(tag, NOT_LOOKED_UP)))
+        files = [(public.get(int(i), ""), int(t), str(u)) for i, t, u in db.execute(
+            "SELECT id, fileType, uuid FROM AttachedFiles WHERE fileType IN (1, 2, 3)")]
+    finally:
+        db.close()
+    return index_facts.load(resources, files, threading.Lock())
 
 
 class SQLiteIndex:
