@@ -14,7 +14,6 @@ Nothing is asserted: compare within one run. ``bench/run.py`` runs this module t
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -29,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "plugin")]
 
 import requests  # noqa: E402
+from bench_seal import raw_sha256  # noqa: E402
 from pydicom.dataset import Dataset  # noqa: E402
 
 from tests.support.dicom import make_instance, new_uid  # noqa: E402
@@ -92,15 +92,7 @@ def scrub_figures(server: OrthancServer, label: str) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     progress = body["report"]["progress"]
     files = [p for p in server.storage_dir.rglob("*") if p.is_file() and len(p.name) == 36]
-    t1 = time.perf_counter()
-    size = 0
-    for path in files:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-                size += len(chunk)
-    raw = time.perf_counter() - t1
+    raw, _cpu, size = raw_sha256(files)
     raw_rate = size / raw
     return {
         "name": f"scrub read+verify vs raw SHA-256 ({label})",

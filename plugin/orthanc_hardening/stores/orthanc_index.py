@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,30 @@ from orthanc_hardening.integrity.scrub import IndexedInstance
 
 # Orthanc's SQLite schema: resource type -> level, and the identifier tag of each level.
 _LEVELS = {1: index_facts.PATIENT, 2: index_facts.STUDY, 3: index_facts.SERIES, 4: index_facts.INSTANCE}
+_IDENTIFIERS = {1: (0x0010, 0x0020), 2: (0x0020, 0x000D), 3: (0x0020, 0x000E), 4: (0x0008, 0x0018)}
 # The lookup key of a resource the index holds no ``DicomIdentifiers`` row for: no lookup finds it.
 NOT_LOOKED_UP = "\x00"
-_IDENTIFIERS = {1: (0x0010, 0x0020), 2: (0x0020, 0x000D), 3: (0x0020, 0x000E), 4: (0x0008, 0x0018)}
+
+
+def _connect(path: Path, timeout: float) -> sqlite3.Connection:
+    """Orthanc's index file, opened read only.
+
+    Raises:
+        NotFoundError: no index file at ``path``.
+    """
+    if not Path(path).is_file():
+        raise NotFoundError(f"Orthanc index {path} does not exist")
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=timeout)
+
+
+@contextmanager
+def _read_only(path: Path, timeout: float) -> Iterator[sqlite3.Connection]:
+    db = _connect(path, timeout)
+    try:
+        yield db
+    finally:
+        db.close()
+
 
 
 def shared_attachments(path: Path, timeout: float = 2.0) -> dict[str, tuple[str, ...]]:
@@ -36,16 +58,11 @@ def shared_attachments(path: Path, timeout: float = 2.0) -> dict[str, tuple[str,
         NotFoundError: no index file at ``path``.
         sqlite3.Error: the index cannot be read (locked, not an Orthanc index).
     """
-    if not Path(path).is_file():
-        raise NotFoundError(f"Orthanc index {path} does not exist")
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout)
-    try:
+    with _read_only(path, timeout) as db:
         rows = db.execute("""
             SELECT a.uuid, r.publicId FROM AttachedFiles a JOIN Resources r ON a.id = r.internalId
             WHERE a.uuid IN (SELECT uuid FROM AttachedFiles GROUP BY uuid HAVING COUNT(DISTINCT id) > 1)
             ORDER BY a.uuid, r.publicId""").fetchall()
-    finally:
-        db.close()
     shared: dict[str, list[str]] = {}
     for uuid, public_id in rows:
         owners = shared.setdefault(str(uuid), [])
@@ -65,10 +82,7 @@ def load_index_facts(path: Path, timeout: float = 2.0) -> IndexFacts:
         NotFoundError: no index file at ``path``.
         sqlite3.Error: the index cannot be read (locked, not an Orthanc index).
     """
-    if not Path(path).is_file():
-        raise NotFoundError(f"Orthanc index {path} does not exist")
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout)
-    try:
+    with _read_only(path, timeout) as db:
         wanted = " OR ".join(f"(tagGroup = {g} AND tagElement = {e})" for g, e in _IDENTIFIERS.values())
         stored = {(int(i), int(g), int(e)): str(v) for i, g, e, v in db.execute(
             f"SELECT id, tagGroup, tagElement, value FROM MainDicomTags WHERE {wanted}")}
@@ -87,8 +101,6 @@ def load_index_facts(path: Path, timeout: float = 2.0) -> IndexFacts:
                               stored.get(tag, looked_up.get(tag, "")), looked_up.get(tag, NOT_LOOKED_UP)))
         files = [(public.get(int(i), ""), int(t), str(u)) for i, t, u in db.execute(
             "SELECT id, fileType, uuid FROM AttachedFiles WHERE fileType IN (1, 2, 3)")]
-    finally:
-        db.close()
     return index_facts.load(resources, files, threading.Lock())
 
 
@@ -96,9 +108,7 @@ class SQLiteIndex:
     """The index SQLite file of a (stopped) Orthanc 1.x, read only."""
 
     def __init__(self, path: Path) -> None:
-        if not Path(path).is_file():
-            raise NotFoundError(f"Orthanc index {path} does not exist")
-        self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=30)
+        self._db = _connect(path, timeout=30)
 
     # Orthanc's SQLite schema numbers resource types from 1 (patient) to 4 (instance).
     _STUDY, _INSTANCE = 2, 4
