@@ -94,6 +94,27 @@ def python_lock_released_during_calls(server: OrthancServer) -> bool:
 
 
 @pytest.mark.attack
+@pytest.mark.parametrize("route", QUERY_ROUTES)
+def test_deep_json_to_a_modality_query_from_a_clinician_never_reaches_orthanc(server: OrthancServer,
+                                                                             route: str) -> None:
+    before, alerts, refusals = orthanc_state(server), len(poison_alerts(server)), len(access_alerts(server, "user"))
+    answer = server.post(route, user="user", data=DEEP_500)  # `user` holds q-r-remote-modalities
+    if python_lock_released_during_calls(server):  # trixie, forky: the stand-in checks the body
+        assert answer.status_code == 400, answer.text[:200]
+        assert "more than 32 levels deep" in answer.json()["detail"]
+        assert len(poison_alerts(server)) == alerts + 1 and poison_alerts(server)[0]["user"] == "user"
+    else:  # bookworm: no stand-in can wait for a modality there; the route needs `all`
+        assert answer.status_code == 403 and answer.content == b"", answer.text[:200]
+        new = newest(access_alerts(server, "user"), refusals)
+        assert len(new) == 1 and f"lacks the permission 'all' that POST {route} needs" in new[0], new
+        assert "modality query" in new[0]
+        mine = server.get("/hardening/permissions", user="user").json()
+        assert any(rule.get("reason") and not rule["allowed"] for rule in mine["routes"])
+    assert server.get("/system").status_code == 200
+    assert orthanc_state(server) == before
+
+
+@pytest.mark.attack
 @pytest.mark.parametrize("route", JOB_ROUTES + QUERY_ROUTES)
 def test_deep_json_to_a_job_store_or_query_route_is_refused_and_orthanc_stays_up(server: OrthancServer,
                                                                                  route: str) -> None:
@@ -158,21 +179,50 @@ def test_sequence_bomb_inside_a_zip_upload_is_refused(server: OrthancServer) -> 
     assert_refused_upload(server, before, alerts)
 
 
-@pytest.mark.attack
-def test_sequence_bomb_sent_by_stow_rs_is_refused(server: OrthancServer) -> None:
-    if orthanc_version() < (1, 12, 0):
-        pytest.skip("bookworm's DICOMweb plugin parses each part itself before Orthanc sees it (README)")
-    before, alerts = server.get("/instances").json(), len(poison_alerts(server))
+def stow_bomb(server: OrthancServer, user: str) -> Any:
     boundary = "hardening-boundary"
     body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + nested_instance(50)
             + f"\r\n--{boundary}--\r\n".encode())
-    answer = server.post("/dicom-web/studies", user="user", data=body, headers={
+    return server.post("/dicom-web/studies", user=user, data=body, headers={
         "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
         "Accept": "application/dicom+json"})
+
+
+def access_alerts(server: OrthancServer, user: str) -> list[str]:
+    events = server.get("/hardening/audit", user="auditor",
+                        params={"event": "110113", "user": user, "limit": 500}).json()["events"]
+    return [event["detail"] for event in events if "lacks the permission" in event["detail"]]
+
+
+def newest(details: list[str], known: int) -> list[str]:
+    """The entries added since ``known`` were counted (the trail answers newest first)."""
+    return details[: len(details) - known]
+
+
+@pytest.mark.attack
+def test_sequence_bomb_sent_by_stow_rs_is_refused(server: OrthancServer) -> None:
+    if orthanc_version() < (1, 12, 0):
+        pytest.skip("bookworm's DICOMweb plugin parses each part itself: STOW-RS needs `all` there (next test)")
+    before, alerts = server.get("/instances").json(), len(poison_alerts(server))
+    answer = stow_bomb(server, "user")
     assert answer.status_code == 400, answer.text[:300]
     failed = answer.json()["00081198"]["Value"]  # FailedSOPSequence: reported as not stored
     assert len(failed) == 1 and not answer.json()["00081199"].get("Value")  # empty ReferencedSOPSequence
     assert_refused_upload(server, before, alerts)
+
+
+@pytest.mark.attack
+def test_sequence_bomb_sent_by_stow_rs_from_a_clinician_never_reaches_bookworms_dicomweb(server: OrthancServer) -> None:
+    if orthanc_version() >= (1, 12, 0):
+        pytest.skip("trixie, forky: the received-instance callback refuses the file (previous test)")
+    before, refusals = server.get("/instances").json(), len(access_alerts(server, "user"))
+    answer = stow_bomb(server, "user")
+    assert answer.status_code == 403 and answer.content == b""  # the HTTP filter's refusal
+    new = newest(access_alerts(server, "user"), refusals)
+    assert len(new) == 1 and "lacks the permission 'all' that POST /dicom-web/studies needs" in new[0], new
+    assert "STOW-RS" in new[0]
+    assert server.get("/system").status_code == 200
+    assert server.get("/instances").json() == before
 
 
 @pytest.mark.attack

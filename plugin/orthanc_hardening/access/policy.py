@@ -16,9 +16,9 @@ Pure: the caller passes the user, the method and the path; no I/O here. Recordin
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from orthanc_hardening.access.routes import Permission, permissions_for, route_of
+from orthanc_hardening.access.routes import Permission, RouteRule, route_of, rules_for
 from orthanc_hardening.config import HardeningConfig
 from orthanc_hardening.errors import AccessDeniedError
 
@@ -33,6 +33,13 @@ class AccessPolicy:
     auditors: frozenset[str]
     administrators: frozenset[str]
     is_enforced: bool
+    # Rules before the table: routes whose body the plugin cannot check on this Orthanc
+    # (``access/routes.py`` ``UNCHECKED_*``), set by the shell from what the running Orthanc offers.
+    unchecked: tuple[RouteRule, ...] = ()
+
+    def with_unchecked(self, rule: RouteRule) -> AccessPolicy:
+        """This policy with ``rule`` before the table."""
+        return self if rule in self.unchecked else replace(self, unchecked=(*self.unchecked, rule))
 
     def permissions_of(self, user: str) -> frozenset[Permission]:
         """Every permission ``user`` holds (``""``: an anonymous, unauthenticated request)."""
@@ -91,14 +98,16 @@ def check_access(policy: AccessPolicy, user: str, method: str, uri: str) -> None
             403 JSON body: ``error``, ``detail``, ``permission``, ``route`` and ``user``.
     """
     granted = policy.permissions_of(user)
-    for needed in permissions_for(method, uri):
+    for rule in rules_for(method, uri, policy.unchecked):
+        needed = rule.permission if rule is not None else Permission.ALL
         if not policy.is_enforced and needed not in (Permission.AUDIT, Permission.HARDENING_ADMIN):
             continue
         if holds(granted, needed):
             continue
         who = user or "anonymous"
         route = f"{method.upper()} {route_of(uri)}"
-        detail = f"user {who!r} lacks the permission {needed.value!r} that {route} needs{_HINTS.get(needed, '')}"
+        why = f": {rule.reason}" if rule is not None and rule.reason else _HINTS.get(needed, "")
+        detail = f"user {who!r} lacks the permission {needed.value!r} that {route} needs{why}"
         raise AccessDeniedError(detail, answer={
             "error": "forbidden", "detail": detail, "permission": needed.value, "route": route, "user": who,
         })

@@ -51,11 +51,13 @@ class Permission(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class RouteRule:
-    """Requests with one of ``methods`` whose route fully matches ``pattern`` need ``permission``."""
+    """Requests with one of ``methods`` whose route fully matches ``pattern`` need ``permission``
+    (``reason``: why, when it is not the table's usual permission)."""
 
     methods: frozenset[str]
     pattern: re.Pattern[str]
     permission: Permission
+    reason: str = ""
 
 
 P = Permission
@@ -67,9 +69,9 @@ _FIND = r"(?:query|find|find-patient|find-study|find-series|find-instance|find-w
 _DICOMWEB_READ = r"(?:metadata|rendered|thumbnail)"
 
 
-def _rule(methods: str, pattern: str, permission: Permission) -> RouteRule:
+def _rule(methods: str, pattern: str, permission: Permission, reason: str = "") -> RouteRule:
     pattern = pattern.replace("{id}", _ID).replace("{level}", _LEVEL)
-    return RouteRule(frozenset(methods.split(",")), re.compile(pattern), permission)
+    return RouteRule(frozenset(methods.split(",")), re.compile(pattern), permission, reason)
 
 
 # The table. Order does not matter: at most one rule matches a (method, route); a test checks
@@ -164,6 +166,21 @@ TABLE: tuple[RouteRule, ...] = (
 )
 
 
+# Routes whose request body the plugin cannot check on some Orthancs before Orthanc's core (or
+# another plugin) parses it, where a 1 KB body crashes that Orthanc. On such an Orthanc the shell
+# puts them in the policy's ``unchecked`` rules, which come before the table: they need ``all``
+# (an administrator, who may stop Orthanc anyway), not the table's permission.
+UNCHECKED_MODALITY_QUERIES = _rule(
+    "POST", r"/modalities/{id}/(?:query|find|find-patient|find-study|find-series|find-instance|find-worklist)",
+    P.ALL, "on this Orthanc the plugin cannot check a modality query's JSON body before Orthanc parses it "
+           "(a body nested 500 levels deep crashes Orthanc 1.10), so only administrators may send one")
+UNCHECKED_STOW_RS = _rule(
+    "POST", r"/dicom-web/studies|/dicom-web/studies/{id}",
+    P.ALL, "on this Orthanc the DICOMweb plugin parses a STOW-RS upload before the plugin can check it "
+           "(a file nesting sequences 50 levels deep crashes it), so only administrators may use STOW-RS; "
+           "upload with POST /instances or C-STORE")
+
+
 def route_of(uri: str) -> str:
     """The route Orthanc serves for ``uri`` (path only, no query string).
 
@@ -185,29 +202,43 @@ def spellings_of(uri: str) -> tuple[str, ...]:
     return (route,) if decoded == route else (route, decoded)
 
 
-def permission_for_route(method: str, route: str) -> Permission:
-    """The permission one normalised route needs (``all`` when it is not in the table)."""
+def rule_for_route(method: str, route: str, first: tuple[RouteRule, ...] = ()) -> RouteRule | None:
+    """The rule one normalised route falls under: the first of ``first`` that matches, else the
+    table's (``None``: not in the table, it needs ``all``)."""
     verb = method.upper()
-    for rule in TABLE:
+    for rule in (*first, *TABLE):
         if verb in rule.methods and rule.pattern.fullmatch(route):
-            return rule.permission
-    return Permission.ALL
+            return rule
+    return None
 
 
-def permissions_for(method: str, uri: str) -> tuple[Permission, ...]:
-    """Every permission a request needs: one per spelling of its route (see ``spellings_of``).
+def permission_for_route(method: str, route: str, first: tuple[RouteRule, ...] = ()) -> Permission:
+    """The permission one normalised route needs (``all`` when it is not in the table)."""
+    rule = rule_for_route(method, route, first)
+    return rule.permission if rule is not None else Permission.ALL
+
+
+def rules_for(method: str, uri: str, first: tuple[RouteRule, ...] = ()) -> tuple[RouteRule | None, ...]:
+    """The rule of each spelling of a request's route (see ``spellings_of``).
 
     Args:
         method: ``GET``, ``POST``, ``PUT`` or ``DELETE`` (the method Orthanc's filter sees, after
             ``X-HTTP-Method-Override`` or ``?_method=``).
         uri: the request path as the HTTP filter or a REST callback gets it.
+        first: rules that take precedence over the table (``AccessPolicy.unchecked``).
+    """
+    return tuple(rule_for_route(method, route, first) for route in spellings_of(uri))
+
+
+def permissions_for(method: str, uri: str, first: tuple[RouteRule, ...] = ()) -> tuple[Permission, ...]:
+    """Every permission a request needs: one per spelling of its route (see ``spellings_of``).
 
     Returns:
         The distinct permissions, strictest spelling included.
     """
     needed: list[Permission] = []
-    for route in spellings_of(uri):
-        permission = permission_for_route(method, route)
+    for rule in rules_for(method, uri, first):
+        permission = rule.permission if rule is not None else Permission.ALL
         if permission not in needed:
             needed.append(permission)
     return tuple(needed)

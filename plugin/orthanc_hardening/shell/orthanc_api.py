@@ -78,6 +78,10 @@ class Capabilities:
     # Orthanc 1.12.2 and later share the plugin context (a reference count); before, it is a lock
     # held while a plugin reads an instance, which a nested call from the storage area deadlocks.
     shared_plugin_context: bool = False
+    # The DICOMweb plugin paired with Orthanc 1.12 and later (Debian trixie and forky, the Docker
+    # images) hands each STOW-RS part to Orthanc unparsed, through the received-instance callback;
+    # the one paired with 1.10 (Debian bookworm) parses it with DCMTK first (measured).
+    stow_reaches_received_callback: bool = False
 
     @classmethod
     def detect(cls, module: Any) -> Capabilities:
@@ -103,6 +107,7 @@ class Capabilities:
             resource_finder=orthanc_at_least(1, 12, 5),
             loader_threads=orthanc_at_least(1, 13, 0),
             shared_plugin_context=orthanc_at_least(1, 12, 2),
+            stow_reaches_received_callback=orthanc_at_least(1, 12, 0),
         )
 
 

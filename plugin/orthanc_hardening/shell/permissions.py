@@ -19,8 +19,10 @@ from __future__ import annotations
 import logging
 
 from orthanc_hardening.access.policy import holds
-from orthanc_hardening.access.routes import TABLE, Permission, route_of
+from orthanc_hardening.access.routes import TABLE, UNCHECKED_MODALITY_QUERIES, UNCHECKED_STOW_RS, Permission, route_of
 from orthanc_hardening.identity import HttpRequest
+from orthanc_hardening.shell.job_routes import releases_python_lock
+from orthanc_hardening.shell.orthanc_api import capabilities_of
 from orthanc_hardening.shell.rest import Reply, RestCall, enforce, register
 from orthanc_hardening.shell.runtime import Runtime
 
@@ -35,8 +37,28 @@ def is_checked_by_route(runtime: Runtime, uri: str) -> bool:
     return any(pattern.fullmatch(route) for pattern in runtime.checked_routes)
 
 
+def restrict_unchecked_bodies(runtime: Runtime) -> None:
+    """Make the routes whose body the plugin cannot check on this Orthanc need ``all``.
+
+    Modality queries get a body check only where a stand-in may wait for the modality with
+    Python's lock released (``shell/job_routes.py``); STOW-RS uploads only where the DICOMweb
+    plugin hands each part to the received-instance callback unparsed (``shell/ingest_limits.py``).
+    Elsewhere (Orthanc 1.10 with Python plugin 4.0: Debian bookworm) a 1 KB request on either
+    crashes Orthanc, so only administrators may send one.
+    """
+    if not releases_python_lock(runtime):
+        runtime.access = runtime.access.with_unchecked(UNCHECKED_MODALITY_QUERIES)
+    if not capabilities_of(runtime.orthanc).stow_reaches_received_callback:
+        runtime.access = runtime.access.with_unchecked(UNCHECKED_STOW_RS)
+    for rule in runtime.access.unchecked:
+        if runtime.access.is_enforced:
+            logger.warning("%s %s needs the permission 'all' on this Orthanc: %s",
+                           "|".join(sorted(rule.methods)), rule.pattern.pattern, rule.reason)
+
+
 def install(runtime: Runtime) -> None:
     """Register the permission gate (first of the HTTP gates) and ``GET /hardening/permissions``."""
+    restrict_unchecked_bodies(runtime)
 
     def permission_gate(request: HttpRequest) -> None:
         if is_checked_by_route(runtime, request.uri):
@@ -53,8 +75,8 @@ def install(runtime: Runtime) -> None:
             "permissions": sorted(p.value for p in granted),
             "routes": [
                 {"methods": sorted(rule.methods), "route": rule.pattern.pattern, "permission": rule.permission.value,
-                 "allowed": holds(granted, rule.permission)}
-                for rule in TABLE
+                 "allowed": holds(granted, rule.permission), **({"reason": rule.reason} if rule.reason else {})}
+                for rule in (*runtime.access.unchecked, *TABLE)
             ],
             "other_routes": Permission.ALL.value,
         })

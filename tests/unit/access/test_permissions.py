@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from orthanc_hardening.access.policy import check_access, holds, policy_of
-from orthanc_hardening.access.routes import TABLE, Permission, permissions_for, route_of, spellings_of
+from orthanc_hardening.access.routes import (
+    TABLE,
+    UNCHECKED_MODALITY_QUERIES,
+    UNCHECKED_STOW_RS,
+    Permission,
+    permissions_for,
+    route_of,
+    spellings_of,
+)
 from orthanc_hardening.config import load_config
 from orthanc_hardening.errors import AccessDeniedError, ConfigError
 from tests.support.server import PERMISSIONS
@@ -155,3 +163,42 @@ def test_unknown_permission_or_role_is_a_config_error():
         load_config({"Hardening": {"Permissions": {"Roles": {"x": ["delete-everything"]}}}})
     with pytest.raises(ConfigError, match=r"Permissions\.Users\.bob"):
         load_config({"Hardening": {"Permissions": {"Roles": {}, "Users": {"bob": ["ghost"]}}}})
+
+
+# Where the plugin cannot check a route's body before Orthanc parses it (bookworm), the shell puts
+# the route before the table and it needs `all`.
+UNCHECKED = [
+    (UNCHECKED_MODALITY_QUERIES, "POST", "/modalities/PACS/query", "modality query"),
+    (UNCHECKED_MODALITY_QUERIES, "POST", "/modalities/PACS/find-worklist", "modality query"),
+    (UNCHECKED_MODALITY_QUERIES, "POST", "/modalities/PACS/find-study/", "modality query"),
+    (UNCHECKED_STOW_RS, "POST", "/dicom-web/studies", "STOW-RS"),
+    (UNCHECKED_STOW_RS, "POST", f"/dicom-web/studies/{ID}", "STOW-RS"),
+]
+
+
+@pytest.mark.attack
+@pytest.mark.parametrize(("rule", "method", "uri", "named"), UNCHECKED)
+def test_clinician_is_refused_a_route_whose_body_cannot_be_checked_here(rule, method, uri, named):
+    check_access(policy(), "user", method, uri)  # the table's permission: q-r-remote-modalities, upload
+    restricted = policy().with_unchecked(rule)
+    with pytest.raises(AccessDeniedError, match=named) as refused:
+        check_access(restricted, "user", method, uri)
+    answer = refused.value.answer
+    assert answer is not None and answer["permission"] == "all" and answer["user"] == "user"
+    check_access(restricted, "admin", method, uri)
+
+
+def test_an_unchecked_rule_changes_no_other_route():
+    restricted = policy().with_unchecked(UNCHECKED_MODALITY_QUERIES).with_unchecked(UNCHECKED_STOW_RS)
+    assert restricted.with_unchecked(UNCHECKED_STOW_RS) is restricted  # added once
+    for method, uri in ALLOWED_TO_USER:
+        if (method, uri) not in (("POST", "/dicom-web/studies"), ("POST", "/modalities/PACS/query")):
+            check_access(restricted, "user", method, uri)
+    check_access(restricted, "user", "POST", "/modalities/PACS/echo")  # no body worth a check
+    check_access(restricted, "user", "POST", "/modalities/PACS/move")  # a job route: its stand-in checks
+    assert permissions_for("GET", "/dicom-web/studies", restricted.unchecked) == (Permission.VIEW,)
+
+
+def test_without_a_permission_table_an_unchecked_rule_restricts_nothing():
+    unrestricted = policy_of(load_config({"Hardening": {}})).with_unchecked(UNCHECKED_MODALITY_QUERIES)
+    check_access(unrestricted, "anyone", "POST", "/modalities/PACS/query")
