@@ -17,9 +17,10 @@ instead of a 1 KB segfault. Routes that start a job and the modality queries are
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from orthanc_hardening.request_body import check_body_depth
-from orthanc_hardening.shell.orthanc_api import core_call
-from orthanc_hardening.shell.rest import Reply, RestCall, register
+from orthanc_hardening.shell.rest import Reply, RestCall, forwarded_post, register
 from orthanc_hardening.shell.runtime import Runtime
 
 # (route pattern, content type of Orthanc's answer)
@@ -32,13 +33,22 @@ GUARDED_ROUTES = (
 )
 
 
+def checked_hand_on(runtime: Runtime, content_type: str) -> Callable[[RestCall], Reply]:
+    """A stand-in that checks a body's depth and hands it on to Orthanc's own route unchanged.
+
+    Raises (the stand-in):
+        HostileBodyError: the body nests deeper than the limit (Orthanc never sees it).
+    """
+
+    def hand_on(call: RestCall) -> Reply:
+        check_body_depth(call.body)
+        return forwarded_post(runtime, call.uri, call.body, content_type)
+
+    return hand_on
+
+
 def install(runtime: Runtime) -> None:
     """Register the stand-ins for Orthanc's synchronous JSON-body routes."""
     for pattern, content_type in GUARDED_ROUTES:
-
-        def hand_on(call: RestCall, content_type: str = content_type) -> Reply:
-            check_body_depth(call.body)
-            answer = core_call(runtime.orthanc.RestApiPost, call.uri, call.body)
-            return Reply(raw=answer if answer is not None else b"", content_type=content_type)
-
-        register(runtime, pattern, {"POST": hand_on}, name="body-limits", like_orthanc=True)
+        register(runtime, pattern, {"POST": checked_hand_on(runtime, content_type)}, name="body-limits",
+                 like_orthanc=True)

@@ -29,10 +29,11 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from orthanc_hardening.request_body import check_body_depth, job_request
+from orthanc_hardening.request_body import job_request
+from orthanc_hardening.shell.body_limits import checked_hand_on
 from orthanc_hardening.shell.jobs import wait_for_job
 from orthanc_hardening.shell.orthanc_api import ORTHANC_ERROR_STATUS, OrthancCoreError, capabilities_of, core_call
-from orthanc_hardening.shell.rest import Reply, RestCall, register
+from orthanc_hardening.shell.rest import Reply, RestCall, forwarded_post, register
 from orthanc_hardening.shell.runtime import Runtime
 
 # (route pattern, whether Orthanc reads a bare id, a string or a list as the resources to send)
@@ -84,8 +85,7 @@ def hand_on_job(runtime: Runtime, call: RestCall, resources_form: bool) -> Reply
     """
     request = job_request(call.body, resources_form)
     if not request.synchronous:
-        answer = core_call(runtime.orthanc.RestApiPost, call.uri, request.body)
-        return Reply(raw=answer if answer is not None else b"", content_type=ORTHANC_JSON)
+        return forwarded_post(runtime, call.uri, request.body, ORTHANC_JSON)
     started = json.loads(core_call(runtime.orthanc.RestApiPost, call.uri, request.body))
     state = wait_for_job(runtime, str(started["ID"]))
     return Reply(job_answer(state, error_payload(runtime, state)))
@@ -128,9 +128,5 @@ def install(runtime: Runtime) -> None:
     if not releases_python_lock(runtime):
         return
 
-    def query(call: RestCall) -> Reply:
-        check_body_depth(call.body)
-        answer = core_call(runtime.orthanc.RestApiPost, call.uri, call.body)
-        return Reply(raw=answer if answer is not None else b"", content_type=ORTHANC_JSON)
-
-    register(runtime, QUERY_ROUTE, {"POST": query}, name="query-body-limits", like_orthanc=True)
+    register(runtime, QUERY_ROUTE, {"POST": checked_hand_on(runtime, ORTHANC_JSON)}, name="query-body-limits",
+             like_orthanc=True)

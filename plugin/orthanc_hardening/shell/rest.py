@@ -27,6 +27,7 @@ from orthanc_hardening.shell.guard import (
     security_alert,
     send_status,
 )
+from orthanc_hardening.shell.orthanc_api import core_call
 from orthanc_hardening.shell.requester import rest_requester
 from orthanc_hardening.shell.runtime import Runtime
 
@@ -58,6 +59,16 @@ class Reply:
 Handler = Callable[[RestCall], Reply]
 ACCESS_REFUSALS = "access_refusals"
 _ALWAYS_ENFORCED = (Permission.AUDIT.value, Permission.HARDENING_ADMIN.value)
+
+
+def forwarded_post(runtime: Runtime, uri: str, body: Any, content_type: str) -> Reply:
+    """Hand ``body`` on to Orthanc's own ``POST uri`` and answer Orthanc's bytes as they are.
+
+    Raises:
+        OrthancCoreError: Orthanc refused (its status and code are answered, as Orthanc would).
+    """
+    answer = core_call(runtime.orthanc.RestApiPost, uri, body)
+    return Reply(raw=answer if answer is not None else b"", content_type=content_type)
 
 
 def enforce(runtime: Runtime, requester: Requester, method: str, uri: str) -> None:
