@@ -1,11 +1,13 @@
 """Profile the hardened Orthanc with py-spy while it ingests and serves the benchmark's data.
 
     .venv/bin/python bench/profile.py --py-spy /path/to/py-spy [--instances 200] [--clients 8] [--out DIR]
+        [--phases ingest,retrieve,archives]
 
 Starts one hardened Orthanc (``tests/support/server.py``), attaches ``py-spy record --format raw``
 to it for a REST ingest with ``--clients`` clients, then for a ``/file`` retrieve of every
-instance, and prints, per phase, the share of the plugin's samples by the plugin function they
-are in (the innermost frame of ``orthanc_hardening`` or of a library it called). py-spy is not a
+instance (and, with ``--phases``, a study archive of every study instead or as well), and
+prints, per phase, the share of the plugin's samples by the plugin function they are in (the
+innermost frame of ``orthanc_hardening`` or of a library it called). py-spy is not a
 project dependency: install it anywhere (``pip install --target /tmp/pyspy py-spy``).
 """
 
@@ -65,6 +67,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--phases", default="ingest,retrieve",
+                        help="comma-separated, in order (ingest first): ingest, retrieve, archives")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hardening-profile-"))
     out = args.out or work
@@ -75,7 +79,13 @@ def main() -> int:
     try:
         assert server.process is not None
         pid = server.process.pid
-        phases = {"ingest": bench.upload_all(files, args.clients), "retrieve": bench.retrieve_files(args.clients)}
+        known = {"ingest": bench.upload_all(files, args.clients), "retrieve": bench.retrieve_files(args.clients),
+                 "archives": bench.archive_studies}
+        wanted = [name.strip() for name in args.phases.split(",") if name.strip()]
+        unknown = [name for name in wanted if name not in known]
+        if unknown or not wanted or wanted[0] != "ingest":
+            parser.error(f"--phases: ingest first, then any of {', '.join(known)} (got {args.phases!r})")
+        phases = {name: known[name] for name in wanted}
         for name, phase in phases.items():
             raw = out / f"{name}.raw"
             record(args.py_spy, pid, raw, lambda phase=phase: phase(server))
