@@ -69,8 +69,6 @@ from orthanc_hardening.stores.witness_file import WitnessFile
 logger = logging.getLogger(__name__)
 
 DICOM = 1
-MOVE_POLL_SECONDS = 0.05
-MOVE_TIMEOUT_SECONDS = 3600.0
 CGET_WINDOW_SECONDS = 30.0
 CACHE_SIZE = 20000
 AUDIT_ROUTE = "/hardening/audit"

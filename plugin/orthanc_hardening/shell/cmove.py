@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -28,11 +27,11 @@ from orthanc_hardening.identity import Requester, dimse_requester
 from orthanc_hardening.integrity.cmove import move_identifiers
 from orthanc_hardening.shell.audit_hooks import AuditHooks, SeriesRef
 from orthanc_hardening.shell.guard import decide, mark_audited, refuse_raise
+from orthanc_hardening.shell.jobs import wait_for_job
 from orthanc_hardening.shell.runtime import Runtime
 from orthanc_hardening.shell.storage import SealedStorage
 from orthanc_hardening.shell.tls_gate import OutgoingPolicy
 
-MOVE_POLL_SECONDS = 0.05
 MOVE_TIMEOUT_SECONDS = 3600.0
 
 
@@ -144,8 +143,9 @@ class MoveHandler:
             modality = self._modality_of(target)
             self.outgoing.check_modality(modality, requester)
             instances = self._move_instances(request)
+            parents: dict[str, Any] = {}  # the series and studies looked up once per move
             for instance_id in instances:
-                self.storage.check_instance(instance_id)
+                self.storage.check_instance(instance_id, parents=parents)
         except (AccessDeniedError, IntegrityError) as exc:
             self.hooks.alert(requester, route, f"C-MOVE to {target} refused: {exc}")
             raise mark_audited(exc) from None
@@ -214,14 +214,8 @@ class MoveHandler:
         if request.get("OriginatorID"):
             body["MoveOriginatorID"] = int(request["OriginatorID"])
         answer = json.loads(self.runtime.orthanc.RestApiPost(f"/modalities/{modality}/store", json.dumps(body)))
-        job_id = str(answer["ID"])
-        deadline = time.monotonic() + MOVE_TIMEOUT_SECONDS
-        while True:
-            # time.sleep releases the GIL, so the job thread can run its storage reads.
-            time.sleep(MOVE_POLL_SECONDS)
-            state = str(json.loads(self.runtime.orthanc.RestApiGet(f"/jobs/{job_id}")).get("State", ""))
-            if state in ("Success", "Failure") or time.monotonic() > deadline:
-                return state
+        # Waits sleeping (Python's lock released), so that the job thread can run its storage reads.
+        return str(wait_for_job(self.runtime, str(answer["ID"]), MOVE_TIMEOUT_SECONDS).get("State", ""))
 
 
 def install(runtime: Runtime, hooks: AuditHooks, outgoing: OutgoingPolicy, storage: SealedStorage) -> MoveHandler:
