@@ -54,24 +54,42 @@ class SealedTagCatalogue:
     def refresh(self) -> None:
         """Add the tags of seals stored since the last refresh (reads new files once).
 
+        The tags of the new seals go to the tag store in one transaction at the end (a failure
+        to store them is logged: the store is a cache, the entries indexed here stand).
+
         Raises:
             StoreUnavailableError: the seal store or the tag store cannot be read.
         """
         with self.lock:
-            for rowid, record in self._seals.stored_after(self._last_rowid, DICOM):
-                self._last_rowid = max(self._last_rowid, rowid)
-                try:
-                    seal = Seal.from_bytes(record)
-                    if seal.index_tags_sha256:
-                        self._add(seal)
-                except (HardeningError, ValueError, OSError) as exc:
-                    # A seal whose file or tags do not verify: its resources stay unknown here
-                    # (reported as unsealed), the storage read and the scrub report the damage.
-                    logger.warning("sealed tags of attachment %s not indexed: %s", _uuid_of(record), exc)
+            to_store: list[tuple[str, str, IndexTags]] = []
+            try:
+                for rowid, record in self._seals.stored_after(self._last_rowid, DICOM):
+                    self._last_rowid = max(self._last_rowid, rowid)
+                    try:
+                        seal = Seal.from_bytes(record)
+                        if seal.index_tags_sha256:
+                            self._add(seal, to_store)
+                    except (HardeningError, ValueError, OSError) as exc:
+                        # A seal whose file or tags do not verify: its resources stay unknown here
+                        # (reported as unsealed), the storage read and the scrub report the damage.
+                        logger.warning("sealed tags of attachment %s not indexed: %s", _uuid_of(record), exc)
+            finally:
+                if to_store:
+                    self._store(to_store)
 
-    def _add(self, seal: Seal) -> None:
-        stored = self._tags.get(seal.uuid)
-        tags = stored if stored is not None else self._just_parsed(seal)
+    def _store(self, entries: list[tuple[str, str, IndexTags]]) -> None:
+        try:
+            self._tags.put_many(entries)
+        except HardeningError as exc:
+            logger.warning("sealed tags of %d instances not kept in the tag store: %s", len(entries), exc)
+
+    def _add(self, seal: Seal, to_store: list[tuple[str, str, IndexTags]]) -> None:
+        """Index one seal's tags: those its create just parsed (checked against its digest), else
+        the stored copy, else its verified file; new ones are added to ``to_store``."""
+        tags = self._just_parsed(seal)
+        stored = None if tags is not None else self._tags.get(seal.uuid)
+        if tags is None:
+            tags = stored
         if tags is None:
             data = read_file(attachment_path(self._root, seal.uuid))
             verify_seal(seal, data, seal.uuid, self._verifier)
@@ -80,7 +98,7 @@ class SealedTagCatalogue:
             self._verifier.verify(seal.key_id, seal.signed_bytes(), seal.signature_bytes)
         entry = sealed_instance_tags(seal, tags)
         if stored is None:
-            self._tags.put(seal.uuid, entry.instance_id, tags)
+            to_store.append((seal.uuid, entry.instance_id, tags))
         self.index.add(entry)
 
     def forget(self, instance_id: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 from orthanc_hardening.errors import StoreUnavailableError
@@ -66,10 +67,28 @@ class SQLiteTagStore:
         Raises:
             StoreUnavailableError: the store cannot be written.
         """
+        self.put_many([(seal_uuid, instance_id, tags)])
+
+    def put_many(self, entries: Iterable[tuple[str, str, IndexTags]]) -> None:
+        """Store (replace) the tags of several seals in one transaction (one commit, not one each).
+
+        Raises:
+            StoreUnavailableError: the store cannot be written (nothing of it is).
+        """
+        rows = [(seal_uuid, instance_id, json.dumps(tags, sort_keys=True)) for seal_uuid, instance_id, tags in entries]
+        if not rows:
+            return
         try:
             with self._lock:
-                self._db.execute("INSERT OR REPLACE INTO sealed_tags (seal_uuid, instance_id, tags) VALUES (?, ?, ?)",
-                                 (seal_uuid, instance_id, json.dumps(tags, sort_keys=True)))
+                self._db.execute("BEGIN")
+                try:
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO sealed_tags (seal_uuid, instance_id, tags) VALUES (?, ?, ?)", rows)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
         except sqlite3.Error as exc:
             raise StoreUnavailableError(f"query tag store cannot be written: {exc}") from exc
 

@@ -122,3 +122,20 @@ def test_synchronous_level_is_applied_and_record_bytes_round_trip(tmp_path, sync
 def test_unknown_synchronous_level_is_refused(tmp_path):
     with pytest.raises(ValueError, match="synchronous"):
         SQLiteSealStore(tmp_path / "seals.db", "OFF")
+
+
+def test_a_put_is_one_statement_committed_when_it_returns(tmp_path):
+    store = SQLiteSealStore(tmp_path / "seals.db", "NORMAL")
+    statements: list[str] = []
+    store.database._conn.set_trace_callback(statements.append)
+    seal = make_seal(UUIDS[2])
+    record = store.put(seal)
+    assert [s.split()[0] for s in statements] == ["INSERT"]
+    # Another connection (as after a kill -9 of this process) sees the row at once.
+    with sqlite3.connect(tmp_path / "seals.db") as other:
+        assert other.execute("SELECT record, state FROM seals WHERE uuid = ?", (UUIDS[2],)).fetchone() == \
+            (record, STORED)
+    statements.clear()
+    assert store.get_record(UUIDS[2], 1) == record
+    assert store.get_record(UUIDS[3], 1) is None
+    assert [s.split()[0] for s in statements] == ["SELECT", "SELECT"]
