@@ -404,7 +404,8 @@ class QueryVerifier:
             ancestors.append((parent_plural, parent_id))
             if parent_plural != "patients":
                 current = json.loads(core_call(orthanc.RestApiGet, f"/{parent_plural}/{parent_id}"))
-        core_call(orthanc.RestApiDelete, uri)
+        with self.runtime.index_writes:  # the storage removes run inside Orthanc's deletion
+            core_call(orthanc.RestApiDelete, uri)
         remaining = None
         for parent_plural, parent_id in ancestors:
             try:

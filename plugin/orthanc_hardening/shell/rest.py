@@ -67,7 +67,8 @@ def forwarded_post(runtime: Runtime, uri: str, body: Any, content_type: str) -> 
     Raises:
         OrthancCoreError: Orthanc refused (its status and code are answered, as Orthanc would).
     """
-    answer = core_call(runtime.orthanc.RestApiPost, uri, body)
+    with runtime.index_writes:  # Orthanc may store or delete through the plugin's storage area
+        answer = core_call(runtime.orthanc.RestApiPost, uri, body)
     return Reply(raw=answer if answer is not None else b"", content_type=content_type)
 
 

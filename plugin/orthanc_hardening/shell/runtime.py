@@ -74,6 +74,11 @@ class Runtime:
     # Patterns of the plugin routes registered through ``shell/rest.register``: their callbacks
     # check permissions themselves and answer a refusal with 403 JSON (``shell/permissions.py``).
     checked_routes: list[re.Pattern[str]] = field(default_factory=list)
+    # Held by a plugin thread's calls into Orthanc's index (the manifest thread) and by the
+    # stand-ins whose Orthanc call deletes or stores (their storage callbacks run inside Orthanc's
+    # index transaction): on Python plugin 4.0 a plugin thread waiting in an orthanc.* call keeps
+    # Python's lock, which such a callback needs — seen as a DELETE that never answered.
+    index_writes: threading.RLock = field(default_factory=threading.RLock)
     _stop_lock: threading.Lock = field(default_factory=threading.Lock)
     _stopped: bool = False
     _threads_released: bool | None = None

@@ -126,7 +126,10 @@ class ManifestService:
             seen.extend(instances)
             return self._build(study_id, instances)
 
-        manifest = self.store.update(study_id, build)
+        # Not while a stand-in's deletion or store runs: its storage callbacks wait for Python's
+        # lock, which this thread keeps during its index reads on Python plugin 4.0.
+        with self.runtime.index_writes:
+            manifest = self.store.update(study_id, build)
         if manifest is None:
             return None
         with self._lock:
