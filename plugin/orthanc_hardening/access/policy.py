@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from orthanc_hardening.access.routes import Permission, RouteRule, route_of, rules_for
+from orthanc_hardening.access.routes import Permission, RouteRule, permission_of, route_of, rules_for
 from orthanc_hardening.config import HardeningConfig
 from orthanc_hardening.errors import AccessDeniedError
 
@@ -99,7 +99,7 @@ def check_access(policy: AccessPolicy, user: str, method: str, uri: str) -> None
     """
     granted = policy.permissions_of(user)
     for rule in rules_for(method, uri, policy.unchecked):
-        needed = rule.permission if rule is not None else Permission.ALL
+        needed = permission_of(rule)
         if not policy.is_enforced and needed not in (Permission.AUDIT, Permission.HARDENING_ADMIN):
             continue
         if holds(granted, needed):

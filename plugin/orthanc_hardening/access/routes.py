@@ -212,9 +212,8 @@ def rule_for_route(method: str, route: str, first: tuple[RouteRule, ...] = ()) -
     return None
 
 
-def permission_for_route(method: str, route: str, first: tuple[RouteRule, ...] = ()) -> Permission:
-    """The permission one normalised route needs (``all`` when it is not in the table)."""
-    rule = rule_for_route(method, route, first)
+def permission_of(rule: RouteRule | None) -> Permission:
+    """The permission a route under ``rule`` needs (``None``, a route not in the table: ``all``)."""
     return rule.permission if rule is not None else Permission.ALL
 
 
@@ -238,7 +237,7 @@ def permissions_for(method: str, uri: str, first: tuple[RouteRule, ...] = ()) ->
     """
     needed: list[Permission] = []
     for rule in rules_for(method, uri, first):
-        permission = rule.permission if rule is not None else Permission.ALL
+        permission = permission_of(rule)
         if permission not in needed:
             needed.append(permission)
     return tuple(needed)

@@ -50,9 +50,8 @@ def restrict_unchecked_bodies(runtime: Runtime) -> None:
         runtime.access = runtime.access.with_unchecked(UNCHECKED_MODALITY_QUERIES)
     if not capabilities_of(runtime.orthanc).stow_reaches_received_callback:
         runtime.access = runtime.access.with_unchecked(UNCHECKED_STOW_RS)
-    for rule in runtime.access.unchecked:
-        if runtime.access.is_enforced:
-            logger.warning("%s %s needs the permission 'all' on this Orthanc: %s",
+    for rule in runtime.access.unchecked if runtime.access.is_enforced else ():
+        logger.warning("%s %s needs the permission 'all' on this Orthanc: %s",
                            "|".join(sorted(rule.methods)), rule.pattern.pattern, rule.reason)
 
 
