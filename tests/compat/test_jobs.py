@@ -253,7 +253,7 @@ def test_create_dicom_answers_like_plain_orthanc_and_records_the_plugin_as_origi
 def test_a_stand_in_waiting_on_a_silent_modality_leaves_other_requests_answered(trio: Trio, path: str,
                                                                                  body: Any) -> None:
     """The modality accepts the connection and never answers: while Orthanc waits for it (its
-    DICOM timeout), the plugin holds no lock other requests need."""
+    DICOM timeout), the plugin holds no lock other requests need (Python's, or its own index lock)."""
     server = trio.enforce
     connected = threading.Event()
     listener = socket.create_server(("127.0.0.1", server.modality_port))
@@ -274,6 +274,10 @@ def test_a_stand_in_waiting_on_a_silent_modality_leaves_other_requests_answered(
         assert connected.wait(60), "Orthanc never connected to the modality"
         assert server.get("/system", timeout=60).status_code == 200
         assert server.get(f"/studies/{S3}", timeout=60).status_code == 200
+        # A forwarded POST takes the plugin's index lock: the waiting request must not hold it.
+        content = server.request("POST", "/tools/bulk-content", timeout=60,
+                                 data=json.dumps({"Resources": [S3], "Level": "Study"}))
+        assert content.status_code == 200, content.text[:200]
         assert threads[1].is_alive(), "the request did not wait for the modality"
     finally:
         for connection in accepted:

@@ -33,8 +33,9 @@ GUARDED_ROUTES = (
 )
 
 
-def checked_hand_on(runtime: Runtime, content_type: str) -> Callable[[RestCall], Reply]:
-    """A stand-in that checks a body's depth and hands it on to Orthanc's own route unchanged.
+def checked_hand_on(runtime: Runtime, content_type: str, writes: bool = True) -> Callable[[RestCall], Reply]:
+    """A stand-in that checks a body's depth and hands it on to Orthanc's own route unchanged
+    (``writes``: see ``rest.forwarded_post``).
 
     Raises (the stand-in):
         HostileBodyError: the body nests deeper than the limit (Orthanc never sees it).
@@ -42,7 +43,7 @@ def checked_hand_on(runtime: Runtime, content_type: str) -> Callable[[RestCall],
 
     def hand_on(call: RestCall) -> Reply:
         check_body_depth(call.body)
-        return forwarded_post(runtime, call.uri, call.body, content_type)
+        return forwarded_post(runtime, call.uri, call.body, content_type, writes)
 
     return hand_on
 

@@ -128,5 +128,6 @@ def install(runtime: Runtime) -> None:
     if not releases_python_lock(runtime):
         return
 
-    register(runtime, QUERY_ROUTE, {"POST": checked_hand_on(runtime, ORTHANC_JSON)}, name="query-body-limits",
-             like_orthanc=True)
+    # A query stores nothing and waits for the remote modality: it holds no index lock meanwhile.
+    query = checked_hand_on(runtime, ORTHANC_JSON, writes=False)
+    register(runtime, QUERY_ROUTE, {"POST": query}, name="query-body-limits", like_orthanc=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,13 +62,17 @@ ACCESS_REFUSALS = "access_refusals"
 _ALWAYS_ENFORCED = (Permission.AUDIT.value, Permission.HARDENING_ADMIN.value)
 
 
-def forwarded_post(runtime: Runtime, uri: str, body: Any, content_type: str) -> Reply:
+def forwarded_post(runtime: Runtime, uri: str, body: Any, content_type: str, writes: bool = True) -> Reply:
     """Hand ``body`` on to Orthanc's own ``POST uri`` and answer Orthanc's bytes as they are.
+
+    ``writes``: Orthanc may store or delete through the plugin's storage area during the call,
+    which then holds ``Runtime.index_writes``; a call that only waits (a modality query, on the
+    network) does not, so that it never holds up the deletions and the manifest thread.
 
     Raises:
         OrthancCoreError: Orthanc refused (its status and code are answered, as Orthanc would).
     """
-    with runtime.index_writes:  # Orthanc may store or delete through the plugin's storage area
+    with runtime.index_writes if writes else nullcontext():
         answer = core_call(runtime.orthanc.RestApiPost, uri, body)
     return Reply(raw=answer if answer is not None else b"", content_type=content_type)
 
