@@ -136,6 +136,41 @@ def test_flipped_byte_is_refused_on_every_path_and_alerted(server):
     assert alerts >= 1
 
 
+def security_alerts(server: OrthancServer) -> list[dict]:
+    body = server.get("/hardening/audit?limit=5000", user="auditor").json()
+    events = body.get("events", body) if isinstance(body, dict) else body
+    return [e for e in events if "110113" in str(e.get("event", ""))]
+
+
+@pytest.mark.attack
+def test_same_size_edit_first_read_by_an_archive_is_refused_named_and_alerted(server):
+    """An edit that keeps the file's size passes the archive's checks before Orthanc builds it
+    (seal, signature, identity, size); Orthanc's read of the file for the archive checks its
+    digest, and the archive is refused as a whole, naming the instance, with a Security Alert."""
+    study, ids, files = ingest_study(server, count=3, patient_id="ARCHIVE-FIRST-READ")
+    bad = stored_file(server, ids[2])
+    flip_byte(bad)
+    edited = bad.read_bytes()
+    before = len(security_alerts(server))
+    for path in ("archive", "media"):
+        response = server.get(f"/studies/{study}/{path}")
+        assert response.status_code == 409, (path, response.status_code, response.text[:200])
+        assert ids[2] in response.json()["detail"] and ids[0] not in response.json()["detail"]
+    response = server.post("/tools/create-archive", data=json.dumps({"Resources": [study]}))
+    assert response.status_code == 409 and ids[2] in response.json()["detail"]
+    found = security_alerts(server)
+    found = found[: len(found) - before]  # the trail lists the newest first
+    study_uid = server.get(f"/studies/{study}").json()["MainDicomTags"]["StudyInstanceUID"]
+    reads = [e for e in found if e["route"] == "storage-read" and e["study_uid"] == study_uid]
+    refusals = [e for e in found if e["route"] in ("archive", "create-archive") and ids[2] in e["detail"]]
+    assert reads and all("SHA-256 differs" in e["detail"] and e["user"] == "admin" for e in reads), found
+    assert len(refusals) == 3 and all(e["user"] == "admin" for e in refusals), found
+    assert bad.read_bytes() == edited  # the evidence is left as found
+    for instance_id, data in zip(ids[:2], files[:2], strict=True):
+        response = server.get(f"/instances/{instance_id}/file")
+        assert response.status_code == 200 and response.content == data
+
+
 @pytest.mark.attack
 def test_flipped_header_byte_is_refused_for_tags(server):
     # /tags reads the "until pixel data" attachment where Orthanc stores one (before 1.13, or

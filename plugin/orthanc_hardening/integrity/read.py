@@ -5,6 +5,10 @@ it checks (the bytes, their seal or none, the trusted keys, the unsealed policy 
 instance predates sealing) and **raises** on any failure; it returns only a verified result.
 No I/O: the shell reads the file, the seal row and, for an unsealed attachment only, what the
 index says of the instance (``is_legacy``).
+
+``verify_before_read`` is the part of it that needs no bytes (the seal's place, size and
+signature, or the unsealed policy), for a caller whose storage reads of the same attachment
+follow and run ``verify_read`` on the bytes (a synchronous archive, ``shell/archives.py``).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Protocol
 from orthanc_hardening.config import UnsealedPolicy
 from orthanc_hardening.integrity.legacy import check_unsealed
 from orthanc_hardening.seal.keys import Verifier
-from orthanc_hardening.seal.record import Seal, check_seal_matches, verify_seal_signature
+from orthanc_hardening.seal.record import Seal, check_seal_matches, check_seal_place, verify_seal_signature
 
 
 class SealCache(Protocol):
@@ -77,8 +81,50 @@ def verify_read(
         check_unsealed(uuid, content_type, policy, is_legacy())
         return ReadCheck(None, digest)
     check_seal_matches(seal, uuid, content_type, digest, len(data))
+    _verify_signature(seal, keyring, cache, record)
+    return ReadCheck(seal, digest)
+
+
+def verify_before_read(
+    uuid: str,
+    content_type: int,
+    size: int,
+    seal: Seal | None,
+    keyring: Verifier,
+    policy: UnsealedPolicy,
+    is_legacy: Callable[[], bool],
+    cache: SealCache | None = None,
+    record: bytes | None = None,
+) -> Seal | None:
+    """Everything ``verify_read`` checks but the bytes' digest: place, size, signature, policy.
+
+    It passes no byte: the read that serves them still runs ``verify_read``.
+
+    Args:
+        uuid: the attachment uuid.
+        content_type: its content type.
+        size: the size of its file now.
+        seal, keyring, policy, is_legacy, cache, record: as for ``verify_read``.
+
+    Returns:
+        The seal, or ``None`` for legacy data the policy serves.
+
+    Raises:
+        SealMismatchError: the seal belongs to another attachment, or the file's size differs.
+        UnknownKeyError: the seal's key is neither current nor trusted.
+        SealInvalidError: the seal's signature does not verify.
+        SealMissingError: no seal, and the data is not legacy or the policy refuses it.
+    """
+    if seal is None:
+        check_unsealed(uuid, content_type, policy, is_legacy())
+        return None
+    check_seal_place(seal, uuid, content_type, size)
+    _verify_signature(seal, keyring, cache, record)
+    return seal
+
+
+def _verify_signature(seal: Seal, keyring: Verifier, cache: SealCache | None, record: bytes | None) -> None:
     if cache is not None:
         cache.verify_seal(seal, keyring, record)
     else:
         verify_seal_signature(seal, keyring)
-    return ReadCheck(seal, digest)

@@ -204,11 +204,11 @@ def verify_seal_signature(seal: Seal, keyring: Verifier) -> None:
     keyring.verify(seal.key_id, seal.signed_bytes(), seal.signature_bytes)
 
 
-def check_seal_matches(seal: Seal, uuid: str, content_type: int, sha256: str, size: int) -> None:
-    """Check that a seal is about these bytes at this place.
+def check_seal_place(seal: Seal, uuid: str, content_type: int, size: int) -> None:
+    """Check that a seal is about this attachment and its size (not yet its bytes).
 
     Raises:
-        SealMismatchError: the seal belongs to another attachment, or the bytes differ.
+        SealMismatchError: the seal belongs to another attachment, or the size differs.
     """
     if seal.uuid != uuid or seal.content_type != content_type:
         raise SealMismatchError(
@@ -216,6 +216,15 @@ def check_seal_matches(seal: Seal, uuid: str, content_type: int, sha256: str, si
         )
     if size != seal.size:
         raise SealMismatchError(f"attachment {uuid}: {size} bytes stored, {seal.size} sealed")
+
+
+def check_seal_matches(seal: Seal, uuid: str, content_type: int, sha256: str, size: int) -> None:
+    """Check that a seal is about these bytes at this place.
+
+    Raises:
+        SealMismatchError: the seal belongs to another attachment, or the bytes differ.
+    """
+    check_seal_place(seal, uuid, content_type, size)
     if not hmac.compare_digest(sha256, seal.sha256):
         raise SealMismatchError(f"attachment {uuid}: stored bytes do not match the seal (SHA-256 differs)")
 
@@ -266,6 +275,7 @@ __all__ = [
     "canonical",
     "check_identity",
     "check_seal_matches",
+    "check_seal_place",
     "format_time",
     "seal_attachment",
     "verify_seal",

@@ -3,10 +3,14 @@
 Orthanc answers a series or study archive whose storage read fails with 200 and the instance
 silently missing (Orthanc 1.10 to 1.13). So the plugin overrides every archive and media route —
 ``/{patients,studies,series}/{id}/archive|media``, ``/tools/create-archive|create-media|
-create-media-extended`` and ``/jobs/{id}/archive`` of the jobs started through them — verifies
-every instance from disk first (``SealedStorage.check_instance``: seal, signature, identity),
-then has Orthanc build its own archive, and refuses with 409 JSON naming the instances when a
-read failed while Orthanc built it or the archive lacks an instance. A ``GET`` is answered by
+create-media-extended`` and ``/jobs/{id}/archive`` of the jobs started through them — checks
+every instance first (``SealedStorage.check_instance``: seal, signature, identity, the file's
+size), then has Orthanc build its own archive, and refuses with 409 JSON naming the instances
+when a read failed while Orthanc built it or the archive lacks an instance. An archive the
+plugin answers itself (every ``GET`` and synchronous ``POST``) leaves the bytes' digest to the
+storage reads of Orthanc's build, which verify them anyway: one read and hash per file, and a
+tampered file still refuses the archive as a whole, named. An asynchronous job started for the
+client reads every file before it starts (the client gets its refusal instead of a job id). A ``GET`` is answered by
 Orthanc's own synchronous ``GET`` where the Python plugin releases Python's lock while the
 plugin waits (``Runtime.threads_released``); otherwise, and for every ``POST``, by an
 asynchronous job (a synchronous one would wait for a job thread that waits for Python's lock).
@@ -17,7 +21,7 @@ from __future__ import annotations
 import json
 import threading
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any
@@ -133,43 +137,51 @@ class ArchiveRefusedError(IntegrityError):
 class ArchiveJob:
     """An archive job started by the override: what it must contain, and the failure mark."""
 
-    uuids: frozenset[str]
+    owners: Mapping[str, str]
     instances: int
     failure_mark: int
 
 
-def verify_instances(storage: SealedStorage, instances: list[str]) -> tuple[frozenset[str], int]:
-    """Verify every instance of an archive from disk, before Orthanc reads it.
+def verify_instances(storage: SealedStorage, instances: list[str],
+                     files_read_next: bool = False) -> tuple[dict[str, str], int]:
+    """Verify every instance of an archive, before Orthanc reads it.
+
+    Args:
+        storage: the sealed storage.
+        instances: the archive's instances.
+        files_read_next: the caller checks the failures of Orthanc's reads (``check_archive``)
+            before it answers: leave the bytes' digest to those reads (``check_instance``).
 
     Returns:
-        The uuids of their attachments and the mark of the last read failure so far (the reads
-        that fail while Orthanc builds the archive come after it).
+        The instance of each attachment uuid, and the mark of the last read failure so far (the
+        reads that fail while Orthanc builds the archive come after it).
 
     Raises:
         ArchiveRefusedError: an instance failed verification (enforce mode).
     """
     failures: dict[str, str] = {}
-    uuids: set[str] = set()
+    owners: dict[str, str] = {}
     parents: dict[str, Any] = {}
+    mark = storage.store.last_failure_id()
     for instance_id in instances:
         try:
             attachments = storage.attachments_of(instance_id)
-            uuids.update(uuid for _n, _t, uuid in attachments)
-            storage.check_instance(instance_id, attachments, parents)
+            owners.update((uuid, instance_id) for _n, _t, uuid in attachments)
+            storage.check_instance(instance_id, attachments, parents, files_read_next=files_read_next)
         except IntegrityError as exc:
             failures[instance_id] = str(exc)
     if failures and storage.runtime.config.is_enforcing:
         raise ArchiveRefusedError(failures)
-    return frozenset(uuids), storage.store.last_failure_id()
+    return owners, mark if files_read_next else storage.store.last_failure_id()
 
 
-def check_archive(storage: SealedStorage, data: bytes, uuids: frozenset[str], mark: int, instances: int) -> None:
+def check_archive(storage: SealedStorage, data: bytes, owners: Mapping[str, str], mark: int, instances: int) -> None:
     """Refuse an archive Orthanc built if a read of its instances failed meanwhile, or one is missing.
 
     Raises:
         ArchiveRefusedError: a read failed after ``mark``, or the archive lacks an instance (enforce mode).
     """
-    refuse_late_failures(storage, uuids, mark)
+    refuse_late_failures(storage, owners, mark)
     refuse_incomplete(storage, data, instances)
 
 
@@ -183,17 +195,17 @@ def refuse_incomplete(storage: SealedStorage, data: bytes, instances: int) -> No
         _check_archive_complete(data, instances)
 
 
-def refuse_late_failures(storage: SealedStorage, uuids: frozenset[str], mark: int) -> None:
-    """Refuse (enforce mode) if a read of one of ``uuids`` failed after the failure ``mark``.
+def refuse_late_failures(storage: SealedStorage, owners: Mapping[str, str], mark: int) -> None:
+    """Refuse (enforce mode) if a read of an attachment in ``owners`` failed after the failure ``mark``.
 
     Raises:
-        ArchiveRefusedError: such a read failed.
+        ArchiveRefusedError: such a read failed; it names the instance of each failed attachment.
     """
     if not storage.runtime.config.is_enforcing:
         return
-    late = [f for f in storage.store.failures_since(mark) if f.uuid in uuids]
+    late = [f for f in storage.store.failures_since(mark) if f.uuid in owners]
     if late:
-        raise ArchiveRefusedError({f.uuid: f.problem for f in late})
+        raise ArchiveRefusedError({owners[f.uuid]: f"instance {owners[f.uuid]}: {f.problem}" for f in late})
 
 
 def fetch_archive(archives: Archives, uri: str, instances: list[str]) -> bytes:
@@ -209,15 +221,23 @@ def fetch_archive(archives: Archives, uri: str, instances: list[str]) -> bytes:
             Orthanc read it for the archive, or the archive lacks an instance.
     """
     storage = archives.storage
-    uuids, mark = verify_instances(storage, instances)
-    data = core_call(storage.runtime.orthanc.RestApiGet, uri)
+    owners, mark = verify_instances(storage, instances, files_read_next=True)
+    try:
+        data = core_call(storage.runtime.orthanc.RestApiGet, uri)
+    except OrthancCoreError:
+        refuse_late_failures(storage, owners, mark)  # a failed read is the reason, if there was one
+        raise
     data = data if isinstance(data, bytes) else str(data).encode("latin-1")
-    check_archive(storage, data, uuids, mark, len(instances))
+    check_archive(storage, data, owners, mark, len(instances))
     return data
 
 
-def start_archive(archives: Archives, uri: str, instances: list[str], job_body: dict[str, Any]) -> tuple[str, Any]:
-    """Verify every instance from disk, then start Orthanc's archive job (asynchronous).
+def start_archive(archives: Archives, uri: str, instances: list[str], job_body: dict[str, Any],
+                  files_read_next: bool = False) -> tuple[str, Any]:
+    """Verify every instance, then start Orthanc's archive job (asynchronous).
+
+    ``files_read_next``: the caller fetches the archive through ``archive_of_job`` before it
+    answers (``verify_instances``); a job id answered to the client has its files read here.
 
     Returns:
         The job id and Orthanc's answer to the job creation.
@@ -226,12 +246,12 @@ def start_archive(archives: Archives, uri: str, instances: list[str], job_body: 
         ArchiveRefusedError: an instance failed verification (enforce mode).
     """
     runtime = archives.storage.runtime
-    uuids, mark = verify_instances(archives.storage, instances)
+    owners, mark = verify_instances(archives.storage, instances, files_read_next)
     body = {**job_body, "Asynchronous": True}
     body.pop("Synchronous", None)
     answer = json.loads(core_call(runtime.orthanc.RestApiPost, uri, json.dumps(body)))
     job_id = str(answer["ID"])
-    archives.remember(job_id, ArchiveJob(uuids, len(instances), mark))
+    archives.remember(job_id, ArchiveJob(owners, len(instances), mark))
     return job_id, answer
 
 
@@ -245,7 +265,7 @@ def archive_of_job(archives: Archives, job_id: str) -> bytes:
     job = archives.job(job_id)
     # The job read the files while it ran: its failures are known before its archive is fetched.
     if job is not None:
-        refuse_late_failures(storage, job.uuids, job.failure_mark)
+        refuse_late_failures(storage, job.owners, job.failure_mark)
     data = storage.runtime.orthanc.RestApiGet(f"/jobs/{job_id}/archive")
     data = data if isinstance(data, bytes) else str(data).encode("latin-1")
     if job is not None:
@@ -261,11 +281,14 @@ def make_archive(archives: Archives, uri: str, instances: list[str], job_body: d
             Orthanc read it for the archive, or the archive lacks an instance.
         StoreUnavailableError: the job failed.
     """
-    job_id, _answer = start_archive(archives, uri, instances, job_body)
-    state = wait_for_job(archives.storage.runtime, job_id, JOB_TIMEOUT_SECONDS)
-    if state.get("State") != "Success":
-        raise StoreUnavailableError(f"archive job {job_id} ended in state {state.get('State')}")
+    job_id, _answer = start_archive(archives, uri, instances, job_body, files_read_next=True)
     try:
+        state = wait_for_job(archives.storage.runtime, job_id, JOB_TIMEOUT_SECONDS)
+        if state.get("State") != "Success":
+            job = archives.job(job_id)
+            if job is not None:  # a failed read is the reason, if there was one
+                refuse_late_failures(archives.storage, job.owners, job.failure_mark)
+            raise StoreUnavailableError(f"archive job {job_id} ended in state {state.get('State')}")
         return archive_of_job(archives, job_id)
     finally:
         archives.forget(job_id)

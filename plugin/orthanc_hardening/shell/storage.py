@@ -20,7 +20,9 @@ through the guard as a gatekeeper that fails by raising (Orthanc then fails the 
 * every verified read of a DICOM attachment is also bound to the index (``shell/binding.py``):
   the instance its seal names is indexed, under its sealed parents, with this very attachment.
 * ``check_instance`` verifies a whole instance from disk against what the index says it is,
-  before a send on a job thread (archives, C-MOVE).
+  before a send on a job thread (asynchronous archives, C-MOVE); with ``files_read_next`` it
+  checks everything but the bytes' digest (a synchronous archive: Orthanc's reads of the same
+  files verify the bytes, and a failed one refuses the archive, ``shell/archives.py``).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ from orthanc_hardening.integrity.legacy import (
     plan_inventory,
     sign_legacy_entry,
 )
-from orthanc_hardening.integrity.read import verify_read
+from orthanc_hardening.integrity.read import verify_before_read, verify_read
 from orthanc_hardening.seal import content_type as content_types
 from orthanc_hardening.seal import epoch
 from orthanc_hardening.seal.identity import NO_IDENTITY, InstanceIdentity, identity_of_dataset, parse_dataset
@@ -569,13 +571,16 @@ class SealedStorage:
         return check.seal
 
     def check_instance(self, instance_id: str, attachments: list[tuple[str, int, str]] | None = None,
-                       parents: dict[str, Any] | None = None) -> None:
+                       parents: dict[str, Any] | None = None, files_read_next: bool = False) -> None:
         """Verify every attachment of an instance from disk (before a send on a job thread).
 
         Args:
             instance_id: Orthanc's instance id.
             attachments: its attachments when the caller already listed them.
             parents: a cache of series and study answers (see ``expected_identity``).
+            files_read_next: the caller has Orthanc read the DICOM file through ``read`` next and
+                refuses its answer if that read fails: check its seal, size and identity here,
+                its bytes there (one hash per file, not two). Other attachments are read here.
 
         Raises:
             NotFoundError: unknown instance.
@@ -583,11 +588,41 @@ class SealedStorage:
         """
         expected = self.expected_identity(instance_id, parents)
         for _name, content_type, uuid in attachments if attachments is not None else self.attachments_of(instance_id):
+            # Orthanc's archive reads the DICOM file only: every other attachment is read here.
+            verify = self.verify_before_read if files_read_next and content_type == DICOM else self.verify_attachment
             try:
-                self.verify_attachment(uuid, content_type, expected)
+                verify(uuid, content_type, expected)
             except IntegrityError as exc:
                 self.report_failure(uuid, content_type, self.store.get(uuid, content_type), exc)
                 raise mark_audited(type(exc)(f"instance {instance_id}: {exc}")) from exc
+
+    def verify_before_read(self, uuid: str, content_type: int, expected: InstanceIdentity | None) -> Seal | None:
+        """``verify_attachment`` but the bytes' digest: the seal, the file's size, the identity, the policy.
+
+        A file whose size differs is checked in full (``verify_attachment``: a derivable header a
+        power loss cut short is rebuilt there, anything else refused).
+
+        Raises:
+            IntegrityError: any verification failure (also in monitor mode: callers decide).
+        """
+        record = self.store.get_record(uuid, content_type)
+        if record is None and content_type >= content_types.FIRST_USER_TYPE:
+            return self.verify_attachment(uuid, content_type, expected)  # the type-0 fallback lives there
+        seal = None if record is None else self.cache.parse_seal(record)
+        try:
+            size = attachment_path(self.root, uuid).stat().st_size
+        except FileNotFoundError as exc:
+            raise SealMismatchError(f"attachment {uuid} (type {content_type}): file is missing") from exc
+        try:
+            found = verify_before_read(uuid, content_type, size, seal, self.keyring,
+                                       self.runtime.config.unsealed_policy,
+                                       is_legacy=lambda: self.is_provably_legacy(uuid, content_type),
+                                       cache=self.cache, record=record)
+        except SealMismatchError:
+            return self.verify_attachment(uuid, content_type, expected)
+        if found is not None and expected is not None and found.sop_instance_uid:
+            check_identity(found, expected)
+        return found
 
     def seal_report(self, instance_id: str) -> dict[str, Any]:
         """The seals of an instance's attachments and their verification now."""

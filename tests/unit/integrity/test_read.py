@@ -9,7 +9,7 @@ import pytest
 from orthanc_hardening.config import UnsealedPolicy
 from orthanc_hardening.errors import SealInvalidError, SealMismatchError, SealMissingError, UnknownKeyError
 from orthanc_hardening.integrity.legacy import check_unsealed, received_before
-from orthanc_hardening.integrity.read import verify_read
+from orthanc_hardening.integrity.read import verify_before_read, verify_read
 from orthanc_hardening.seal.identity import InstanceIdentity
 from orthanc_hardening.seal.keys import KeyRing
 from orthanc_hardening.seal.record import seal_attachment
@@ -139,3 +139,38 @@ def test_unset_unsealed_policy_refuses_unless_legacy_attachments_are_still_unsea
 
     assert default_unsealed_policy(0) is UnsealedPolicy.REFUSE  # fresh, or seal-existing done
     assert default_unsealed_policy(3) is UnsealedPolicy.SERVE_AND_FLAG  # migration still under way
+
+
+def check_before_read(seal, size=len(DATA), uuid=UUID, content_type=1, ring=None, policy=UnsealedPolicy.SERVE_AND_FLAG,
+                      legacy=True):
+    return verify_before_read(uuid, content_type, size, seal, ring or KeyRing(fixed_signer()), policy,
+                              lambda: legacy)
+
+
+def test_check_before_read_passes_what_verify_read_passes(sealed):
+    _signer, seal = sealed
+    assert check_before_read(seal) == seal
+    assert check_before_read(None, legacy=True) is None
+
+
+@pytest.mark.attack
+def test_check_before_read_refuses_a_moved_resized_forged_or_foreign_seal(sealed):
+    _signer, seal = sealed
+    with pytest.raises(SealMismatchError, match="carries the seal of"):
+        check_before_read(seal, uuid="11111111-2222-4333-8444-555555555555")
+    with pytest.raises(SealMismatchError, match="carries the seal of"):
+        check_before_read(seal, content_type=3)
+    with pytest.raises(SealMismatchError, match="bytes stored"):
+        check_before_read(seal, size=len(DATA) - 1)
+    with pytest.raises(SealInvalidError):
+        check_before_read(dataclasses.replace(seal, sha256="0" * 64))
+    with pytest.raises(UnknownKeyError):
+        check_before_read(seal, ring=KeyRing(fixed_signer("other")))
+
+
+@pytest.mark.attack
+def test_check_before_read_applies_the_unsealed_policy():
+    with pytest.raises(SealMissingError):
+        check_before_read(None, legacy=False)
+    with pytest.raises(SealMissingError):
+        check_before_read(None, policy=UnsealedPolicy.REFUSE, legacy=True)
