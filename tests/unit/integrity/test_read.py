@@ -141,9 +141,10 @@ def test_unset_unsealed_policy_refuses_unless_legacy_attachments_are_still_unsea
     assert default_unsealed_policy(3) is UnsealedPolicy.SERVE_AND_FLAG  # migration still under way
 
 
-def check_before_read(seal, size=len(DATA), uuid=UUID, content_type=1, ring=None, policy=UnsealedPolicy.SERVE_AND_FLAG,
+def check_before_read(seal, size=None, uuid=UUID, content_type=1, ring=None, policy=UnsealedPolicy.SERVE_AND_FLAG,
                       legacy=True):
-    return verify_before_read(uuid, content_type, size, seal, ring or KeyRing(fixed_signer()), policy,
+    return verify_before_read(uuid, content_type, len(DATA) if size is None else size, seal,
+                              ring or KeyRing(fixed_signer()), policy,
                               lambda: legacy)
 
 

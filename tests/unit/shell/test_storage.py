@@ -181,7 +181,7 @@ def test_archive_is_refused_when_a_read_failed_while_the_job_ran(runtime):
     mark = storage.store.last_failure_id()
     archives.remember("job-1", ArchiveJob({UUID: "instance-1"}, 1, mark))
     storage.store.record_failure(UUID, 1, "SealMismatchError: changed during the job", NOW)
-    with pytest.raises(ArchiveRefusedError, match="1 instance.*instance-1"):
+    with pytest.raises(ArchiveRefusedError, match=r"1 instance.*instance-1"):
         archive_of_job(archives, "job-1")
 
 
