@@ -2,7 +2,7 @@
 each thread, during a REST ingest and a ``/file`` retrieve.
 
     .venv/bin/python bench/callback_cpu.py [--instances 200] [--repeat 1] [--baseline GIT_REF|DIR]
-        [--json out.json]
+        [--json out.json] [--cprofile]
 
 py-spy sees only Python frames and counts a thread blocked in Orthanc or in a lock as busy; this
 tool counts CPU instead. It starts a plain Orthanc and a hardened one (and, with ``--baseline``,
@@ -34,6 +34,11 @@ Each phase (ingest with 1 client, with 4 clients, ``/file`` with 1 client) runs 
 times on each server in turn; the figures are sums over the repetitions divided by the units
 (instances or requests). Timing every call adds a few microseconds per call: compare the
 hardened servers of one run with each other, and use ``bench/run.py`` for end-to-end ratios.
+Threads that start and end inside a window (none on these paths but the ingest limits' deep-parse
+thread) are in the process total only ("exited threads"). ``--cprofile`` also profiles the
+callbacks with cProfile (wall time, inflated by its overhead) and prints each phase's top
+functions; its attribution table is then not comparable with a run without it. On a target
+without git, ``--baseline`` takes a directory holding ``plugin/`` (``git archive REF plugin``).
 """
 
 from __future__ import annotations
