@@ -21,6 +21,7 @@ No I/O here: the shell feeds the index and passes the answers.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import json
 import re
@@ -71,10 +72,18 @@ def orthanc_id(*parts: str) -> str:
     return "-".join(digest[i:i + 8] for i in range(0, 40, 8))
 
 
+@functools.lru_cache(maxsize=4096)
+def _orthanc_ids(patient_id: str, study_uid: str, series_uid: str, sop_instance_uid: str) -> tuple[str, ...]:
+    # A pure function of the four identifiers: an ingest and each read of an instance ask for the
+    # ids of its seals several times (the header's seal names the same instance as the file's).
+    parts = (patient_id, study_uid, series_uid, sop_instance_uid)
+    return tuple(orthanc_id(*parts[: i + 1]) for i in range(len(parts)))
+
+
 def orthanc_ids_of_seal(seal: Seal) -> dict[str, str]:
     """The Orthanc ids of the four resources an instance's seal belongs to."""
-    parts = (seal.patient_id, seal.study_uid, seal.series_uid, seal.sop_instance_uid)
-    return {level: orthanc_id(*parts[: i + 1]) for i, level in enumerate(RESOURCE_LEVELS)}
+    ids = _orthanc_ids(seal.patient_id, seal.study_uid, seal.series_uid, seal.sop_instance_uid)
+    return dict(zip(RESOURCE_LEVELS, ids, strict=True))
 
 
 def level_tags(source: Mapping[str, Any], level: str) -> dict[str, str]:

@@ -44,6 +44,7 @@ class SealedTagCatalogue:
         self._seals = seals
         self._tags = tags
         self._root = root
+        self._cache = cache
         self._verifier = cache.verifier_for(keyring)
         self._just_parsed = just_parsed
         self._last_rowid = 0
@@ -66,7 +67,8 @@ class SealedTagCatalogue:
                 for rowid, record in self._seals.stored_after(self._last_rowid, DICOM):
                     self._last_rowid = max(self._last_rowid, rowid)
                     try:
-                        seal = Seal.from_bytes(record)
+                        # The seal the create just stored is in the cache as these exact bytes: no parse.
+                        seal = self._cache.parse_seal(record)
                         if seal.index_tags_sha256:
                             self._add(seal, to_store)
                     except (HardeningError, ValueError, OSError) as exc:

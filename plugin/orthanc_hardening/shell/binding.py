@@ -62,7 +62,6 @@ from orthanc_hardening.shell.guard import alert, mark_audited
 from orthanc_hardening.shell.requester import internal_requester
 from orthanc_hardening.shell.runtime import Runtime
 from orthanc_hardening.stores.orthanc_index import load_index_facts, shared_attachments
-from orthanc_hardening.stores.seal_store import SQLSealStore
 
 logger = logging.getLogger(__name__)
 
@@ -227,11 +226,12 @@ def indexed_by_facts(facts: IndexFacts, instance_id: str, seal: Seal) -> tuple[d
 class ReadBinding:
     """The request side of a read: the HTTP gate (see the module docstring)."""
 
-    def __init__(self, runtime: Runtime, store: SQLSealStore,
+    def __init__(self, runtime: Runtime, seal_of: Callable[[str, int], Seal | None],
                  attachments_of: Callable[[str], list[tuple[str, int, str]]],
                  index: IndexBinding | None = None) -> None:
         self.runtime = runtime
-        self.store = store
+        # The seal of an attachment (``SealedStorage.sealed``: one select, parsed once per record).
+        self.seal_of = seal_of
         self.attachments_of = attachments_of
         # Orthanc 1.13 reads on loader threads: a shared file the gate bound is granted there.
         self.index = index if runtime.capabilities.loader_threads else None
@@ -314,7 +314,7 @@ class ReadBinding:
             for _name, content_type, uuid in attachments:
                 if content_type not in DICOM_ATTACHMENTS:
                     continue
-                seal = self.store.get(uuid, content_type)
+                seal = self.seal_of(uuid, content_type)
                 if seal is None or not seal.sop_instance_uid:
                     continue  # unsealed: the storage read applies the unsealed policy
                 verify_bound(seal, dataclasses.replace(expected, uuid=uuid))
@@ -436,10 +436,10 @@ def load_facts(binding: IndexBinding, path: Path) -> None:
                 time.monotonic() - started)
 
 
-def install(runtime: Runtime, store: SQLSealStore,
+def install(runtime: Runtime, seal_of: Callable[[str, int], Seal | None],
             attachments_of: Callable[[str], list[tuple[str, int, str]]],
             index: IndexBinding | None = None) -> ReadBinding:
     """Register the HTTP gate that binds reads to the request."""
-    binding = ReadBinding(runtime, store, attachments_of, index)
+    binding = ReadBinding(runtime, seal_of, attachments_of, index)
     runtime.http_gates.append(binding.http_gate)
     return binding

@@ -18,7 +18,7 @@ import functools
 import logging
 from typing import Any
 
-from orthanc_hardening.shell.guard import decide, observe, refuse_http, refuse_store
+from orthanc_hardening.shell.guard import OBSERVER_FAILURES, decide, observe, refuse_http, refuse_store
 from orthanc_hardening.shell.requester import cstore_requester, http_request, internal_requester
 from orthanc_hardening.shell.runtime import Runtime
 
@@ -71,8 +71,12 @@ def install_callbacks(runtime: Runtime) -> None:
         if change_type == started:
             observe(runtime, "metrics", runtime.metrics.start)
         for watch in runtime.change_observers:
-            observe(runtime, getattr(watch, "__name__", "change observer"),
-                    functools.partial(watch, change_type, level, resource_id))
+            # ``observe`` inlined: an ingest runs every observer four times per instance.
+            try:
+                watch(change_type, level, resource_id)
+            except Exception:
+                runtime.metrics.increment(OBSERVER_FAILURES)
+                logger.exception("observer %s failed", getattr(watch, "__name__", "change observer"))
         if change_type == stopped:
             runtime.stop()
 

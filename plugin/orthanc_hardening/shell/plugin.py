@@ -151,7 +151,7 @@ def build(orthanc: OrthancApi, config: HardeningConfig, orthanc_config: Mapping[
     body_limits.install(runtime)
     job_routes.install(runtime)
     sealed = storage.install(runtime, keys, cache)
-    binding.install(runtime, sealed.store, sealed.attachments_of, sealed.index_binding)
+    binding.install(runtime, sealed.sealed, sealed.attachments_of, sealed.index_binding)
     archive_routes = archives.install(runtime, sealed)
     seal_routes.install(runtime, sealed, passphrase)
     hooks = audit_hooks.install(runtime, trail, sealed)

@@ -82,6 +82,9 @@ class ManifestService:
         # index and waits for Python deadlocked Orthanc (seen under load: DELETE /patients/{id}
         # during a manifest re-signing).
         self._changes: queue.Queue[tuple[int, int, str] | None] = queue.Queue()
+        # The change types ``on_change`` acts on.
+        changes = runtime.orthanc.ChangeType
+        self._watched = frozenset((int(changes.STABLE_STUDY), int(changes.DELETED)))
         self._worker: threading.Thread | None = None
 
     def start_worker(self) -> None:
@@ -97,8 +100,14 @@ class ManifestService:
             self._worker.join(30)
 
     def enqueue_change(self, change_type: int, level: int, resource_id: str) -> None:
-        """OnChange observer: queue the change for the manifest thread and return at once."""
-        self._changes.put((change_type, level, resource_id))
+        """OnChange observer: queue a change ``on_change`` acts on for the manifest thread, and return.
+
+        Only stable studies and deletions are queued: an ingest's four changes per instance
+        (new instance, new child instance of its series, study and patient) would each wake
+        the thread for nothing.
+        """
+        if change_type in self._watched:
+            self._changes.put((change_type, level, resource_id))
 
     def _drain(self) -> None:
         while True:

@@ -208,6 +208,17 @@ class SealedStorage:
 
     # -- read ----------------------------------------------------------------------------
 
+    def sealed(self, uuid: str, content_type: int) -> Seal | None:
+        """The seal of an attachment (whatever its state), or ``None``: one select, and a record
+        read before is not parsed again (the signature cache, keyed by the exact bytes).
+
+        Raises:
+            StoreUnavailableError: the store cannot be read.
+            SealInvalidError: the stored record is malformed.
+        """
+        record = self.store.get_record(uuid, content_type)
+        return None if record is None else self.cache.parse_seal(record)
+
     def _bound_by_request(self) -> bool:
         """Whether this read serves an HTTP request whose reads the HTTP gate already bound.
 

@@ -168,8 +168,8 @@ class SQLSealStore:
             StoreUnavailableError: the store cannot be read.
             SealInvalidError: the stored record is malformed.
         """
-        row = self.get_row(uuid, content_type)
-        return None if row is None else row.seal
+        record = self.get_record(uuid, content_type)
+        return None if record is None else Seal.from_bytes(record)
 
     def get_record(self, uuid: str, content_type: int) -> bytes | None:
         """The stored record bytes of an attachment's seal (one primary-key select), or ``None``.

@@ -39,7 +39,7 @@ def world():
     index.facts = IndexFacts(threading.Lock())
     index.created(seal_a)
     index.created(seal_b)
-    gate = ReadBinding(runtime, Seals([seal_a, seal_b]), lambda _i: [], index)  # type: ignore[arg-type]
+    gate = ReadBinding(runtime, Seals([seal_a, seal_b]).get, lambda _i: [], index)  # type: ignore[arg-type]
     return index, gate, seal_a, seal_b
 
 

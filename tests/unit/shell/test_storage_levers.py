@@ -173,3 +173,20 @@ def test_a_seal_signed_at_ingest_is_not_verified_again_by_the_manifest(runtime, 
     storage.cache.verify(_RefusingVerifier(), seal.key_id, seal.signed_bytes(), seal.signature_bytes)
     with pytest.raises(AssertionError):  # a changed byte is verified (and fails) as before
         storage.cache.verify(_RefusingVerifier(), seal.key_id, seal.signed_bytes() + b" ", seal.signature_bytes)
+
+
+def test_the_manifest_thread_is_handed_only_the_changes_it_acts_on(runtime, tmp_path):  # noqa: F811
+    from orthanc_hardening.shell.scrub import ManifestService
+
+    storage = installed(runtime)
+    # No worker is started: the queue keeps what an ingest and a deletion hand over.
+    service = ManifestService(runtime, None, None, tmp_path, storage.keyring, storage.cache)  # type: ignore[arg-type]
+    changes, levels = runtime.orthanc.ChangeType, runtime.orthanc.ResourceType
+    service.enqueue_change(changes.NEW_INSTANCE, levels.INSTANCE, "i")
+    service.enqueue_change(changes.NEW_CHILD_INSTANCE, levels.SERIES, "s")
+    service.enqueue_change(changes.STABLE_STUDY, levels.STUDY, "st")
+    service.enqueue_change(changes.DELETED, levels.INSTANCE, "i")
+    queued = []
+    while not service._changes.empty():
+        queued.append(service._changes.get_nowait())
+    assert queued == [(changes.STABLE_STUDY, levels.STUDY, "st"), (changes.DELETED, levels.INSTANCE, "i")]
