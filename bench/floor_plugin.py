@@ -22,6 +22,12 @@ retrieve, the same way (``plugin/orthanc_hardening/shell/storage.py``, ``callbac
 
 Not registered: the hardening plugin's REST routes (query verification, archives), its C-FIND and
 C-MOVE handlers; the rows that use those compare Orthanc's own handling there.
+
+``bench/floor_split.py`` splits the floor with an optional ``"NullPlugin"`` configuration section:
+``"StorageArea": false`` (hooks only), ``"Hooks": false`` (storage area only), ``"SyncDerived":
+false`` (the "DICOM until pixel data" attachment, content type 3, which Orthanc asks a storage
+area without range reads for besides the file, written but not fsync'ed, as the hardening plugin
+does). Without the section everything is on.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ import orthanc
 
 ROOT = ""  # StorageDirectory, absolute
 SYNC = True  # SyncStorageArea
+SYNC_DERIVED = True  # NullPlugin.SyncDerived
+DICOM_UNTIL_PIXEL_DATA = 3
 
 
 def _path(uuid: str) -> str:
@@ -49,7 +57,7 @@ def create(uuid: str, content_type: int, data: bytes) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        if SYNC:
+        if SYNC and (SYNC_DERIVED or content_type != DICOM_UNTIL_PIXEL_DATA):
             os.fsync(fd)
     finally:
         os.close(fd)
@@ -113,21 +121,27 @@ def on_change(change_type: int, level: int, resource_id: str) -> None:
 
 
 def install() -> None:
-    global ROOT, SYNC
+    global ROOT, SYNC, SYNC_DERIVED
     config = json.loads(orthanc.GetConfiguration())
+    options = config.get("NullPlugin", {})
     ROOT = os.path.abspath(str(config.get("StorageDirectory", "OrthancStorage")))
     SYNC = bool(config.get("SyncStorageArea", True))
-    os.makedirs(ROOT, exist_ok=True)
-    if callable(getattr(orthanc, "RegisterStorageArea3", None)):
-        orthanc.RegisterStorageArea3(create_v3, read_range, remove_v3)
-    else:
-        orthanc.RegisterStorageArea(create, read, remove)
-    orthanc.RegisterIncomingHttpRequestFilter(http_filter)
-    orthanc.RegisterIncomingCStoreInstanceFilter(cstore_filter)
-    orthanc.RegisterReceivedInstanceCallback(received)
-    orthanc.RegisterOnChangeCallback(on_change)
-    orthanc.LogWarning(f"null plugin: storage area in {ROOT}, sync {SYNC}, "
-                       f"range reads {callable(getattr(orthanc, 'RegisterStorageArea3', None))}")
+    SYNC_DERIVED = bool(options.get("SyncDerived", True))
+    ranges = callable(getattr(orthanc, "RegisterStorageArea3", None))
+    if options.get("StorageArea", True):
+        os.makedirs(ROOT, exist_ok=True)
+        if ranges:
+            orthanc.RegisterStorageArea3(create_v3, read_range, remove_v3)
+        else:
+            orthanc.RegisterStorageArea(create, read, remove)
+    if options.get("Hooks", True):
+        orthanc.RegisterIncomingHttpRequestFilter(http_filter)
+        orthanc.RegisterIncomingCStoreInstanceFilter(cstore_filter)
+        orthanc.RegisterReceivedInstanceCallback(received)
+        orthanc.RegisterOnChangeCallback(on_change)
+    orthanc.LogWarning(f"null plugin: storage area {options.get('StorageArea', True)} in {ROOT} "
+                       f"(sync {SYNC}, derived header sync {SYNC_DERIVED}, range reads {ranges}), "
+                       f"hooks {options.get('Hooks', True)}")
 
 
 install()
