@@ -13,9 +13,9 @@ retrieve, the same way (``plugin/orthanc_hardening/shell/storage.py``, ``callbac
 
 * the storage area: ``RegisterStorageArea3`` (range reads, Python plugin 7.1) where the module has
   it, else ``RegisterStorageArea``. Files go to ``StorageDirectory/xx/yy/uuid`` as Orthanc's
-  ``FilesystemStorage`` puts them, written then fsync'ed when ``SyncStorageArea`` is true (its
-  default); a range read reads only that range; remove deletes the file and the ``xx/yy``
-  directories it leaves empty;
+  ``FilesystemStorage`` puts them, written then ``fdatasync``'ed (as Orthanc's ``WriteFile``)
+  when ``SyncStorageArea`` is true (its default); a range read reads only that range; remove
+  deletes the file and the ``xx/yy`` directories it leaves empty;
 * an HTTP filter answering ``True``, a C-STORE filter answering 0, a received-instance callback
   answering ``KEEP_AS_IS`` (it receives each REST/STOW/WebDAV file's bytes, as the hardening one
   does), and a change callback that does nothing.
@@ -26,7 +26,7 @@ C-MOVE handlers; the rows that use those compare Orthanc's own handling there.
 ``bench/floor_split.py`` splits the floor with an optional ``"NullPlugin"`` configuration section:
 ``"StorageArea": false`` (hooks only), ``"Hooks": false`` (storage area only), ``"SyncDerived":
 false`` (the "DICOM until pixel data" attachment, content type 3, which Orthanc asks a storage
-area without range reads for besides the file, written but not fsync'ed, as the hardening plugin
+area without range reads for besides the file, written but not flushed, as the hardening plugin
 does). Without the section everything is on.
 """
 
@@ -58,7 +58,7 @@ def create(uuid: str, content_type: int, data: bytes) -> None:
         while view:
             view = view[os.write(fd, view):]
         if SYNC and (SYNC_DERIVED or content_type != DICOM_UNTIL_PIXEL_DATA):
-            os.fsync(fd)
+            os.fdatasync(fd)  # as Orthanc's SystemToolbox::WriteFile
     finally:
         os.close(fd)
 
