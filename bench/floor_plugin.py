@@ -27,7 +27,8 @@ C-MOVE handlers; the rows that use those compare Orthanc's own handling there.
 ``"StorageArea": false`` (hooks only), ``"Hooks": false`` (storage area only), ``"SyncDerived":
 false`` (the "DICOM until pixel data" attachment, content type 3, which Orthanc asks a storage
 area without range reads for besides the file, written but not flushed, as the hardening plugin
-does). Without the section everything is on.
+does), ``"Flush": "fsync"`` (``fsync`` instead of Orthanc's ``fdatasync``). Without the section
+everything is on, flushed with ``fdatasync``.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import orthanc
 ROOT = ""  # StorageDirectory, absolute
 SYNC = True  # SyncStorageArea
 SYNC_DERIVED = True  # NullPlugin.SyncDerived
+FLUSH = os.fdatasync  # as Orthanc's SystemToolbox::WriteFile; NullPlugin.Flush "fsync": os.fsync
 DICOM_UNTIL_PIXEL_DATA = 3
 
 
@@ -58,7 +60,7 @@ def create(uuid: str, content_type: int, data: bytes) -> None:
         while view:
             view = view[os.write(fd, view):]
         if SYNC and (SYNC_DERIVED or content_type != DICOM_UNTIL_PIXEL_DATA):
-            os.fdatasync(fd)  # as Orthanc's SystemToolbox::WriteFile
+            FLUSH(fd)
     finally:
         os.close(fd)
 
@@ -121,12 +123,13 @@ def on_change(change_type: int, level: int, resource_id: str) -> None:
 
 
 def install() -> None:
-    global ROOT, SYNC, SYNC_DERIVED
+    global ROOT, SYNC, SYNC_DERIVED, FLUSH
     config = json.loads(orthanc.GetConfiguration())
     options = config.get("NullPlugin", {})
     ROOT = os.path.abspath(str(config.get("StorageDirectory", "OrthancStorage")))
     SYNC = bool(config.get("SyncStorageArea", True))
     SYNC_DERIVED = bool(options.get("SyncDerived", True))
+    FLUSH = os.fsync if options.get("Flush") == "fsync" else os.fdatasync
     ranges = callable(getattr(orthanc, "RegisterStorageArea3", None))
     if options.get("StorageArea", True):
         os.makedirs(ROOT, exist_ok=True)
@@ -140,7 +143,7 @@ def install() -> None:
         orthanc.RegisterReceivedInstanceCallback(received)
         orthanc.RegisterOnChangeCallback(on_change)
     orthanc.LogWarning(f"null plugin: storage area {options.get('StorageArea', True)} in {ROOT} "
-                       f"(sync {SYNC}, derived header sync {SYNC_DERIVED}, range reads {ranges}), "
+                       f"(sync {SYNC} by {FLUSH.__name__}, derived header sync {SYNC_DERIVED}, range reads {ranges}), "
                        f"hooks {options.get('Hooks', True)}")
 
 

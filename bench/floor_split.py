@@ -3,11 +3,12 @@
     .venv/bin/python bench/floor_split.py [--instances 200] [--repeat 3] [--json out.json] [--only WORDS]
 
 Starts, side by side with the same configuration (``tests/support/server.py``): plain Orthanc,
-the hardened one, and four Orthancs with the null plugin — everything on ("floor"), the
-"DICOM until pixel data" attachment not fsync'ed ("floor, header unsynced"; the same as
+the hardened one, and five Orthancs with the null plugin — everything on ("floor"), the
+"DICOM until pixel data" attachment not flushed ("floor, header unsynced"; the same as
 "floor" on a storage area with range reads, which is never asked for it), the hooks without
 the storage area ("hooks only": Orthanc's own file storage) and the storage area without the
-hooks ("storage only"). Measures the REST ingest, C-STORE and ``/file`` rows of ``bench/run.py``
+hooks ("storage only"), and one flushing with ``fsync`` instead of Orthanc's ``fdatasync``
+("floor, fsync"). Measures the REST ingest, C-STORE and ``/file`` rows of ``bench/run.py``
 on each and prints every figure with its ratio to plain. No figure is asserted.
 """
 
@@ -32,6 +33,7 @@ from tests.support.server import make_server
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "floor": {},
+    "floor, fsync": {"Flush": "fsync"},
     "floor, header unsynced": {"SyncDerived": False},
     "hooks only": {"StorageArea": False},
     "storage only": {"Hooks": False},
