@@ -10,8 +10,8 @@ the null plugin (``bench/floor_plugin.py``: the same hook kinds with trivial bod
 storage area in Python that writes like Orthanc's own), which measures what any Python plugin
 costs in those positions; each row then also has floor/plain and hardened/floor ratios.
 Each figure is the median of ``--repeat`` runs; each run also records the server's CPU time
-(user + system from /proc/<pid>/stat), which C-STORE wall time hides. Component benchmarks (audit append rate,
-trail query, scrub) live in ``bench/bench_*.py`` and are run when present.
+(user + system from /proc/<pid>/stat), which C-STORE wall time hides. Component benchmarks
+(audit append rate, trail query, scrub) live in ``bench/bench_*.py`` and are run when present.
 No figure is asserted: machines are noisy; compare within one run.
 """
 
