@@ -1,12 +1,17 @@
 """Benchmarks: plain Orthanc and hardened Orthanc, in one run, on the same data; prints ratios.
 
     .venv/bin/python bench/run.py [--quick] [--instances N] [--repeat R] [--json out.json]
+                                  [--baseline GIT_REF|DIR] [--floor] [--only WORDS]
 
 Both servers run side by side on loopback with the same TLS, accounts and storage settings
-(``tests/support/server.py``); the plain one has no plugin. Each figure is the median of
-``--repeat`` runs; each run also records the server's CPU time (user + system from
-/proc/<pid>/stat), which C-STORE wall time hides. Component benchmarks (audit append rate,
-trail query, scrub) live in ``bench/bench_*.py`` and are run when present.
+(``tests/support/server.py``); the plain one has no plugin. ``--baseline`` adds a third,
+"before": hardened with the plugin of an earlier commit. ``--floor`` adds "floor": Orthanc with
+the null plugin (``bench/floor_plugin.py``: the same hook kinds with trivial bodies and a
+storage area in Python that writes like Orthanc's own), which measures what any Python plugin
+costs in those positions; each row then also has floor/plain and hardened/floor ratios.
+Each figure is the median of ``--repeat`` runs; each run also records the server's CPU time
+(user + system from /proc/<pid>/stat), which C-STORE wall time hides. Component benchmarks
+(audit append rate, trail query, scrub) live in ``bench/bench_*.py`` and are run when present.
 No figure is asserted: machines are noisy; compare within one run.
 """
 
@@ -42,6 +47,7 @@ from tests.support.scp import StorageSCP, client_tls_context, save  # noqa: E402
 from tests.support.server import OrthancServer, make_server  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+FLOOR_PLUGIN = Path(__file__).resolve().parent / "floor_plugin.py"
 
 
 def cpu_seconds(server: OrthancServer) -> float:
@@ -112,8 +118,22 @@ class Bench:
             before = row["before"]
             row["before_ratio_wall"] = before["wall_s"] / plain["wall_s"] if plain["wall_s"] else None
             row["before_ratio_cpu"] = before["server_cpu_s"] / plain["server_cpu_s"] if plain["server_cpu_s"] else None
+        if "floor" in row:
+            floor = row["floor"]
+            row["floor_ratio_wall"] = _ratio(floor["wall_s"], plain["wall_s"])
+            row["floor_ratio_cpu"] = _ratio(floor["server_cpu_s"], plain["server_cpu_s"])
+            row["hardened_floor_ratio_wall"] = _ratio(hardened["wall_s"], floor["wall_s"])
+            row["hardened_floor_ratio_cpu"] = _ratio(hardened["server_cpu_s"], floor["server_cpu_s"])
         self.results.append(row)
         print(_format_row(row), flush=True)
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return numerator / denominator if denominator else None
+
+
+def _times(value: float | None) -> str:
+    return f"{value:.2f}" if value else "-"
 
 
 def _format_row(row: dict[str, Any]) -> str:
@@ -130,6 +150,12 @@ def _format_row(row: dict[str, Any]) -> str:
         wall = f"{row['before_ratio_wall']:.2f}" if row["before_ratio_wall"] else "-"
         cpu = f"{row['before_ratio_cpu']:.2f}" if row["before_ratio_cpu"] else "-"
         line += f"   before {before['wall_s']:8.3f}s ratio {wall} CPU {before['server_cpu_s']:6.2f}s (x{cpu})"
+    if "floor" in row:
+        floor = row["floor"]
+        line += (f"   floor {floor['wall_s']:8.3f}s CPU {floor['server_cpu_s']:6.2f}s: "
+                 f"floor/plain {_times(row['floor_ratio_wall'])} (CPU x{_times(row['floor_ratio_cpu'])}), "
+                 f"hardened/floor {_times(row['hardened_floor_ratio_wall'])} "
+                 f"(CPU x{_times(row['hardened_floor_ratio_cpu'])})")
     return line
 
 
@@ -335,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-components", action="store_true", help="skip bench/bench_*.py")
     parser.add_argument("--baseline", metavar="GIT_REF", default=None,
                         help="also run a hardened Orthanc with the plugin of GIT_REF ('before'), same run, same data")
+    parser.add_argument("--floor", action="store_true",
+                        help="also run Orthanc with the null plugin bench/floor_plugin.py ('floor'), same run, "
+                             "same data")
     parser.add_argument("--only", metavar="WORDS", default=None,
                         help="comma-separated words: run only the figures whose name contains one of them "
                              "(retrieves need an ingest figure before them, e.g. '8 clients,/file')")
@@ -356,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline:
         script = baseline_plugin(args.baseline, work)
         servers["before"] = make_server(work / "before", pki, config={"PythonScript": str(script)})
+    if args.floor:
+        servers["floor"] = make_server(work / "floor", pki, config={"PythonScript": str(FLOOR_PLUGIN)})
     scps: list[StorageSCP] = []
     try:
         for server in servers.values():
@@ -387,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         "instances": len(files),
         "repeat": repeat,
         "baseline": args.baseline,
+        "floor": args.floor,
         "load_average": os.getloadavg(),
         "orthanc": bench.results,
         "components": components,

@@ -1,5 +1,5 @@
-"""Smoke run of the benchmark driver (``bench/run.py --quick``): every figure is produced for both
-the plain and the hardened Orthanc. No assertion on times (machines are noisy)."""
+"""Smoke run of the benchmark driver (``bench/run.py --quick --floor``): every figure is produced for
+the plain and the hardened Orthanc and the null plugin's ("floor"). No assertion on times (machines are noisy)."""
 
 from __future__ import annotations
 
@@ -22,18 +22,19 @@ COMPONENT_ROWS = ["audit durable append, 1 writer", "audit durable append, 8 wri
 
 
 @pytest.mark.integration
-def test_quick_benchmark_produces_every_row_for_plain_and_hardened(tmp_path: Path) -> None:
+def test_quick_benchmark_produces_every_row_for_plain_hardened_and_floor(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
-    run = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--json", str(out)],
+    run = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--floor", "--json", str(out)],
                          cwd=REPO, capture_output=True, text=True, timeout=170, check=False)
     assert run.returncode == 0, f"bench/run.py --quick failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
     report = json.loads(out.read_text())
     rows = {row["name"]: row for row in report["orthanc"]}
     assert list(rows) == ORTHANC_ROWS
     for name, row in rows.items():
-        for label in ("plain", "hardened"):
+        for label in ("plain", "hardened", "floor"):
             assert row[label]["wall_s"] > 0, f"{name}: no {label} figure"
-        assert row["ratio_wall"] is not None, name
+        for ratio in ("ratio_wall", "floor_ratio_wall", "hardened_floor_ratio_wall"):
+            assert row[ratio] is not None, f"{name}: no {ratio}"
     components = [row["name"] for row in report["components"]]
     for prefix in COMPONENT_ROWS:
         assert any(name.startswith(prefix) for name in components), f"no component row '{prefix}…' in {components}"
