@@ -27,8 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run as bench
 
-from tests.support.pki import make_pki
-from tests.support.scp import save
 from tests.support.server import make_server
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -50,14 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="hardening-floor-split-"))
-    files = bench.make_dataset(args.instances, 10, 512)
-    data_dir = work / "data"
-    save(data_dir, files)
-    pki = make_pki(work / "pki")
-    servers = {
-        "plain": make_server(work / "plain", pki, plugin=False),
-        "hardened": make_server(work / "hardened", pki),
-    }
+    files, data_dir, pki, servers = bench.bench_setup(work, args.instances, 10, 512)
     for index, (label, options) in enumerate(VARIANTS.items()):
         servers[label] = make_server(work / f"floor-{index}", pki,
                                      config={"PythonScript": str(bench.FLOOR_PLUGIN), "NullPlugin": options})

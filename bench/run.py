@@ -352,6 +352,20 @@ def versions() -> dict[str, str]:
     }
 
 
+def bench_setup(work: Path, instances: int, mr: int,
+                size: int) -> tuple[list[bytes], Path, Any, dict[str, OrthancServer]]:
+    """The benchmark's data (also saved as files under ``work/data``), its PKI, and the plain and hardened servers."""
+    files = make_dataset(instances, mr, size)
+    data_dir = work / "data"
+    save(data_dir, files)
+    pki = make_pki(work / "pki")
+    servers = {
+        "plain": make_server(work / "plain", pki, plugin=False),
+        "hardened": make_server(work / "hardened", pki),
+    }
+    return files, data_dir, pki, servers
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run for CI (small data, one repetition)")
@@ -374,14 +388,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="hardening-bench-"))
     print(f"data: {instances} CT {size}x{size} 16-bit + {10 if not args.quick else 4} MR; repeat {repeat}; in {work}")
-    files = make_dataset(instances, 4 if args.quick else 10, size)
-    data_dir = work / "data"
-    save(data_dir, files)
-    pki = make_pki(work / "pki")
-    servers = {
-        "plain": make_server(work / "plain", pki, plugin=False),
-        "hardened": make_server(work / "hardened", pki),
-    }
+    files, data_dir, pki, servers = bench_setup(work, instances, 4 if args.quick else 10, size)
     if args.baseline:
         script = baseline_plugin(args.baseline, work)
         servers["before"] = make_server(work / "before", pki, config={"PythonScript": str(script)})
