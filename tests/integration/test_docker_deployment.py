@@ -75,6 +75,9 @@ FORKY = (1, 13, 0)
 # An operator's own PostgreSQL password that the image would type as a JSON number.
 OPERATOR_PASSWORD = "20261201093000123456"
 DEBIAN_PLUGINS = Path("/usr/share/orthanc/plugins")
+# Variables that name host paths on purpose: the search path, and the libssl shim Debian's civetweb
+# needs (the checkout may itself lie under a folder the image also has, such as /tmp).
+HOST_PATHS = ("PATH", "LD_LIBRARY_PATH")
 # What the image's plugins-available holds that Debian does not package.
 NOT_IN_DEBIAN = {"libOrthancExplorer2.so", "libOrthancGdcm.so"}
 RSYSLOGD = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
@@ -211,7 +214,7 @@ class Deployment:
         env.update(extra or {})
         for name, value in env.items():
             for path in image_paths(value):
-                assert path.startswith(str(tree.root)) or name in ("PATH",), f"{name}={value}: {path} not moved"
+                assert path.startswith(str(tree.root)) or name in HOST_PATHS, f"{name}={value}: {path} not moved"
         return env
 
     def orthanc_environment(self, variant: Mapping[str, str] | None = None, name: str = "orthanc"
