@@ -7,8 +7,9 @@ No I/O: the shell reads the file, the seal row and, for an unsealed attachment o
 index says of the instance (``is_legacy``).
 
 ``verify_before_read`` is the part of it that needs no bytes (the seal's place, size and
-signature, or the unsealed policy), for a caller whose storage reads of the same attachment
-follow and run ``verify_read`` on the bytes (a synchronous archive, ``shell/archives.py``).
+signature, or the unsealed policy): ``verify_read`` is the bytes' digest and then it, and a
+caller whose storage reads of the same attachment follow calls it alone (a synchronous
+archive, ``shell/archives.py``).
 """
 
 from __future__ import annotations
@@ -77,12 +78,10 @@ def verify_read(
         SealMissingError: no seal, and the data is not legacy or the policy refuses it.
     """
     digest = hashlib.sha256(data).hexdigest()
-    if seal is None:
-        check_unsealed(uuid, content_type, policy, is_legacy())
-        return ReadCheck(None, digest)
-    check_seal_matches(seal, uuid, content_type, digest, len(data))
-    _verify_signature(seal, keyring, cache, record)
-    return ReadCheck(seal, digest)
+    if seal is not None:
+        check_seal_matches(seal, uuid, content_type, digest, len(data))  # the bytes, before the signature
+    return ReadCheck(verify_before_read(uuid, content_type, len(data), seal, keyring, policy, is_legacy, cache,
+                                        record), digest)
 
 
 def verify_before_read(
@@ -119,12 +118,8 @@ def verify_before_read(
         check_unsealed(uuid, content_type, policy, is_legacy())
         return None
     check_seal_place(seal, uuid, content_type, size)
-    _verify_signature(seal, keyring, cache, record)
-    return seal
-
-
-def _verify_signature(seal: Seal, keyring: Verifier, cache: SealCache | None, record: bytes | None) -> None:
     if cache is not None:
         cache.verify_seal(seal, keyring, record)
     else:
         verify_seal_signature(seal, keyring)
+    return seal

@@ -599,38 +599,31 @@ class SealedStorage:
         """
         expected = self.expected_identity(instance_id, parents)
         for _name, content_type, uuid in attachments if attachments is not None else self.attachments_of(instance_id):
-            # Orthanc's archive reads the DICOM file only: every other attachment is read here.
-            verify = self.verify_before_read if files_read_next and content_type == DICOM else self.verify_attachment
             try:
-                verify(uuid, content_type, expected)
+                # Orthanc's archive reads the DICOM file only: every other attachment is read here.
+                if files_read_next and content_type == DICOM:
+                    self.verify_before_read(uuid, expected)
+                else:
+                    self.verify_attachment(uuid, content_type, expected)
             except IntegrityError as exc:
                 self.report_failure(uuid, content_type, self.store.get(uuid, content_type), exc)
                 raise mark_audited(type(exc)(f"instance {instance_id}: {exc}")) from exc
 
-    def verify_before_read(self, uuid: str, content_type: int, expected: InstanceIdentity | None) -> Seal | None:
-        """``verify_attachment`` but the bytes' digest: the seal, the file's size, the identity, the policy.
-
-        A file whose size differs is checked in full (``verify_attachment``: a derivable header a
-        power loss cut short is rebuilt there, anything else refused).
+    def verify_before_read(self, uuid: str, expected: InstanceIdentity | None) -> Seal | None:
+        """``verify_attachment`` of a DICOM file but the bytes' digest: seal, file size, identity, policy.
 
         Raises:
             IntegrityError: any verification failure (also in monitor mode: callers decide).
         """
-        record = self.store.get_record(uuid, content_type)
-        if record is None and content_type >= content_types.FIRST_USER_TYPE:
-            return self.verify_attachment(uuid, content_type, expected)  # the type-0 fallback lives there
+        record = self.store.get_record(uuid, DICOM)
         seal = None if record is None else self.cache.parse_seal(record)
         try:
             size = attachment_path(self.root, uuid).stat().st_size
         except FileNotFoundError as exc:
-            raise SealMismatchError(f"attachment {uuid} (type {content_type}): file is missing") from exc
-        try:
-            found = verify_before_read(uuid, content_type, size, seal, self.keyring,
-                                       self.runtime.config.unsealed_policy,
-                                       is_legacy=lambda: self.is_provably_legacy(uuid, content_type),
-                                       cache=self.cache, record=record)
-        except SealMismatchError:
-            return self.verify_attachment(uuid, content_type, expected)
+            raise SealMismatchError(f"attachment {uuid} (type {DICOM}): file is missing") from exc
+        found = verify_before_read(uuid, DICOM, size, seal, self.keyring, self.runtime.config.unsealed_policy,
+                                   is_legacy=lambda: self.is_provably_legacy(uuid, DICOM),
+                                   cache=self.cache, record=record)
         if found is not None and expected is not None and found.sop_instance_uid:
             check_identity(found, expected)
         return found
