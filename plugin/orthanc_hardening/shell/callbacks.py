@@ -14,11 +14,10 @@ chains, which the callbacks here run through the one guard (``shell/guard.py``):
 from __future__ import annotations
 
 import atexit
-import functools
 import logging
 from typing import Any
 
-from orthanc_hardening.shell.guard import OBSERVER_FAILURES, decide, observe, refuse_http, refuse_store
+from orthanc_hardening.shell.guard import decide, observe, refuse_http, refuse_store
 from orthanc_hardening.shell.requester import cstore_requester, http_request, internal_requester
 from orthanc_hardening.shell.runtime import Runtime
 
@@ -41,7 +40,7 @@ def install_callbacks(runtime: Runtime) -> None:
             for gate in runtime.http_gates:
                 gate(request)
             for watch in runtime.http_observers:
-                observe(runtime, getattr(watch, "__name__", "http observer"), functools.partial(watch, request))
+                observe(runtime, getattr(watch, "__name__", "http observer"), watch, request)
             if request.uri == METRICS_ROUTE:
                 # A scrape: push what was deferred, before Orthanc answers (shell/metrics.py).
                 observe(runtime, "metrics flush", runtime.metrics.flush)
@@ -71,12 +70,8 @@ def install_callbacks(runtime: Runtime) -> None:
         if change_type == started:
             observe(runtime, "metrics", runtime.metrics.start)
         for watch in runtime.change_observers:
-            # ``observe`` inlined: an ingest runs every observer four times per instance.
-            try:
-                watch(change_type, level, resource_id)
-            except Exception:
-                runtime.metrics.increment(OBSERVER_FAILURES)
-                logger.exception("observer %s failed", getattr(watch, "__name__", "change observer"))
+            # No partial per observer: an ingest runs every observer four times per instance.
+            observe(runtime, getattr(watch, "__name__", "change observer"), watch, change_type, level, resource_id)
         if change_type == stopped:
             runtime.stop()
 

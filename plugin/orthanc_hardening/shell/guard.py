@@ -245,10 +245,10 @@ def decide(runtime: Runtime, gate: str, requester: Requester | Callable[[], Requ
         return refusal(exc)
 
 
-def observe(runtime: Runtime, name: str, body: Callable[[], None]) -> None:
-    """Run an observer; log and count an exception, never raise."""
+def observe(runtime: Runtime, name: str, body: Callable[..., None], *args: Any) -> None:
+    """Run an observer on ``args``; log and count an exception, never raise."""
     try:
-        body()
+        body(*args)
     except Exception:
         runtime.metrics.increment(OBSERVER_FAILURES)
         logger.exception("observer %s failed", name)
