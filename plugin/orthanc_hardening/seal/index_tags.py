@@ -24,6 +24,7 @@ from typing import Any
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag, Tag
 
 # (group, element, Orthanc's name), Orthanc 1.10 DicomMap.cpp.
 PATIENT_TAGS = (
@@ -83,6 +84,9 @@ INSTANCE_TAGS = (
     (0x0020, 0x0037, "ImageOrientationPatient"),
 )
 LEVELS = {"Patient": PATIENT_TAGS, "Study": STUDY_TAGS, "Series": SERIES_TAGS, "Instance": INSTANCE_TAGS}
+# The same as pydicom tags, made once (a ``BaseTag`` is looked up without conversion).
+_DATASET_TAGS = {level: tuple((Tag(group, element), name) for group, element, name in tags)
+                 for level, tags in LEVELS.items()}
 
 IndexTags = dict[str, dict[str, str]]
 
@@ -92,10 +96,10 @@ def normalize(value: str) -> str:
     return "\\".join(part.strip(" \x00") for part in value.split("\\"))
 
 
-def _text_of(dataset: Dataset, tag: int, encodings: list[str]) -> str | None:
-    if tag not in dataset:
+def _text_of(dataset: Dataset, tag: BaseTag, encodings: list[str]) -> str | None:
+    element = dataset.get_item(tag)  # None when absent (one lookup, not ``in`` and another)
+    if element is None:
         return None
-    element = dataset.get_item(tag)
     raw = element.value
     if raw is None:
         return ""
@@ -145,10 +149,10 @@ def index_tags_of_dataset(dataset: Dataset) -> IndexTags:
     charset = dataset.get("SpecificCharacterSet", None)
     encodings = convert_encodings(charset if charset else "ISO_IR 6")
     result: IndexTags = {}
-    for level, tags in LEVELS.items():
+    for level, tags in _DATASET_TAGS.items():
         values: dict[str, str] = {}
-        for group, element, name in tags:
-            text = _text_of(dataset, (group << 16) | element, encodings)
+        for tag, name in tags:
+            text = _text_of(dataset, tag, encodings)
             if text is not None:
                 values[name] = text
         result[level] = values

@@ -23,3 +23,17 @@ def attachment_path(root: Path, uuid: str) -> Path:
     if not _UUID.match(uuid):
         raise ValueError(f"not an attachment uuid: {uuid[:60]!r}")
     return Path(root) / uuid[0:2] / uuid[2:4] / uuid
+
+
+def attachment_file(root: str, uuid: str) -> str:
+    """``attachment_path`` as a string, for the storage area's hot paths (no ``pathlib`` objects).
+
+    Args:
+        root: the storage directory, absolute, as ``str(Path)`` gives it.
+
+    Raises:
+        ValueError: ``uuid`` is not a lower-case UUID (a caller bug or a hostile value).
+    """
+    if not _UUID.match(uuid):
+        raise ValueError(f"not an attachment uuid: {uuid[:60]!r}")
+    return f"{root.rstrip('/')}/{uuid[0:2]}/{uuid[2:4]}/{uuid}"

@@ -15,9 +15,9 @@ import hashlib
 import hmac
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from orthanc_hardening.canonical import canonical_json
 from orthanc_hardening.errors import SealInvalidError, SealMismatchError
@@ -144,6 +144,15 @@ def canonical(seal: Seal) -> bytes:
     return canonical_json(body)
 
 
+class SignedSeal(NamedTuple):
+    """A seal just signed, with the bytes made on the way (so that nobody encodes them again)."""
+
+    seal: Seal
+    signed: bytes  # ``seal.signed_bytes()``: what the signature covers
+    signature: bytes  # ``seal.signature_bytes``: the raw signature
+    record: bytes  # ``seal.to_bytes()``: the record as the seal store keeps it
+
+
 def seal_attachment(
     uuid: str,
     content_type: int,
@@ -172,26 +181,49 @@ def seal_attachment(
     Raises:
         ValueError: an empty uuid, a negative content type or a naive ``now`` (caller bugs).
     """
+    return sign_attachment(uuid, content_type, data, identity, signer, now, sealed_after_ingest, sha256).seal
+
+
+def sign_attachment(
+    uuid: str,
+    content_type: int,
+    data: bytes,
+    identity: InstanceIdentity,
+    signer: SigningKey,
+    now: datetime,
+    sealed_after_ingest: bool = False,
+    sha256: str | None = None,
+) -> SignedSeal:
+    """``seal_attachment``, with the signed bytes, the raw signature and the stored record.
+
+    The fields are encoded once: the signed bytes are the canonical encoding of every field but
+    ``signature``, the record that of every field (exactly ``Seal.signed_bytes`` and
+    ``Seal.to_bytes`` of the returned seal).
+
+    Raises:
+        ValueError: an empty uuid, a negative content type or a naive ``now`` (caller bugs).
+    """
     if not uuid or content_type < 0:
         raise ValueError("uuid and content_type are required")
-    unsigned = Seal(
-        version=VERSION,
-        key_id=signer.key_id,
-        uuid=uuid,
-        content_type=int(content_type),
-        sha256=sha256 or hashlib.sha256(data).hexdigest(),
-        size=len(data),
-        study_uid=identity.study_uid,
-        series_uid=identity.series_uid,
-        sop_instance_uid=identity.sop_instance_uid,
-        patient_id=identity.patient_id,
-        index_tags_sha256=identity.index_tags_sha256,
-        sealed_at=format_time(now),
-        sealed_after_ingest=sealed_after_ingest,
-        signature="",
-    )
-    signature = signer.sign(unsigned.signed_bytes())
-    return replace(unsigned, signature=base64.b64encode(signature).decode("ascii"))
+    fields: dict[str, Any] = {
+        "version": VERSION,
+        "key_id": signer.key_id,
+        "uuid": uuid,
+        "content_type": int(content_type),
+        "sha256": sha256 or hashlib.sha256(data).hexdigest(),
+        "size": len(data),
+        "study_uid": identity.study_uid,
+        "series_uid": identity.series_uid,
+        "sop_instance_uid": identity.sop_instance_uid,
+        "patient_id": identity.patient_id,
+        "index_tags_sha256": identity.index_tags_sha256,
+        "sealed_at": format_time(now),
+        "sealed_after_ingest": sealed_after_ingest,
+    }
+    signed = SEAL_CONTEXT + canonical_json(fields)
+    signature = signer.sign(signed)
+    fields["signature"] = base64.b64encode(signature).decode("ascii")
+    return SignedSeal(Seal(**fields), signed, signature, canonical_json(fields))
 
 
 def verify_seal_signature(seal: Seal, keyring: Verifier) -> None:
@@ -272,12 +304,14 @@ __all__ = [
     "VERSION",
     "InstanceIdentity",
     "Seal",
+    "SignedSeal",
     "canonical",
     "check_identity",
     "check_seal_matches",
     "check_seal_place",
     "format_time",
     "seal_attachment",
+    "sign_attachment",
     "verify_seal",
     "verify_seal_signature",
 ]

@@ -66,8 +66,8 @@ from orthanc_hardening.seal import epoch
 from orthanc_hardening.seal.identity import NO_IDENTITY, InstanceIdentity, identity_of_dataset, parse_dataset
 from orthanc_hardening.seal.index_tags import IndexTags, index_tags_digest
 from orthanc_hardening.seal.keys import KeyRing
-from orthanc_hardening.seal.layout import attachment_path
-from orthanc_hardening.seal.record import Seal, check_identity, seal_attachment
+from orthanc_hardening.seal.layout import attachment_file, attachment_path
+from orthanc_hardening.seal.record import Seal, check_identity, sign_attachment
 from orthanc_hardening.seal.storage_event import READ, WRITE, StorageEvent
 from orthanc_hardening.shell.binding import IndexBinding, scan_shared_attachments
 from orthanc_hardening.shell.guard import alert, decide, mark_audited, refuse_raise
@@ -121,6 +121,11 @@ class SealedStorage:
     index_binding: IndexBinding | None = None
     # Index tags parsed at create, by attachment uuid, for the query catalogue (bounded).
     _recent_tags: OrderedDict[str, IndexTags] = field(default_factory=OrderedDict)
+    # ``root`` as a string, for the create's and read's file names (``attachment_file``).
+    _root: str = ""
+
+    def __post_init__(self) -> None:
+        self._root = str(self.root)
 
     # -- create --------------------------------------------------------------------------
 
@@ -133,12 +138,14 @@ class SealedStorage:
             content_type = content_types.sealed_content_type(
                 content_type, request.method if request else "", request.uri if request else "",
                 content_types.user_content_types(self.runtime.orthanc_config))
-        final = attachment_path(self.root, uuid)
+        final = attachment_file(self._root, uuid)
         identity, derived = self._identity_for(content_type, data, uuid)
-        seal = seal_attachment(uuid, content_type, data, identity, self.keyring.signer, self.runtime.clock())
+        # Every field is encoded once: the signed bytes, the record stored, the cache's key.
+        signed = sign_attachment(uuid, content_type, data, identity, self.keyring.signer, self.runtime.clock())
+        seal = signed.seal
         # The seal row is durable before the file exists: a crash leaves at worst a row
         # without a file, which start-up reconciliation abandons (never a file without seal).
-        record = self.store.put(seal)
+        record = self.store.put(seal, signed.record)
         waiters: list[Waiter] = []
         try:
             # The write hooks (the Import event) start their durable append now and are awaited
@@ -153,7 +160,7 @@ class SealedStorage:
             write_file(final, data, self.sync and not derived)
             for waiter in waiters:
                 waiter.wait()
-            self.cache.remember_seal(record, seal, signed_here=True)
+            self.cache.remember_seal(record, seal, signed_here=True, signed=(signed.signed, signed.signature))
             if self.index_binding is not None:
                 self.index_binding.created(seal)
         except BaseException:
@@ -251,7 +258,7 @@ class SealedStorage:
     def read(self, uuid: str, content_type: int) -> bytes:
         """Read, verify and return one attachment; raise (enforce) if it does not verify."""
         content_type = self.stored_type(uuid, int(content_type))
-        path = attachment_path(self.root, uuid)
+        path = attachment_file(self._root, uuid)
         seal: Seal | None = None
         data = b""
         try:

@@ -15,7 +15,7 @@ from pathlib import Path
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
-def write_file(final: Path, data: bytes, sync: bool) -> None:
+def write_file(final: str | Path, data: bytes, sync: bool) -> None:
     """Write an attachment, fsync'ed when ``sync``.
 
     The seal row is committed before: a crash while writing leaves a partial file with a seal
@@ -26,7 +26,7 @@ def write_file(final: Path, data: bytes, sync: bool) -> None:
         fd = os.open(final, flags, 0o600)
     except FileNotFoundError:
         # The xx/yy directory does not exist yet (the first of its 1/65536 share of the files).
-        final.parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(final), exist_ok=True)
         fd = os.open(final, flags, 0o600)
     try:
         view = memoryview(data)
@@ -39,16 +39,16 @@ def write_file(final: Path, data: bytes, sync: bool) -> None:
         os.close(fd)
 
 
-def read_file(path: Path) -> bytes:
+def read_file(path: str | Path) -> bytes:
     """The whole file, read once into one ``bytes`` (sized by ``fstat``, no extra copy)."""
     with open(path, "rb", buffering=0) as handle:
         return handle.readall()
 
 
-def unlink(path: Path) -> None:
+def unlink(path: str | Path) -> None:
     """Delete ``path`` if it exists."""
     with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+        os.unlink(path)
 
 
 def remove_file(path: Path) -> None:

@@ -135,8 +135,12 @@ class SQLSealStore:
         with self.database.transaction() as tx:
             yield tx
 
-    def put(self, seal: Seal) -> bytes:
+    def put(self, seal: Seal, record: bytes | None = None) -> bytes:
         """Insert (or replace) the seal of an attachment; committed when this returns.
+
+        Args:
+            seal: the seal.
+            record: ``seal.to_bytes()`` when the caller already has it (``sign_attachment``).
 
         Returns:
             The record bytes stored (what ``get_record`` will return).
@@ -144,7 +148,8 @@ class SQLSealStore:
         Raises:
             StoreUnavailableError: the row could not be committed.
         """
-        record = seal.to_bytes()
+        if record is None:
+            record = seal.to_bytes()
         values = (seal.uuid, seal.content_type, record, seal.sop_instance_uid, seal.study_uid, seal.key_id,
                   self.writer)
         if self.database.dialect == SQLITE:

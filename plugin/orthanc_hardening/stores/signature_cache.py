@@ -103,14 +103,17 @@ class SignatureCache:
         verify_seal_signature(seal, verifier)
         self.remember_seal(key, seal)
 
-    def remember_seal(self, record: bytes, seal: Seal, signed_here: bool = False) -> None:
+    def remember_seal(self, record: bytes, seal: Seal, signed_here: bool = False,
+                      signed: tuple[bytes, bytes] | None = None) -> None:
         """Add a seal that verified, as the store holds it (``record``).
 
         ``signed_here``: this process has just signed it, so its signature is remembered too and
         the manifest of its study, which checks the signature of every seal, does not verify it again.
+        ``signed``: ``(seal.signed_bytes(), seal.signature_bytes)`` when the signer has them at hand.
         """
         if signed_here:
-            self._remember_signature(_signature_key(seal.key_id, seal.signed_bytes(), seal.signature_bytes))
+            data, signature = signed if signed is not None else (seal.signed_bytes(), seal.signature_bytes)
+            self._remember_signature(_signature_key(seal.key_id, data, signature))
         with self._lock:
             self._seals[record] = seal
             self._seals.move_to_end(record)
