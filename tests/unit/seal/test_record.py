@@ -22,6 +22,7 @@ from orthanc_hardening.seal.record import (
     canonical,
     check_identity,
     seal_attachment,
+    sign_attachment,
     verify_seal,
 )
 from tests.unit.seal.conftest import NOW, fixed_signer
@@ -59,6 +60,20 @@ def test_vector_canonical_bytes_key_id_and_signature(vector):
         assert seal.signature == vector["signature"]
     published = Seal(**{**seal.to_dict(), "signature": vector["signature"]})
     verify_seal(published, bytes.fromhex(vector["data_hex"]), vector["uuid"], KeyRing(signer))
+
+
+@pytest.mark.parametrize("vector", VECTORS["seals"], ids=lambda v: f"{v['algorithm']}-{v['name']}")
+def test_the_bytes_made_while_signing_are_the_seals_own_encodings(vector):
+    signer = vector_signer(vector["algorithm"])
+    seal = vector_seal(vector, signer)
+    identity = seal.identity
+    signed = sign_attachment(seal.uuid, seal.content_type, bytes.fromhex(vector["data_hex"]), identity, signer,
+                             NOW, sealed_after_ingest=seal.sealed_after_ingest)
+    assert signed.signed == signed.seal.signed_bytes()
+    assert signed.record == signed.seal.to_bytes()
+    assert signed.signature == signed.seal.signature_bytes
+    assert Seal.from_bytes(signed.record) == signed.seal
+    verify_seal(signed.seal, bytes.fromhex(vector["data_hex"]), seal.uuid, KeyRing(signer))
 
 
 ED25519_VECTORS = [v for v in VECTORS["seals"] if v["algorithm"] == "ed25519"]
