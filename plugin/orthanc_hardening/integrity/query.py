@@ -76,8 +76,15 @@ def orthanc_id(*parts: str) -> str:
 def _orthanc_ids(patient_id: str, study_uid: str, series_uid: str, sop_instance_uid: str) -> tuple[str, ...]:
     # A pure function of the four identifiers: an ingest and each read of an instance ask for the
     # ids of its seals several times (the header's seal names the same instance as the file's).
-    parts = (patient_id, study_uid, series_uid, sop_instance_uid)
-    return tuple(orthanc_id(*parts[: i + 1]) for i in range(len(parts)))
+    return (*_parent_ids(patient_id, study_uid, series_uid),
+            orthanc_id(patient_id, study_uid, series_uid, sop_instance_uid))
+
+
+@functools.lru_cache(maxsize=1024)
+def _parent_ids(patient_id: str, study_uid: str, series_uid: str) -> tuple[str, str, str]:
+    # The instances of one series share these three: a new instance hashes its own id only.
+    return (orthanc_id(patient_id), orthanc_id(patient_id, study_uid),
+            orthanc_id(patient_id, study_uid, series_uid))
 
 
 def orthanc_ids_of_seal(seal: Seal) -> dict[str, str]:

@@ -15,10 +15,24 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 PREFIX = "hardening_"
+
+
+class _QuietBlock:
+    """``Metrics.no_orthanc_calls``: one object for every storage callback (no generator per call)."""
+
+    __slots__ = ("_local",)
+
+    def __init__(self, local: threading.local) -> None:
+        self._local = local
+
+    def __enter__(self) -> None:
+        self._local.depth = getattr(self._local, "depth", 0) + 1
+
+    def __exit__(self, *_exc: object) -> None:
+        self._local.depth -= 1
 
 
 class Metrics:
@@ -36,20 +50,15 @@ class Metrics:
         self._deferred = False
         self._dirty: dict[str, float] = {}
         self._quiet = threading.local()
+        self._quiet_block = _QuietBlock(self._quiet)
 
     def defer_pushes(self) -> None:
         """Push only from ``flush`` (Orthanc before 1.12.2: see the module docstring)."""
         self._deferred = True
 
-    @contextlib.contextmanager
-    def no_orthanc_calls(self) -> Iterator[None]:
+    def no_orthanc_calls(self) -> contextlib.AbstractContextManager[None]:
         """Within this block, this thread's updates are kept for a later push."""
-        depth = getattr(self._quiet, "depth", 0)
-        self._quiet.depth = depth + 1
-        try:
-            yield
-        finally:
-            self._quiet.depth = depth
+        return self._quiet_block
 
     def _is_quiet(self) -> bool:
         return int(getattr(self._quiet, "depth", 0)) > 0
