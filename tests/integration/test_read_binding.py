@@ -8,6 +8,11 @@ would (Orthanc holds the index locked while it runs: stop, edit with sqlite3, st
 * **swapped pointers**: A's rows and B's rows are exchanged;
 * **re-parenting**: an instance is moved under another patient's series (``Resources.parentId``).
 
+With Orthanc's index in PostgreSQL the index can also change while Orthanc runs (another node,
+or by hand): a pointer moved right after the HTTP gate bound a read of that file is refused on
+the next read of it, on Orthanc 1.13 too, where the gate grants its request's read the index
+facts it read (``shell/binding.py``).
+
 Each is refused on every read path with the exact refusal (the HTTP gate's 403; a failed read:
 C-GET 0xC000, a failed store job), a Security Alert naming the wrong instance is in the audit
 trail, and the untouched instances are still served byte-identical.
@@ -20,12 +25,14 @@ import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import psycopg
 import pytest
 
 from tests.support.dicom import make_instance, new_uid
 from tests.support.dimse import c_get, c_get_query
+from tests.support.nodes import start_cluster
 from tests.support.scp import StorageSCP
-from tests.support.server import DICOMWEB_PLUGIN, PYTHON_PLUGIN, OrthancServer
+from tests.support.server import DICOMWEB_PLUGIN, PYTHON_PLUGIN, OrthancServer, Pki
 
 pytestmark = [pytest.mark.integration]
 
@@ -107,6 +114,9 @@ def tampered(start_orthanc_module) -> Iterator[Tampered]:
     # Clean data is served as stored, on every path the attacks below use.
     assert server.get(f"/instances/{dup_a.id}/file").content == dup_a.data
     assert server.get(f"/instances/{moved.id}/file").content == moved.data
+    # The swapped pair was read (and, on Orthanc 1.13, its reads granted) before the edit.
+    assert server.get(f"/instances/{swap_a.id}/file").content == swap_a.data
+    assert server.get(f"/instances/{swap_b.id}/file").content == swap_b.data
     host_series = host.series_id(server)
 
     def edit(db: sqlite3.Connection) -> None:
@@ -286,3 +296,43 @@ def series_query(study_uid: str, series_uid: str):
     query.StudyInstanceUID = study_uid
     query.SeriesInstanceUID = series_uid
     return query
+
+
+@pytest.mark.attack
+def test_pointer_swapped_in_a_live_index_between_two_requests_is_refused(pki: Pki, tmp_path) -> None:
+    # Orthanc's index in PostgreSQL, edited while Orthanc runs: A's and B's attachment rows are
+    # exchanged right after each was served. Each grant was its request's own and was taken by
+    # its read, so the next reads of the files, by C-GET (no hook: the index binding) and by
+    # /file (the HTTP gate), are refused.
+    with start_cluster(tmp_path, pki, count=1) as cluster:
+        server = cluster.nodes[0]
+        a, b = store(server, "BIND-LIVE-A"), store(server, "BIND-LIVE-B")
+        assert server.get(f"/instances/{a.id}/file").content == a.data
+        assert server.get(f"/instances/{b.id}/file").content == b.data
+        with psycopg.connect(cluster.database_url, autocommit=True) as db:
+            swap_attachments(db, a.id, b.id)
+        result = c_get(server, b.study_uid)  # reads A's file for B
+        assert result.status == 0xC000, hex(result.status)
+        assert a.sop_uid not in result.received and b.sop_uid not in result.received
+        assert_gate_refused(server, server.get(f"/instances/{b.id}/file"), a.data)
+        assert_gate_refused(server, server.get(f"/instances/{a.id}/file"), b.data)
+        found = alerts(server, "WrongInstanceError")
+        assert any("Orthanc's index" in e["detail"] for e in found)
+
+
+def swap_attachments(db: psycopg.Connection, first: str, second: str) -> None:
+    """Exchange the attachment rows of two instances in Orthanc's PostgreSQL index (all but the owner)."""
+    def rows(public_id: str) -> tuple[int, dict[int, dict]]:
+        internal = db.execute("SELECT internalid FROM resources WHERE publicid = %s", (public_id,)).fetchone()[0]
+        cursor = db.execute("SELECT * FROM attachedfiles WHERE id = %s", (internal,))
+        names = [c.name for c in cursor.description]
+        found = {int(row[names.index("filetype")]): dict(zip(names, row, strict=True)) for row in cursor.fetchall()}
+        return int(internal), found
+
+    (id_1, rows_1), (id_2, rows_2) = rows(first), rows(second)
+    with db.transaction():
+        for target, source in ((id_1, rows_2), (id_2, rows_1)):
+            for file_type, row in source.items():
+                columns = [c for c in row if c not in ("id", "filetype")]
+                db.execute(f"UPDATE attachedfiles SET {', '.join(f'{c} = %s' for c in columns)} "
+                           "WHERE id = %s AND filetype = %s", (*[row[c] for c in columns], target, file_type))

@@ -189,6 +189,8 @@ _INSTANCE_CONTENT = frozenset({
 _GROUP_CONTENT = frozenset({"shared-tags", "instances-tags", "numpy", "modify", "anonymize"})
 # DICOMweb answers that carry no instance content (QIDO-RS lists, handled by the query verifier).
 _WADO_QUERY = frozenset({"/studies", "/series", "/instances"})
+# Orthanc's names of its DICOM attachments, as ``/instances/{id}/attachments/{name}/data`` takes them.
+_DICOM_ATTACHMENT_TYPES = {"dicom": 1, "dicom-as-json": 2, "dicom-until-pixel-data": 3}
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,13 +199,17 @@ class RequestedRead:
 
     ``level`` is ``instances``, ``series``, ``studies`` or ``patients``; ``resource`` an
     Orthanc id (REST), or empty with ``uids`` (study, series, SOP instance UID; DICOMweb,
-    WADO-URI) to be looked up.
+    WADO-URI) to be looked up. ``reads`` names the attachment types Orthanc reads for the
+    request itself where its route says so exactly (``/file`` and
+    ``/attachments/{dicom type}/data``: that one file, whole); empty when the route does not tell
+    (a rendering may read the DICOM file or a header copy, or come from Orthanc's caches).
     """
 
     level: str
     resource: str = ""
     uids: tuple[str, str, str] = ("", "", "")
     route: str = ""
+    reads: tuple[int, ...] = ()
 
 
 def requested_read(method: str, uri: str, query: Mapping[str, str]) -> RequestedRead | None:
@@ -229,7 +235,8 @@ def requested_read(method: str, uri: str, query: Mapping[str, str]) -> Requested
         if sub == "attachments" and not _ATTACHMENT_DATA.match(match.group(3) or ""):
             return None
         if (method == "POST") == (sub in ("modify", "anonymize", "export")) and method in ("GET", "POST"):
-            return RequestedRead("instances", match.group(1).lower(), route=route)
+            return RequestedRead("instances", match.group(1).lower(), route=route,
+                                 reads=_reads_of_instance_route(sub, match.group(3) or ""))
         return None
     match = _GROUP_READ.match(uri)
     if match and match.group(3).lower() in _GROUP_CONTENT:
@@ -254,6 +261,17 @@ def requested_read(method: str, uri: str, query: Mapping[str, str]) -> Requested
         level = "instances" if sop else "series" if series else "studies"
         return RequestedRead(level, uids=(study, series or "", sop or ""), route=route)
     return None
+
+
+def _reads_of_instance_route(sub: str, rest: str) -> tuple[int, ...]:
+    """The attachment types an instance route reads exactly (``RequestedRead.reads``)."""
+    if sub == "file" and not rest:
+        return (1,)
+    if sub == "attachments":
+        name = rest.strip("/").split("/")[0].lower()
+        if name in _DICOM_ATTACHMENT_TYPES and rest.lower().endswith("/data"):
+            return (_DICOM_ATTACHMENT_TYPES[name],)
+    return ()
 
 
 __all__ = ["ExpectedRead", "RequestedRead", "WrongInstanceError", "index_binding", "requested_read",

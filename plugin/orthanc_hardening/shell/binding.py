@@ -20,6 +20,40 @@
   row was copied onto it, so ``IndexBinding`` refuses every such read of it, and the storage
   area never deletes it (deleting the copy must not delete the original's file).
 
+* Grants (Orthanc 1.13 only): its storage-loader threads read apart from the request's
+  thread, so a read cannot tell that the HTTP gate bound it (on 1.10 and 1.12 a read on the
+  request's own thread is not checked against the index again: ``SealedStorage._bound_by_request``).
+  Once every HTTP gate let a request through (``ReadBinding.grant_reads``, an HTTP observer:
+  nothing is granted for a refused request), the next read of each file the gate bound takes
+  what the gate established, once, for ``GRANT_SECONDS`` (a new grant replaces the last, never
+  adds a read):
+
+  - a shared file bound to its sealed instance passes the shared-file check (``grant``);
+  - the file of the attachment type the route itself reads (``RequestedRead.reads``:
+    ``/instances/{id}/file``, ``/instances/{id}/attachments/{dicom type}/data``) takes the two
+    index facts the gate has just read, instance X indexed under series S (``GET
+    /instances/X`` or the listing) and X naming this uuid at this type (``attachments_of``),
+    instead of asking the index again (``bind``), and only if its seal names that X and S.
+    That read still checks everything else as any read does: bytes and signature against the
+    seal, the shared-file check, and the study and patient the index puts S under
+    (``_series_parents``, remembered ``PARENTS_SECONDS`` as on every read).
+
+  What a granted read trusts is the index's row of X and X's attachment row as the gate read
+  them at most ``GRANT_SECONDS`` earlier. A read on the request's own thread trusts the gate's
+  reading for the whole request and checks no parent; a grant is bounded in time, to one read
+  of one file that the route reads, and the parents are checked. The window it leaves: a grant
+  the request's own read has not taken yet, or never takes (Orthanc answered from its storage
+  cache, which skips every verification and is a finding of the posture check; or the request
+  failed before its read), can be taken by another read of that file in those seconds (a C-GET,
+  a job, a loader-thread read of another request), which then does not see a change of those two
+  rows made in the window. With the index in SQLite none can be made while Orthanc runs (it
+  holds the index; an edit needs a restart, which drops every grant), and Orthanc's own
+  deletion removes the file and the grant. With PostgreSQL it is a pointer *moved* by another
+  node or by hand in those seconds (a pointer *copied* passes the index check anyway: the
+  shared files above). A grant is dropped when its file is removed and when a read on the
+  request's own thread takes that file; at most ``BOUND_REMEMBERED`` are kept (the oldest
+  dropped: its read asks the index).
+
 * ``IndexBinding.facts`` (Orthanc before 1.12.2 with its SQLite index): an in-memory copy of
   the index facts the gates read (``integrity/index_facts.py``), loaded from the index file at
   start and kept by the storage area's ``create`` and ``remove`` (``created``, ``removed``). There
@@ -29,7 +63,9 @@
   1.12.2, or with the index in PostgreSQL (written by other nodes too), they call Orthanc.
 
 What is left (README, "Reads bound to the request"): with an index in PostgreSQL, or an edit
-made while Orthanc runs, a copied pointer is seen only by the requests the HTTP gate binds.
+made while Orthanc runs, a copied pointer is seen only by the requests the HTTP gate binds; on
+Orthanc 1.13 with PostgreSQL, a pointer moved within ``GRANT_SECONDS`` of a gate's binding of
+that file, by a read that takes a grant its request left (above).
 """
 
 from __future__ import annotations
@@ -79,6 +115,9 @@ PARENTS_REMEMBERED = 4096
 # left for that long.
 GRANT_SECONDS = 5.0
 GRANT_READS = 1
+# Index grants (``IndexBinding.bind``) kept at most; the oldest is dropped first (its read then
+# consults the index, as without a grant).
+BOUND_REMEMBERED = 4096
 # Security Alerts recorded one by one at start for attachments named for several instances.
 SHARED_ALERTS = 100
 
@@ -96,6 +135,9 @@ class IndexBinding:
         # uuid -> (until, reads left): reads of a shared file the HTTP gate bound to its sealed
         # instance, for Orthanc 1.13, whose loader threads read apart from the request's thread.
         self._granted: dict[str, tuple[float, int]] = {}
+        # uuid -> (until, reads left, instance id, series id): the index facts the HTTP gate read
+        # for the request's own read of that file (Orthanc 1.13; ``bind``), oldest first.
+        self._bound: OrderedDict[str, tuple[float, int, str, str]] = OrderedDict()
         # The index facts, where they stand in for calls into Orthanc (the module docstring).
         self.facts: IndexFacts | None = None
 
@@ -119,9 +161,13 @@ class IndexBinding:
                                                    seal.sop_instance_uid), int(seal.content_type), seal.uuid)
 
     def removed(self, uuid: str) -> None:
-        """The storage area removed an attachment: forget it in the index facts."""
+        """The storage area removed an attachment: forget it in the index facts, drop its grants."""
         if self.facts is not None:
             self.facts.remove_file(uuid)
+        if uuid in self._granted or uuid in self._bound:
+            with self._lock:
+                self._granted.pop(uuid, None)
+                self._bound.pop(uuid, None)
 
     def grant(self, uuid: str) -> None:
         """Let the next few reads of a shared file pass: the HTTP gate bound a request to its sealed instance."""
@@ -136,6 +182,44 @@ class IndexBinding:
             if left > 1:
                 self._granted[uuid] = (until, left - 1)
             return True
+
+    def bind(self, uuid: str, instance_id: str, series_id: str) -> None:
+        """Let the next read of ``uuid`` take the index facts the HTTP gate just read (module docstring).
+
+        The gate found, in Orthanc's index, instance ``instance_id`` under series ``series_id``
+        naming this attachment, and its seal naming them. A read that takes this grant
+        (``check``) does not ask the index for those two facts again; it still checks the seal,
+        the bytes, the shared files and the series' study and patient. One read, for
+        ``GRANT_SECONDS``; a new grant replaces the last (never adds reads).
+        """
+        now = self.clock()
+        with self._lock:
+            bound = self._bound
+            bound[uuid] = (now + GRANT_SECONDS, GRANT_READS, instance_id, series_id)
+            bound.move_to_end(uuid)
+            while bound:
+                oldest = next(iter(bound.values()))
+                if oldest[0] >= now and len(bound) <= BOUND_REMEMBERED:
+                    break
+                bound.popitem(last=False)
+
+    def release(self, uuid: str) -> None:
+        """Drop the index grant of ``uuid``: a read bound on the request's own thread needed none."""
+        if uuid in self._bound:
+            with self._lock:
+                self._bound.pop(uuid, None)
+
+    def _take_bound(self, seal: Seal, instance_id: str, series_id: str) -> bool:
+        """Take the index grant of ``seal``'s file if it is live and was given for this very instance and series."""
+        if seal.uuid not in self._bound:
+            return False
+        with self._lock:
+            until, left, granted_instance, granted_series = self._bound.pop(seal.uuid, (0.0, 0, "", ""))
+            if left <= 0 or self.clock() > until:
+                return False
+            if left > 1:
+                self._bound[seal.uuid] = (until, left - 1, granted_instance, granted_series)
+        return granted_instance == instance_id and granted_series == series_id
 
     def _get(self, uri: str) -> Any | None:
         try:
@@ -183,10 +267,18 @@ class IndexBinding:
         name = DICOM_ATTACHMENTS.get(int(seal.content_type))
         if name is None or not seal.sop_instance_uid:
             return
-        instance_id = orthanc_ids_of_seal(seal)["Instance"]
+        sealed = orthanc_ids_of_seal(seal)
+        instance_id = sealed["Instance"]
         facts = self.active_facts()
         if facts is not None:
             verify_bound(seal, index_binding(seal, *indexed_by_facts(facts, instance_id, seal)))
+            return
+        if self._bound and self._take_bound(seal, instance_id, sealed["Series"]):
+            # The HTTP gate read the instance's row and this attachment's row for this read
+            # (``bind``); the series' study and patient are checked as on any read.
+            study_id, patient = self._series_parents(sealed["Series"])
+            verify_bound(seal, ExpectedRead(instance_id=instance_id, series_id=sealed["Series"], study_id=study_id,
+                                            patient_id_hash=patient, uuid=seal.uuid, source="Orthanc's index"))
             return
         if not consult_index:
             return
@@ -233,8 +325,11 @@ class ReadBinding:
         # The seal of an attachment (``SealedStorage.sealed``: one select, parsed once per record).
         self.seal_of = seal_of
         self.attachments_of = attachments_of
-        # Orthanc 1.13 reads on loader threads: a shared file the gate bound is granted there.
+        # Orthanc 1.13 reads on loader threads: what the gate bound is granted there (``grant_reads``).
         self.index = index if runtime.capabilities.loader_threads else None
+        # HTTP thread -> (request, grants): what the gate bound for the request it is serving,
+        # granted once every gate let the request through (``grant_reads``).
+        self._pending: dict[int, tuple[HttpRequest, list[tuple[str, str, str, bool]]]] = {}
         # Before 1.12.2 with a SQLite index: the index facts instead of calls into Orthanc.
         self.facts_of: Callable[[], IndexFacts | None] = index.active_facts if index is not None else lambda: None
 
@@ -293,8 +388,15 @@ class ReadBinding:
                 result.append((str(item["ID"]), expected))
         return result
 
-    def check_read(self, read: RequestedRead) -> None:
+    def check_read(self, read: RequestedRead, grants: list[tuple[str, str, str, bool]] | None = None) -> None:
         """Check the seals of every attachment a request will read against what it asked for.
+
+        Args:
+            read: what the request reads.
+            grants: where to add ``(uuid, instance id, series id, index grant)`` for each
+                attachment bound that the storage read may take a grant for (Orthanc 1.13):
+                a shared file (its shared-file check) and, when ``read.reads`` names its type, the
+                index facts just read (``IndexBinding.bind``).
 
         Raises:
             WrongInstanceError: an attachment's seal names another instance (or parent).
@@ -318,8 +420,27 @@ class ReadBinding:
                 if seal is None or not seal.sop_instance_uid:
                     continue  # unsealed: the storage read applies the unsealed policy
                 verify_bound(seal, dataclasses.replace(expected, uuid=uuid))
-                if self.index is not None and uuid in self.index.shared:
-                    self.index.grant(uuid)
+                if grants is None or self.index is None:
+                    continue
+                # The gate read both facts the storage read would ask the index for: this
+                # instance under this series, naming this attachment (``attachments_of``).
+                index_grant = content_type in read.reads and bool(expected.instance_id and expected.series_id)
+                if index_grant or uuid in self.index.shared:
+                    grants.append((uuid, expected.instance_id, expected.series_id, index_grant))
+
+    def grant_reads(self, request: HttpRequest) -> None:
+        """HTTP observer (after every gate let the request through): grant what the gate bound for it.
+
+        Nothing is granted for a request another gate refused: its reads never come.
+        """
+        pending = self._pending.pop(threading.get_ident(), None)
+        if pending is None or pending[0] is not request or self.index is None:
+            return
+        for uuid, instance_id, series_id, index_grant in pending[1]:
+            if uuid in self.index.shared:
+                self.index.grant(uuid)
+            if index_grant:
+                self.index.bind(uuid, instance_id, series_id)
 
     def http_gate(self, request: HttpRequest) -> None:
         """HTTP gate: refuse (enforce) a read whose attachments are sealed for another instance.
@@ -327,11 +448,18 @@ class ReadBinding:
         Raises:
             WrongInstanceError: in enforce mode, with its Security Alert already recorded.
         """
+        thread = threading.get_ident()
+        if self.index is not None:
+            self._pending.pop(thread, None)  # a request refused after this gate left its own
         read = requested_read(request.method, request.uri, request.query)
         if read is None:
             return
+        grants: list[tuple[str, str, str, bool]] | None = None
+        if self.index is not None:
+            grants = []
+            self._pending[thread] = (request, grants)
         try:
-            self.check_read(read)
+            self.check_read(read, grants)
         except WrongInstanceError as exc:
             self.runtime.metrics.increment(BINDING_FAILURES)
             logger.error("read bound to the request refused: %s", exc)
@@ -442,4 +570,6 @@ def install(runtime: Runtime, seal_of: Callable[[str, int], Seal | None],
     """Register the HTTP gate that binds reads to the request."""
     binding = ReadBinding(runtime, seal_of, attachments_of, index)
     runtime.http_gates.append(binding.http_gate)
+    if binding.index is not None:
+        runtime.http_observers.append(binding.grant_reads)
     return binding

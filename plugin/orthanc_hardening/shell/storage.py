@@ -283,6 +283,9 @@ class SealedStorage:
                 # Bound to what the index says this file is, whoever reads it (integrity/binding.py);
                 # not through Orthanc from inside another plugin's call on Orthanc before 1.12.2.
                 self.index_binding.check(check.seal, consult_index=not self._inside_dicomweb_call())
+            elif self.index_binding is not None:
+                # The request's own thread read what its gate bound: no grant is left for another read.
+                self.index_binding.release(uuid)
         except IntegrityError as exc:
             rebuilt = self.rebuild_derived(uuid, content_type, seal, exc, data)
             if rebuilt is None:

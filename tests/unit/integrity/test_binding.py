@@ -118,11 +118,17 @@ ID = "0a1b2c3d-0a1b2c3d-0a1b2c3d-0a1b2c3d-0a1b2c3d"
 
 
 @pytest.mark.parametrize(("method", "uri", "query", "expected"), [
-    ("GET", f"/instances/{ID}/file", {}, RequestedRead("instances", ID, route=f"GET /instances/{ID}/file")),
+    ("GET", f"/instances/{ID}/file", {}, RequestedRead("instances", ID, route=f"GET /instances/{ID}/file",
+                                                       reads=(1,))),
     ("GET", f"/instances/{ID}/frames/0/preview", {}, RequestedRead("instances", ID,
                                                                   route=f"GET /instances/{ID}/frames/0/preview")),
     ("GET", f"/instances/{ID}/attachments/dicom/data", {},
-     RequestedRead("instances", ID, route=f"GET /instances/{ID}/attachments/dicom/data")),
+     RequestedRead("instances", ID, route=f"GET /instances/{ID}/attachments/dicom/data", reads=(1,))),
+    ("GET", f"/instances/{ID}/attachments/dicom-until-pixel-data/data", {},
+     RequestedRead("instances", ID, route=f"GET /instances/{ID}/attachments/dicom-until-pixel-data/data",
+                   reads=(3,))),
+    ("GET", f"/instances/{ID}/attachments/dicom/compressed-data", {},
+     RequestedRead("instances", ID, route=f"GET /instances/{ID}/attachments/dicom/compressed-data")),
     ("POST", f"/instances/{ID}/modify", {}, RequestedRead("instances", ID, route=f"POST /instances/{ID}/modify")),
     ("POST", f"/studies/{ID}/anonymize", {}, RequestedRead("studies", ID, route=f"POST /studies/{ID}/anonymize")),
     ("GET", f"/series/{ID}/instances-tags", {}, RequestedRead("series", ID,
