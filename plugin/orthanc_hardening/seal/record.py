@@ -15,15 +15,18 @@ import hashlib
 import hmac
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, ParamSpec
 
 from orthanc_hardening.canonical import canonical_json
 from orthanc_hardening.errors import SealInvalidError, SealMismatchError
 from orthanc_hardening.seal.identity import NO_IDENTITY, InstanceIdentity
 from orthanc_hardening.seal.keys import SigningKey, Verifier
 from orthanc_hardening.timefmt import format_time
+
+_P = ParamSpec("_P")
 
 VERSION = 1
 SEAL_CONTEXT = b"orthanc-hardening/seal/v1\x00"
@@ -153,37 +156,6 @@ class SignedSeal(NamedTuple):
     record: bytes  # ``seal.to_bytes()``: the record as the seal store keeps it
 
 
-def seal_attachment(
-    uuid: str,
-    content_type: int,
-    data: bytes,
-    identity: InstanceIdentity,
-    signer: SigningKey,
-    now: datetime,
-    sealed_after_ingest: bool = False,
-    sha256: str | None = None,
-) -> Seal:
-    """Seal one attachment's bytes.
-
-    Args:
-        uuid: Orthanc's attachment uuid (where the bytes are stored).
-        content_type: Orthanc's content type (1 DICOM, 3 DICOM until pixel data, …).
-        data: the exact stored bytes.
-        identity: the instance identity parsed from those bytes (``NO_IDENTITY`` if not DICOM).
-        signer: the current key.
-        now: the sealing time (UTC).
-        sealed_after_ingest: true when sealing data that was stored before the plugin sealed.
-        sha256: the hex SHA-256 of ``data`` when the caller already computed it.
-
-    Returns:
-        The signed seal.
-
-    Raises:
-        ValueError: an empty uuid, a negative content type or a naive ``now`` (caller bugs).
-    """
-    return sign_attachment(uuid, content_type, data, identity, signer, now, sealed_after_ingest, sha256).seal
-
-
 def sign_attachment(
     uuid: str,
     content_type: int,
@@ -194,11 +166,21 @@ def sign_attachment(
     sealed_after_ingest: bool = False,
     sha256: str | None = None,
 ) -> SignedSeal:
-    """``seal_attachment``, with the signed bytes, the raw signature and the stored record.
+    """Seal one attachment's bytes: the seal, with the signed bytes, the raw signature and the record.
 
     The fields are encoded once: the signed bytes are the canonical encoding of every field but
     ``signature``, the record that of every field (exactly ``Seal.signed_bytes`` and
     ``Seal.to_bytes`` of the returned seal).
+
+    Args:
+        uuid: Orthanc's attachment uuid (where the bytes are stored).
+        content_type: Orthanc's content type (1 DICOM, 3 DICOM until pixel data, …).
+        data: the exact stored bytes.
+        identity: the instance identity parsed from those bytes (``NO_IDENTITY`` if not DICOM).
+        signer: the current key.
+        now: the sealing time (UTC).
+        sealed_after_ingest: true when sealing data that was stored before the plugin sealed.
+        sha256: the hex SHA-256 of ``data`` when the caller already computed it.
 
     Raises:
         ValueError: an empty uuid, a negative content type or a naive ``now`` (caller bugs).
@@ -225,6 +207,17 @@ def sign_attachment(
     fields["signature"] = base64.b64encode(signature).decode("ascii")
     return SignedSeal(Seal(**fields), signed, signature, canonical_json(fields))
 
+
+
+def _seal_only(sign: Callable[_P, SignedSeal]) -> Callable[_P, Seal]:
+    def seal(*args: _P.args, **kwargs: _P.kwargs) -> Seal:
+        return sign(*args, **kwargs).seal
+
+    return seal
+
+
+seal_attachment = _seal_only(sign_attachment)
+"""``sign_attachment``'s seal alone (same arguments)."""
 
 def verify_seal_signature(seal: Seal, keyring: Verifier) -> None:
     """Verify only the seal's signature (not the bytes it covers).
