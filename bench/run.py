@@ -41,7 +41,7 @@ from pynetdicom import AE  # noqa: E402
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage  # noqa: E402
 
 from tests.support.dicom import make_instance, new_uid  # noqa: E402
-from tests.support.dimse import c_get, c_move  # noqa: E402
+from tests.support.dimse import c_get, c_move, c_move_query  # noqa: E402
 from tests.support.pki import make_pki  # noqa: E402
 from tests.support.scp import StorageSCP, client_tls_context, save  # noqa: E402
 from tests.support.server import OrthancServer, make_server  # noqa: E402
@@ -300,6 +300,32 @@ def cmove_all(server: OrthancServer) -> None:
             raise RuntimeError(f"C-MOVE status {result.status:#06x}")
 
 
+def cmove_each_instance(files: list[bytes]) -> Callable[[OrthancServer], None]:
+    """C-MOVE each of ``files`` on its own (image level, as a viewer fetches one image) to "TESTSCU"."""
+    import io
+
+    from pydicom import dcmread
+    from pydicom.dataset import Dataset
+
+    queries = []
+    for data in files:
+        parsed = dcmread(io.BytesIO(data), stop_before_pixels=True)
+        query = Dataset()
+        query.QueryRetrieveLevel = "IMAGE"
+        query.StudyInstanceUID = parsed.StudyInstanceUID
+        query.SeriesInstanceUID = parsed.SeriesInstanceUID
+        query.SOPInstanceUID = parsed.SOPInstanceUID
+        queries.append(query)
+
+    def run(server: OrthancServer) -> None:
+        for query in queries:
+            result = c_move_query(server, query)
+            if result.status != 0 or result.completed != 1:
+                raise RuntimeError(f"C-MOVE of one instance: status {result.status:#06x}, {result.completed} sent")
+
+    return run
+
+
 def find_studies(repeat: int) -> Callable[[OrthancServer], None]:
     def run(server: OrthancServer) -> None:
         for _ in range(repeat):
@@ -388,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="hardening-bench-"))
     print(f"data: {instances} CT {size}x{size} 16-bit + {10 if not args.quick else 4} MR; repeat {repeat}; in {work}")
-    files, data_dir, pki, servers = bench_setup(work, instances, 4 if args.quick else 10, size)
+    mr = 4 if args.quick else 10
+    files, data_dir, pki, servers = bench_setup(work, instances, mr, size)
     if args.baseline:
         script = baseline_plugin(args.baseline, work)
         servers["before"] = make_server(work / "before", pki, config={"PythonScript": str(script)})
@@ -411,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
         bench.measure("retrieve study archives", archive_studies)
         bench.measure("retrieve C-GET pynetdicom TLS", cget_all)
         bench.measure("retrieve C-MOVE pynetdicom TLS", cmove_all)
+        bench.measure("retrieve C-MOVE pynetdicom TLS, one MR image each", cmove_each_instance(files[-mr:]),
+                      unit_count=mr)
         bench.measure("query /tools/find x20", find_studies(20))
         bench.measure("query C-FIND findscu x5", cfind_studies(5))
     finally:
