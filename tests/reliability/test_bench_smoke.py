@@ -14,7 +14,8 @@ REPO = Path(__file__).resolve().parents[2]
 ORTHANC_ROWS = [
     "ingest REST, 1 client", "ingest REST, 4 clients", "ingest REST, 8 clients", "ingest C-STORE storescu +tls",
     "ingest C-STORE pynetdicom TLS", "retrieve /file, 1 client", "retrieve /file, 4 clients", "retrieve study archives",
-    "retrieve C-GET pynetdicom TLS", "retrieve C-MOVE pynetdicom TLS", "query /tools/find x20",
+    "retrieve C-GET pynetdicom TLS", "retrieve C-MOVE pynetdicom TLS",
+    "retrieve C-MOVE pynetdicom TLS, one MR image each", "query /tools/find x20",
     "query C-FIND findscu x5",
 ]
 COMPONENT_ROWS = ["audit durable append, 1 writer", "audit durable append, 8 writer", "audit series trail among",
