@@ -189,8 +189,10 @@ _INSTANCE_CONTENT = frozenset({
 _GROUP_CONTENT = frozenset({"shared-tags", "instances-tags", "numpy", "modify", "anonymize"})
 # DICOMweb answers that carry no instance content (QIDO-RS lists, handled by the query verifier).
 _WADO_QUERY = frozenset({"/studies", "/series", "/instances"})
-# Orthanc's names of its DICOM attachments, as ``/instances/{id}/attachments/{name}/data`` takes them.
-_DICOM_ATTACHMENT_TYPES = {"dicom": 1, "dicom-as-json": 2, "dicom-until-pixel-data": 3}
+# Orthanc's names of its own DICOM attachment types (FileContentType 1, 2, 3), and the type of each
+# name as ``/instances/{id}/attachments/{name}/data`` takes them.
+DICOM_ATTACHMENTS = {1: "dicom", 2: "dicom-as-json", 3: "dicom-until-pixel-data"}
+_DICOM_ATTACHMENT_TYPES = {name: content_type for content_type, name in DICOM_ATTACHMENTS.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,5 +276,5 @@ def _reads_of_instance_route(sub: str, rest: str) -> tuple[int, ...]:
     return ()
 
 
-__all__ = ["ExpectedRead", "RequestedRead", "WrongInstanceError", "index_binding", "requested_read",
-           "verify_bound", "verify_not_shared"]
+__all__ = ["DICOM_ATTACHMENTS", "ExpectedRead", "RequestedRead", "WrongInstanceError", "index_binding",
+           "requested_read", "verify_bound", "verify_not_shared"]

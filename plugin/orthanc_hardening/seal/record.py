@@ -208,7 +208,6 @@ def sign_attachment(
     return SignedSeal(Seal(**fields), signed, signature, canonical_json(fields))
 
 
-
 def _seal_only(sign: Callable[_P, SignedSeal]) -> Callable[_P, Seal]:
     def seal(*args: _P.args, **kwargs: _P.kwargs) -> Seal:
         return sign(*args, **kwargs).seal

@@ -83,6 +83,7 @@ from typing import Any
 from orthanc_hardening.errors import IntegrityError
 from orthanc_hardening.identity import HttpRequest
 from orthanc_hardening.integrity.binding import (
+    DICOM_ATTACHMENTS,
     ExpectedRead,
     RequestedRead,
     WrongInstanceError,
@@ -101,8 +102,6 @@ from orthanc_hardening.stores.orthanc_index import load_index_facts, shared_atta
 
 logger = logging.getLogger(__name__)
 
-# Orthanc's names of its own DICOM attachment types (FileContentType 1, 2, 3).
-DICOM_ATTACHMENTS = {1: "dicom", 2: "dicom-as-json", 3: "dicom-until-pixel-data"}
 BINDING_FAILURES = "binding_failures_total"
 # How long a series' parents, read from the index, are reused by the storage read. Orthanc
 # holds its SQLite index locked while it runs, so an edit there needs a restart (which empties
