@@ -9,9 +9,9 @@ would (Orthanc holds the index locked while it runs: stop, edit with sqlite3, st
 * **re-parenting**: an instance is moved under another patient's series (``Resources.parentId``).
 
 With Orthanc's index in PostgreSQL the index can also change while Orthanc runs (another node,
-or by hand): a pointer moved right after the HTTP gate bound a read of that file is refused on
-the next read of it, on Orthanc 1.13 too, where the gate grants its request's read the index
-facts it read (``shell/binding.py``).
+or by hand): a pointer moved right after the HTTP gate, or a C-MOVE's check, bound a read of that file is
+refused on the next read of it, also where the gate grants its request's read (Orthanc 1.13), or
+the C-MOVE its send job's reads (every version), the index facts it read (``shell/binding.py``).
 
 Each is refused on every read path with the exact refusal (the HTTP gate's 403; a failed read:
 C-GET 0xC000, a failed store job), a Security Alert naming the wrong instance is in the audit
@@ -29,7 +29,7 @@ import psycopg
 import pytest
 
 from tests.support.dicom import make_instance, new_uid
-from tests.support.dimse import c_get, c_get_query
+from tests.support.dimse import c_get, c_get_query, c_move
 from tests.support.nodes import start_cluster
 from tests.support.scp import StorageSCP
 from tests.support.server import DICOMWEB_PLUGIN, PYTHON_PLUGIN, OrthancServer, Pki
@@ -316,6 +316,29 @@ def test_pointer_swapped_in_a_live_index_between_two_requests_is_refused(pki: Pk
         assert a.sop_uid not in result.received and b.sop_uid not in result.received
         assert_gate_refused(server, server.get(f"/instances/{b.id}/file"), a.data)
         assert_gate_refused(server, server.get(f"/instances/{a.id}/file"), b.data)
+        found = alerts(server, "WrongInstanceError")
+        assert any("Orthanc's index" in e["detail"] for e in found)
+
+
+@pytest.mark.attack
+def test_pointer_swapped_in_a_live_index_after_a_c_move_is_refused(pki: Pki, tmp_path) -> None:
+    # The C-MOVE's check read A's and B's index rows and granted them to its send job's reads,
+    # which took them: once the rows are exchanged in PostgreSQL, C-GET and a second C-MOVE of
+    # either study are refused, and nothing is sent.
+    with start_cluster(tmp_path, pki, count=1) as cluster:
+        server = cluster.nodes[0]
+        a, b = store(server, "BIND-MOVE-A"), store(server, "BIND-MOVE-B")
+        with StorageSCP(port=server.modality_port, pki=server.pki) as scp:
+            for stored in (a, b):
+                assert c_move(server, stored.study_uid).status == 0x0000
+            assert scp.received.get(a.sop_uid) and scp.received.get(b.sop_uid)
+            with psycopg.connect(cluster.database_url, autocommit=True) as db:
+                swap_attachments(db, a.id, b.id)
+            scp.received.clear()
+            assert c_move(server, a.study_uid).status != 0x0000
+            result = c_get(server, b.study_uid)
+            assert result.status == 0xC000, hex(result.status)
+            assert not result.received and not scp.received
         found = alerts(server, "WrongInstanceError")
         assert any("Orthanc's index" in e["detail"] for e in found)
 

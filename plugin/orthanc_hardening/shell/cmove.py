@@ -7,7 +7,9 @@ SCU's IP) there is one sub-operation per instance, as with Orthanc's own; plugin
 ``RegisterMoveCallback``, which reports the whole move as one sub-operation (README, "Supported
 Orthanc versions"). A C-MOVE is refused in lockdown, to an unknown or insecure
 destination (``TLSGate.outgoing``), or when an instance does not verify
-(``SealedStorage.check_instance``); otherwise Begin Transferring is recorded for each series,
+(``SealedStorage.check_instance``); otherwise each file's next read is granted the index facts
+that check read (``SealedStorage.grant_index_reads``: the send job's read does not ask the index
+again), Begin Transferring is recorded for each series,
 the instances are sent by one asynchronous store job (a synchronous one deadlocks Orthanc when
 started from a callback), and Transferred is recorded with the job's outcome. Every callback
 runs behind the guard (a refusal is a DIMSE failure).
@@ -144,11 +146,14 @@ class MoveHandler:
             self.outgoing.check_modality(modality, requester)
             instances = self._move_instances(request)
             parents: dict[str, Any] = {}  # the series and studies looked up once per move
+            bound: list[tuple[str, str, str]] = []
             for instance_id in instances:
-                self.storage.check_instance(instance_id, parents=parents)
+                self.storage.check_instance(instance_id, parents=parents, bound=bound)
         except (AccessDeniedError, IntegrityError) as exc:
             self.hooks.alert(requester, route, f"C-MOVE to {target} refused: {exc}")
             raise mark_audited(exc) from None
+        # Every instance verified: the send job's reads take the index facts read for them here.
+        self.storage.grant_index_reads(bound)
         groups = self._group_by_series(instances)
         detail = f"C-MOVE to {target} (modality {modality}), level {request.get('Level', '')}"
         self.hooks.record([self.hooks.event(requester, EventCode.BEGIN_TRANSFERRING, Action.EXECUTE, route, ref, detail)

@@ -538,6 +538,10 @@ class SealedStorage:
         Raises:
             NotFoundError: Orthanc does not know the instance.
         """
+        return self._indexed(instance_id, parents)[0]
+
+    def _indexed(self, instance_id: str, parents: dict[str, Any] | None) -> tuple[InstanceIdentity, str]:
+        """``expected_identity``, and the series the index puts the instance under (its Orthanc id)."""
         orthanc = self.runtime.orthanc
         cache = parents if parents is not None else {}
 
@@ -550,14 +554,15 @@ class SealedStorage:
             instance = json.loads(orthanc.RestApiGet(f"/instances/{instance_id}"))
         except Exception as exc:
             raise NotFoundError(f"instance {instance_id} is unknown") from exc
-        series = get(f"/series/{instance['ParentSeries']}")
+        series_id = str(instance["ParentSeries"])
+        series = get(f"/series/{series_id}")
         study = get(f"/studies/{series['ParentStudy']}")
         return InstanceIdentity(
             study_uid=str(study.get("MainDicomTags", {}).get("StudyInstanceUID", "")),
             series_uid=str(series.get("MainDicomTags", {}).get("SeriesInstanceUID", "")),
             sop_instance_uid=str(instance.get("MainDicomTags", {}).get("SOPInstanceUID", "")),
             patient_id=str(study.get("PatientMainDicomTags", {}).get("PatientID", "")),
-        )
+        ), series_id
 
     def verify_attachment(self, uuid: str, content_type: int, expected: InstanceIdentity | None) -> Seal | None:
         """Read one attachment from disk and verify it (seal, signature, identity, policy).
@@ -592,7 +597,8 @@ class SealedStorage:
         return check.seal
 
     def check_instance(self, instance_id: str, attachments: list[tuple[str, int, str]] | None = None,
-                       parents: dict[str, Any] | None = None, files_read_next: bool = False) -> None:
+                       parents: dict[str, Any] | None = None, files_read_next: bool = False,
+                       bound: list[tuple[str, str, str]] | None = None) -> None:
         """Verify every attachment of an instance from disk (before a send on a job thread).
 
         Args:
@@ -602,12 +608,14 @@ class SealedStorage:
             files_read_next: the caller has Orthanc read the DICOM file through ``read`` next and
                 refuses its answer if that read fails: check its seal, size and identity here,
                 its bytes there (one hash per file, not two). Other attachments are read here.
+            bound: where to add ``(uuid, instance id, series id)`` of the DICOM file once it
+                verified: the index facts read here, for ``grant_index_reads``.
 
         Raises:
             NotFoundError: unknown instance.
             IntegrityError: an attachment does not verify; the message names the instance.
         """
-        expected = self.expected_identity(instance_id, parents)
+        expected, series_id = self._indexed(instance_id, parents)
         for _name, content_type, uuid in attachments if attachments is not None else self.attachments_of(instance_id):
             try:
                 # Orthanc's archive reads the DICOM file only: every other attachment is read here.
@@ -618,6 +626,21 @@ class SealedStorage:
             except IntegrityError as exc:
                 self.report_failure(uuid, content_type, self.store.get(uuid, content_type), exc)
                 raise mark_audited(type(exc)(f"instance {instance_id}: {exc}")) from exc
+            if bound is not None and content_type == DICOM:
+                bound.append((uuid, instance_id, series_id))
+
+    def grant_index_reads(self, bound: Iterable[tuple[str, str, str]]) -> None:
+        """Let the next read of each file take the index facts ``check_instance`` just read for it.
+
+        For a send checked as a whole (C-MOVE): the job's read of instance X's DICOM file does not
+        ask the index again that X is under series S and names this file (``IndexBinding.bind``:
+        one read, ``GRANT_SECONDS``); it still verifies the bytes, the signature and the series'
+        parents. Call it only once every instance of the send verified.
+        """
+        if self.index_binding is None or self.index_binding.active_facts() is not None:
+            return  # no binding, or the index facts answer every read without a call into Orthanc
+        for uuid, instance_id, series_id in bound:
+            self.index_binding.bind(uuid, instance_id, series_id)
 
     def verify_before_read(self, uuid: str, expected: InstanceIdentity | None) -> Seal | None:
         """``verify_attachment`` of a DICOM file but the bytes' digest: seal, file size, identity, policy.

@@ -247,3 +247,67 @@ def test_index_tags_parsed_at_create_are_handed_over_once(runtime):
     assert storage.take_index_tags(seal) is None
     create(UUID, 1, make_instance(patient_id="U-11"))
     assert storage.take_index_tags(dataclasses.replace(storage.store.get(UUID, 1), index_tags_sha256="0" * 64)) is None
+
+
+def checked_for_a_send(runtime, storage, patient):
+    """An instance stored, indexed and checked as a C-MOVE checks it; the grants it leaves given."""
+    create, read, _remove = runtime.orthanc.storage_area
+    data = make_instance(patient_id=patient)
+    create(UUID, 1, data)
+    storage.index_binding.facts = None  # Orthanc's index answers (1.12.2 and later)
+    ids = index_as_sealed(runtime, storage)
+    bound = []
+    storage.check_instance(ids["Instance"], attachments=[("dicom", 1, UUID)], bound=bound)
+    assert bound == [(UUID, ids["Instance"], ids["Series"])]
+    storage.grant_index_reads(bound)
+    return ids, data, read
+
+
+def instance_calls_during(runtime, action):
+    before = len(runtime.orthanc.rest_calls)
+    action()
+    return [uri for _method, uri, _body in runtime.orthanc.rest_calls[before:] if uri.startswith("/instances/")]
+
+
+def test_the_send_reads_a_file_its_move_checked_without_asking_the_index_again_once(runtime):
+    storage = installed(runtime)
+    ids, data, read = checked_for_a_send(runtime, storage, "U-MOVE")
+    served = []
+    assert instance_calls_during(runtime, lambda: served.append(read(UUID, 1))) == []
+    assert served == [data]
+    # One read: the next read of the file asks the index again.
+    assert f"/instances/{ids['Instance']}" in instance_calls_during(runtime, lambda: read(UUID, 1))
+
+
+@pytest.mark.attack
+def test_pointer_moved_after_the_send_read_its_file_is_refused_at_the_next_read(runtime):
+    storage = installed(runtime)
+    _ids, data, read = checked_for_a_send(runtime, storage, "U-MOVE-2")
+    assert read(UUID, 1) == data  # the send's read took the grant
+    index_as_sealed(runtime, storage, indexed_uuid="ffffffff-4b5a-4978-8695-a4b3c2d1e0f9")
+    with pytest.raises(WrongInstanceError, match="attachment"):
+        read(UUID, 1)
+    assert runtime.audit.events[-1].event is EventCode.SECURITY_ALERT
+
+
+@pytest.mark.attack
+def test_a_tampered_file_refused_by_the_moves_check_leaves_no_grant(runtime, tmp_path):
+    storage = installed(runtime)
+    create, _read, _remove = runtime.orthanc.storage_area
+    create(UUID, 1, make_instance(patient_id="U-MOVE-3"))
+    storage.index_binding.facts = None
+    ids = index_as_sealed(runtime, storage)
+    path = tmp_path / "storage" / UUID[:2] / UUID[2:4] / UUID
+    stored = path.read_bytes()
+    path.write_bytes(stored[:-1] + bytes([stored[-1] ^ 0xFF]))  # same size, one byte changed
+    bound = []
+    with pytest.raises(SealMismatchError):
+        storage.check_instance(ids["Instance"], attachments=[("dicom", 1, UUID)], bound=bound)
+    assert bound == []
+
+
+def test_no_grant_is_kept_where_the_index_facts_answer_every_read(runtime):
+    storage = installed(runtime)
+    assert storage.index_binding.facts is not None  # before 1.12.2 with a SQLite index
+    storage.grant_index_reads([(UUID, "instance", "series")])
+    assert not storage.index_binding._bound
