@@ -20,7 +20,7 @@
   row was copied onto it, so ``IndexBinding`` refuses every such read of it, and the storage
   area never deletes it (deleting the copy must not delete the original's file).
 
-* Grants (Orthanc 1.13 only): its storage-loader threads read apart from the request's
+* Grants (the HTTP gate's: Orthanc 1.13 only): its storage-loader threads read apart from the request's
   thread, so a read cannot tell that the HTTP gate bound it (on 1.10 and 1.12 a read on the
   request's own thread is not checked against the index again: ``SealedStorage._bound_by_request``).
   Once every HTTP gate let a request through (``ReadBinding.grant_reads``, an HTTP observer:
@@ -53,6 +53,10 @@
   shared files above). A grant is dropped when its file is removed and when a read on the
   request's own thread takes that file; at most ``BOUND_REMEMBERED`` are kept (the oldest
   dropped: its read asks the index).
+
+  A C-MOVE gives the same index grants on every version (``SealedStorage.grant_index_reads``):
+  its check read each instance's row and attachment list and verified each file before the send,
+  and the store job's reads run apart from any request.
 
 * ``IndexBinding.facts`` (Orthanc before 1.12.2 with its SQLite index): an in-memory copy of
   the index facts the gates read (``integrity/index_facts.py``), loaded from the index file at
