@@ -1,11 +1,12 @@
 """Profile the hardened Orthanc with py-spy while it ingests and serves the benchmark's data.
 
     .venv/bin/python bench/profile.py --py-spy /path/to/py-spy [--instances 200] [--clients 8] [--out DIR]
-        [--phases ingest,retrieve,archives]
+        [--phases ingest,retrieve,archives,cmove]
 
 Starts one hardened Orthanc (``tests/support/server.py``), attaches ``py-spy record --format raw``
 to it for a REST ingest with ``--clients`` clients, then for a ``/file`` retrieve of every
-instance (and, with ``--phases``, a study archive of every study instead or as well), and
+instance (and, with ``--phases``, a study archive or a C-MOVE over TLS of every study instead or
+as well), and
 prints, per phase, the share of the plugin's samples by the plugin function they are in (the
 innermost frame of ``orthanc_hardening`` or of a library it called). py-spy is not a
 project dependency: install it anywhere (``pip install --target /tmp/pyspy py-spy``).
@@ -26,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as bench
 
 from tests.support.pki import make_pki
+from tests.support.scp import StorageSCP
 from tests.support.server import make_server
 
 
@@ -68,19 +70,21 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--phases", default="ingest,retrieve",
-                        help="comma-separated, in order (ingest first): ingest, retrieve, archives")
+                        help="comma-separated, in order (ingest first): ingest, retrieve, archives, cmove")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hardening-profile-"))
     out = args.out or work
     out.mkdir(parents=True, exist_ok=True)
     files = bench.make_dataset(args.instances, 0, 512)
-    server = make_server(work / "hardened", make_pki(work / "pki"))
+    pki = make_pki(work / "pki")
+    server = make_server(work / "hardened", pki)
     server.start()
+    scp = StorageSCP(port=server.modality_port, pki=pki).start()  # the C-MOVE destination
     try:
         assert server.process is not None
         pid = server.process.pid
         known = {"ingest": bench.upload_all(files, args.clients), "retrieve": bench.retrieve_files(args.clients),
-                 "archives": bench.archive_studies}
+                 "archives": bench.archive_studies, "cmove": bench.cmove_all}
         wanted = [name.strip() for name in args.phases.split(",") if name.strip()]
         unknown = [name for name in wanted if name not in known]
         if unknown or not wanted or wanted[0] != "ingest":
@@ -93,6 +97,7 @@ def main() -> int:
             for share, key in summarize(raw, args.top):
                 print(f"{share:6.1f} %  {key}")
     finally:
+        scp.stop()
         server.stop()
     return 0
 

@@ -144,8 +144,8 @@ class MoveHandler:
             # The destination first: an unknown or insecure one is refused before any lookup.
             modality = self._modality_of(target)
             self.outgoing.check_modality(modality, requester)
-            instances = self._move_instances(request)
-            parents: dict[str, Any] = {}  # the series and studies looked up once per move
+            parents: dict[str, Any] = {}  # the index's answers, read once per move
+            instances = self._move_instances(request, parents)
             bound: list[tuple[str, str, str]] = []
             for instance_id in instances:
                 self.storage.check_instance(instance_id, parents=parents, bound=bound)
@@ -174,8 +174,11 @@ class MoveHandler:
         if plan.state != "Success":
             raise RuntimeError(f"C-MOVE to {plan.target} failed: job {plan.state}")
 
-    def _move_instances(self, request: dict[str, Any]) -> list[str]:
+    def _move_instances(self, request: dict[str, Any], listed: dict[str, Any]) -> list[str]:
         """The instances Orthanc's own C-MOVE would send (``move_identifiers``), in its order.
+
+        Each instance object a listing of its parent answered goes into ``listed`` under
+        ``/instances/{id}`` (``SealedStorage.expected_identity``: the check does not ask again).
 
         Raises:
             BadRequestError: no identifier for the level, or nothing matches (Orthanc's refusals).
@@ -190,8 +193,10 @@ class MoveHandler:
                 if level == "Instance":
                     instances.append(str(resource))
                 else:
-                    children = json.loads(orthanc.RestApiGet(f"/{plural}/{resource}/instances"))
-                    instances.extend(str(child["ID"]) for child in children)
+                    for child in json.loads(orthanc.RestApiGet(f"/{plural}/{resource}/instances")):
+                        instances.append(str(child["ID"]))
+                        if "ParentSeries" in child and "MainDicomTags" in child:
+                            listed[f"/instances/{child['ID']}"] = child
         if not instances:
             raise BadRequestError(keyword, "C-MOVE request matching no resource stored in Orthanc")
         return instances

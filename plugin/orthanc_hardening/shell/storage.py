@@ -511,8 +511,13 @@ class SealedStorage:
 
     # -- whole instances -----------------------------------------------------------------
 
-    def attachments_of(self, instance_id: str) -> list[tuple[str, int, str]]:
+    def attachments_of(self, instance_id: str, dicom_uuid: str = "") -> list[tuple[str, int, str]]:
         """``(name, content type, uuid)`` of each attachment of an instance (index only).
+
+        Args:
+            instance_id: Orthanc's instance id.
+            dicom_uuid: the DICOM file's uuid when the caller holds the index's answer for the
+                instance (its ``FileUuid``: the same row ``/attachments/dicom/info`` reads).
 
         Raises:
             NotFoundError: Orthanc does not know the instance.
@@ -524,6 +529,9 @@ class SealedStorage:
             raise NotFoundError(f"instance {instance_id} is unknown") from exc
         result = []
         for name, content_type in sorted(listed.items()):
+            if int(content_type) == DICOM and dicom_uuid:
+                result.append((name, DICOM, dicom_uuid))
+                continue
             info = json.loads(orthanc.RestApiGet(f"/instances/{instance_id}/attachments/{name}/info"))
             result.append((name, int(content_type), str(info["Uuid"])))
         return result
@@ -533,15 +541,17 @@ class SealedStorage:
 
         Args:
             instance_id: Orthanc's instance id.
-            parents: a cache of series and study answers shared by the calls of one request.
+            parents: the index's answers shared by the calls of one request, by URI: the series
+                and studies looked up, and the instances a listing of their parent already gave
+                (``/instances/{id}``: the same object that route answers).
 
         Raises:
             NotFoundError: Orthanc does not know the instance.
         """
         return self._indexed(instance_id, parents)[0]
 
-    def _indexed(self, instance_id: str, parents: dict[str, Any] | None) -> tuple[InstanceIdentity, str]:
-        """``expected_identity``, and the series the index puts the instance under (its Orthanc id)."""
+    def _indexed(self, instance_id: str, parents: dict[str, Any] | None) -> tuple[InstanceIdentity, dict[str, Any]]:
+        """``expected_identity``, and the index's answer for the instance (``GET /instances/{id}``)."""
         orthanc = self.runtime.orthanc
         cache = parents if parents is not None else {}
 
@@ -550,19 +560,20 @@ class SealedStorage:
                 cache[uri] = json.loads(orthanc.RestApiGet(uri))
             return cache[uri]
 
-        try:
-            instance = json.loads(orthanc.RestApiGet(f"/instances/{instance_id}"))
-        except Exception as exc:
-            raise NotFoundError(f"instance {instance_id} is unknown") from exc
-        series_id = str(instance["ParentSeries"])
-        series = get(f"/series/{series_id}")
+        instance = cache.get(f"/instances/{instance_id}")
+        if instance is None:
+            try:
+                instance = json.loads(orthanc.RestApiGet(f"/instances/{instance_id}"))
+            except Exception as exc:
+                raise NotFoundError(f"instance {instance_id} is unknown") from exc
+        series = get(f"/series/{instance['ParentSeries']}")
         study = get(f"/studies/{series['ParentStudy']}")
         return InstanceIdentity(
             study_uid=str(study.get("MainDicomTags", {}).get("StudyInstanceUID", "")),
             series_uid=str(series.get("MainDicomTags", {}).get("SeriesInstanceUID", "")),
             sop_instance_uid=str(instance.get("MainDicomTags", {}).get("SOPInstanceUID", "")),
             patient_id=str(study.get("PatientMainDicomTags", {}).get("PatientID", "")),
-        ), series_id
+        ), instance
 
     def verify_attachment(self, uuid: str, content_type: int, expected: InstanceIdentity | None) -> Seal | None:
         """Read one attachment from disk and verify it (seal, signature, identity, policy).
@@ -604,7 +615,7 @@ class SealedStorage:
         Args:
             instance_id: Orthanc's instance id.
             attachments: its attachments when the caller already listed them.
-            parents: a cache of series and study answers (see ``expected_identity``).
+            parents: the index's answers shared by one request (see ``expected_identity``).
             files_read_next: the caller has Orthanc read the DICOM file through ``read`` next and
                 refuses its answer if that read fails: check its seal, size and identity here,
                 its bytes there (one hash per file, not two). Other attachments are read here.
@@ -615,8 +626,11 @@ class SealedStorage:
             NotFoundError: unknown instance.
             IntegrityError: an attachment does not verify; the message names the instance.
         """
-        expected, series_id = self._indexed(instance_id, parents)
-        for _name, content_type, uuid in attachments if attachments is not None else self.attachments_of(instance_id):
+        expected, instance = self._indexed(instance_id, parents)
+        series_id = str(instance["ParentSeries"])
+        if attachments is None:
+            attachments = self.attachments_of(instance_id, str(instance.get("FileUuid", "") or ""))
+        for _name, content_type, uuid in attachments:
             try:
                 # Orthanc's archive reads the DICOM file only: every other attachment is read here.
                 if files_read_next and content_type == DICOM:

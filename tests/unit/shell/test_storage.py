@@ -311,3 +311,42 @@ def test_no_grant_is_kept_where_the_index_facts_answer_every_read(runtime):
     assert storage.index_binding.facts is not None  # before 1.12.2 with a SQLite index
     storage.grant_index_reads([(UUID, "instance", "series")])
     assert not storage.index_binding._bound
+
+
+def listed_by_its_parent(runtime, storage, ids, file_uuid):
+    """What a listing of the instance's study answers for it (``/studies/{id}/instances``)."""
+    uri = f"/instances/{ids['Instance']}"
+    runtime.orthanc.rest[("GET", f"{uri}/attachments?full")] = {"dicom": 1}
+    tags = {"SOPInstanceUID": storage.store.get(UUID, 1).sop_instance_uid}
+    return {uri: dict(runtime.orthanc.rest[("GET", uri)], MainDicomTags=tags, FileUuid=file_uuid)}
+
+
+def test_a_moves_check_takes_the_instance_its_listing_gave_and_asks_only_the_attachment_list(runtime):
+    storage = installed(runtime)
+    create, _read, _remove = runtime.orthanc.storage_area
+    create(UUID, 1, make_instance(patient_id="U-LISTED"))
+    storage.index_binding.facts = None
+    ids = index_as_sealed(runtime, storage)
+    parents = listed_by_its_parent(runtime, storage, ids, UUID)
+    bound = []
+    calls = instance_calls_during(runtime,
+                                  lambda: storage.check_instance(ids["Instance"], parents=parents, bound=bound))
+    assert calls == [f"/instances/{ids['Instance']}/attachments?full"]
+    assert bound == [(UUID, ids["Instance"], ids["Series"])]
+
+
+@pytest.mark.attack
+def test_listing_that_points_an_instance_at_another_instances_file_is_refused_by_the_check(runtime):
+    storage = installed(runtime)
+    create, _read, _remove = runtime.orthanc.storage_area
+    other = "aaaaaaaa-4b5a-4978-8695-a4b3c2d1e0f9"
+    create(UUID, 1, make_instance(patient_id="U-LISTED-A"))
+    create(other, 1, make_instance(patient_id="U-LISTED-B"))
+    storage.index_binding.facts = None
+    ids = index_as_sealed(runtime, storage)
+    parents = listed_by_its_parent(runtime, storage, ids, other)  # the index row of A names B's file
+    bound = []
+    with pytest.raises(SealMismatchError, match=f"attachment {other}: sealed sop_instance_uid differs"):
+        storage.check_instance(ids["Instance"], parents=parents, bound=bound)
+    assert bound == []
+    assert runtime.audit.events[-1].event is EventCode.SECURITY_ALERT
