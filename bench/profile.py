@@ -79,25 +79,24 @@ def main() -> int:
     pki = make_pki(work / "pki")
     server = make_server(work / "hardened", pki)
     server.start()
-    scp = StorageSCP(port=server.modality_port, pki=pki).start()  # the C-MOVE destination
     try:
-        assert server.process is not None
-        pid = server.process.pid
-        known = {"ingest": bench.upload_all(files, args.clients), "retrieve": bench.retrieve_files(args.clients),
-                 "archives": bench.archive_studies, "cmove": bench.cmove_all}
-        wanted = [name.strip() for name in args.phases.split(",") if name.strip()]
-        unknown = [name for name in wanted if name not in known]
-        if unknown or not wanted or wanted[0] != "ingest":
-            parser.error(f"--phases: ingest first, then any of {', '.join(known)} (got {args.phases!r})")
-        phases = {name: known[name] for name in wanted}
-        for name, phase in phases.items():
-            raw = out / f"{name}.raw"
-            record(args.py_spy, pid, raw, lambda phase=phase: phase(server))
-            print(f"-- {name}: share of the plugin's samples (innermost plugin frame -> innermost frame)")
-            for share, key in summarize(raw, args.top):
-                print(f"{share:6.1f} %  {key}")
+        with StorageSCP(port=server.modality_port, pki=pki):  # the C-MOVE destination
+            assert server.process is not None
+            pid = server.process.pid
+            known = {"ingest": bench.upload_all(files, args.clients), "retrieve": bench.retrieve_files(args.clients),
+                     "archives": bench.archive_studies, "cmove": bench.cmove_all}
+            wanted = [name.strip() for name in args.phases.split(",") if name.strip()]
+            unknown = [name for name in wanted if name not in known]
+            if unknown or not wanted or wanted[0] != "ingest":
+                parser.error(f"--phases: ingest first, then any of {', '.join(known)} (got {args.phases!r})")
+            phases = {name: known[name] for name in wanted}
+            for name, phase in phases.items():
+                raw = out / f"{name}.raw"
+                record(args.py_spy, pid, raw, lambda phase=phase: phase(server))
+                print(f"-- {name}: share of the plugin's samples (innermost plugin frame -> innermost frame)")
+                for share, key in summarize(raw, args.top):
+                    print(f"{share:6.1f} %  {key}")
     finally:
-        scp.stop()
         server.stop()
     return 0
 

@@ -173,12 +173,6 @@ def test_cmove_answers_like_plain_orthanc(trio: Trio, receivers: dict[str, Stora
         return result.status, result.completed, result.failed, sorted(scp.received)
 
     plain = moved("plain", trio.plain)
-    expected = plain if move_in_steps(trio) else deliberate.single_step_move(plain)
+    expected = plain if dimse.move_in_steps(trio.monitor) else deliberate.single_step_move(plain)
     for label, server in zip(timing.SERVERS[1:], trio.hardened, strict=True):
         assert moved(label, server) == expected, f"C-MOVE {name} differs in {label} mode (plain: {plain})"
-
-
-def move_in_steps(trio: Trio) -> bool:
-    """Whether the Python plugin reports C-MOVE sub-operations one by one (5.0+, not 4.x)."""
-    version = str(trio.monitor.get("/plugins/python").json().get("Version", "0"))
-    return int(version.split(".")[0]) >= 5

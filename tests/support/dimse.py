@@ -176,3 +176,9 @@ def c_move_query(server: OrthancServer, query: Dataset, destination: str = CLIEN
 def c_move(server: OrthancServer, study_uid: str, destination: str = CLIENT_AET, tls: bool = True) -> RetrieveResult:
     """C-MOVE a whole study to ``destination`` (see ``c_move_query``)."""
     return c_move_query(server, _study_query(study_uid), destination, tls)
+
+
+def move_in_steps(server: OrthancServer) -> bool:
+    """Whether the server's Python plugin reports C-MOVE sub-operations one by one (5.0+, not 4.x)."""
+    version = str(server.get("/plugins/python").json().get("Version", "0"))
+    return int(version.split(".")[0]) >= 5
