@@ -156,7 +156,10 @@ def assert_refused_upload(server: OrthancServer, before: list[str], alerts: int)
 
 @pytest.mark.attack
 @pytest.mark.parametrize("bomb", [nested_instance(50), sequence_bomb_after_pixels(20000),
-                                  deflated_nested_instance(50)], ids=["nested", "after-pixels", "deflated"])
+                                  deflated_nested_instance(50), deflated_nested_instance(50, meta_padding=6000),
+                                  deflated_nested_instance(50, "1.2.840.10008.1.2.4.95")],
+                         ids=["nested", "after-pixels", "deflated", "deflated-behind-a-long-meta-group",
+                              "jpip-referenced-deflate"])
 def test_sequence_bomb_uploaded_by_rest_is_refused_before_orthanc_parses_it(server: OrthancServer,
                                                                             bomb: bytes) -> None:
     before, alerts = server.get("/instances").json(), len(poison_alerts(server))
