@@ -73,24 +73,29 @@ class Archives:
 
 
 
-def _instances_of(runtime: Runtime, levels: tuple[str, ...], resource_id: str) -> list[str] | None:
-    """The instances below a resource of the first of ``levels`` that knows the id (``None``: none)."""
+def _instances_of(storage: SealedStorage, levels: tuple[str, ...], resource_id: str,
+                  listed: dict[str, Any]) -> list[str] | None:
+    """The instances below a resource of the first of ``levels`` that knows the id (``None``: none).
+
+    Each instance object a listing answered goes into ``listed`` (``SealedStorage.list_instances``).
+    """
     for level in levels:
         if level == "instances":
             try:
-                runtime.orthanc.RestApiGet(f"/instances/{resource_id}")
+                listed[f"/instances/{resource_id}"] = json.loads(
+                    storage.runtime.orthanc.RestApiGet(f"/instances/{resource_id}"))
             except Exception:
                 continue
             return [resource_id]
         try:
-            answer = json.loads(runtime.orthanc.RestApiGet(f"/{level}/{resource_id}/instances"))
+            return storage.list_instances(f"/{level}/{resource_id}/instances", listed)
         except Exception:
             continue
-        return [str(item["ID"]) for item in answer]
     return None
 
 
-def _resource_instances(runtime: Runtime, level: str, resource_id: str) -> list[str] | None:
+def _resource_instances(storage: SealedStorage, level: str, resource_id: str,
+                        listed: dict[str, Any]) -> list[str] | None:
     """The instances an archive of ``/{level}/{id}`` holds (``None``: no resource has this id).
 
     Orthanc 1.10 serves an id of any level under any level's archive route (a series id under
@@ -98,10 +103,10 @@ def _resource_instances(runtime: Runtime, level: str, resource_id: str) -> list[
     later versions refuse it themselves when asked.
     """
     levels = (level, *(other for other in LEVELS if other != level))
-    return _instances_of(runtime, levels, resource_id)
+    return _instances_of(storage, levels, resource_id, listed)
 
 
-def _tools_instances(runtime: Runtime, body: Any) -> list[str]:
+def _tools_instances(storage: SealedStorage, body: Any, listed: dict[str, Any]) -> list[str]:
     """The instances of ``/tools/create-archive|media`` (a list of ids, or ``{"Resources": [...]}``).
 
     Raises:
@@ -112,7 +117,7 @@ def _tools_instances(runtime: Runtime, body: Any) -> list[str]:
         raise OrthancCoreError.of(15, "Expected a list of strings (Orthanc identifiers)")
     instances: list[str] = []
     for resource in resources:
-        found = _instances_of(runtime, LEVELS, resource)
+        found = _instances_of(storage, LEVELS, resource, listed)
         if found is None:
             raise OrthancCoreError.of(17)
         instances.extend(found)
@@ -142,8 +147,8 @@ class ArchiveJob:
     failure_mark: int
 
 
-def verify_instances(storage: SealedStorage, instances: list[str],
-                     files_read_next: bool = False) -> tuple[dict[str, str], int]:
+def verify_instances(storage: SealedStorage, instances: list[str], files_read_next: bool = False,
+                     listed: dict[str, Any] | None = None) -> tuple[dict[str, str], int]:
     """Verify every instance of an archive, before Orthanc reads it.
 
     Args:
@@ -151,6 +156,11 @@ def verify_instances(storage: SealedStorage, instances: list[str],
         instances: the archive's instances.
         files_read_next: the caller checks the failures of Orthanc's reads (``check_archive``)
             before it answers: leave the bytes' digest to those reads (``check_instance``).
+        listed: the index's answers for the instances, by URI, from the listing that found them
+            (``SealedStorage.list_instances``): not asked again.
+
+    Once every instance verified, the reads of Orthanc's build take the index facts read here
+    (``SealedStorage.grant_index_reads``, as a C-MOVE's send does).
 
     Returns:
         The instance of each attachment uuid, and the mark of the last read failure so far (the
@@ -161,17 +171,20 @@ def verify_instances(storage: SealedStorage, instances: list[str],
     """
     failures: dict[str, str] = {}
     owners: dict[str, str] = {}
-    parents: dict[str, Any] = {}
+    parents: dict[str, Any] = dict(listed or {})
+    bound: list[tuple[str, str, str]] = []
     mark = storage.store.last_failure_id()
     for instance_id in instances:
         try:
-            attachments = storage.attachments_of(instance_id)
+            known = parents.get(f"/instances/{instance_id}") or {}
+            attachments = storage.attachments_of(instance_id, str(known.get("FileUuid", "") or ""))
             owners.update((uuid, instance_id) for _n, _t, uuid in attachments)
-            storage.check_instance(instance_id, attachments, parents, files_read_next=files_read_next)
+            storage.check_instance(instance_id, attachments, parents, files_read_next=files_read_next, bound=bound)
         except IntegrityError as exc:
             failures[instance_id] = str(exc)
     if failures and storage.runtime.config.is_enforcing:
         raise ArchiveRefusedError(failures)
+    storage.grant_index_reads(bound)
     return owners, mark if files_read_next else storage.store.last_failure_id()
 
 
@@ -208,7 +221,7 @@ def refuse_late_failures(storage: SealedStorage, owners: Mapping[str, str], mark
         raise ArchiveRefusedError({owners[f.uuid]: f"instance {owners[f.uuid]}: {f.problem}" for f in late})
 
 
-def fetch_archive(archives: Archives, uri: str, instances: list[str]) -> bytes:
+def fetch_archive(archives: Archives, uri: str, instances: list[str], listed: dict[str, Any] | None = None) -> bytes:
     """Verify every instance, then have Orthanc answer its own synchronous ``GET`` archive.
 
     Only where the Python plugin lets Orthanc's threads run while the plugin waits
@@ -221,7 +234,7 @@ def fetch_archive(archives: Archives, uri: str, instances: list[str]) -> bytes:
             Orthanc read it for the archive, or the archive lacks an instance.
     """
     storage = archives.storage
-    owners, mark = verify_instances(storage, instances, files_read_next=True)
+    owners, mark = verify_instances(storage, instances, files_read_next=True, listed=listed)
     try:
         data = core_call(storage.runtime.orthanc.RestApiGet, uri)
     except OrthancCoreError:
@@ -233,7 +246,7 @@ def fetch_archive(archives: Archives, uri: str, instances: list[str]) -> bytes:
 
 
 def start_archive(archives: Archives, uri: str, instances: list[str], job_body: dict[str, Any],
-                  files_read_next: bool = False) -> tuple[str, Any]:
+                  files_read_next: bool = False, listed: dict[str, Any] | None = None) -> tuple[str, Any]:
     """Verify every instance, then start Orthanc's archive job (asynchronous).
 
     ``files_read_next``: the caller fetches the archive through ``archive_of_job`` before it
@@ -246,7 +259,7 @@ def start_archive(archives: Archives, uri: str, instances: list[str], job_body: 
         ArchiveRefusedError: an instance failed verification (enforce mode).
     """
     runtime = archives.storage.runtime
-    owners, mark = verify_instances(archives.storage, instances, files_read_next)
+    owners, mark = verify_instances(archives.storage, instances, files_read_next, listed)
     body = {**job_body, "Asynchronous": True}
     body.pop("Synchronous", None)
     answer = json.loads(core_call(runtime.orthanc.RestApiPost, uri, json.dumps(body)))
@@ -273,7 +286,8 @@ def archive_of_job(archives: Archives, job_id: str) -> bytes:
     return data
 
 
-def make_archive(archives: Archives, uri: str, instances: list[str], job_body: dict[str, Any]) -> bytes:
+def make_archive(archives: Archives, uri: str, instances: list[str], job_body: dict[str, Any],
+                 listed: dict[str, Any] | None = None) -> bytes:
     """Verify every instance, build the archive as an asynchronous job, wait, return its bytes.
 
     Raises:
@@ -281,7 +295,7 @@ def make_archive(archives: Archives, uri: str, instances: list[str], job_body: d
             Orthanc read it for the archive, or the archive lacks an instance.
         StoreUnavailableError: the job failed.
     """
-    job_id, _answer = start_archive(archives, uri, instances, job_body, files_read_next=True)
+    job_id, _answer = start_archive(archives, uri, instances, job_body, files_read_next=True, listed=listed)
     try:
         state = wait_for_job(archives.storage.runtime, job_id, JOB_TIMEOUT_SECONDS)
         if state.get("State") != "Success":
@@ -321,7 +335,8 @@ def install(runtime: Runtime, storage: SealedStorage) -> Archives:
     def resource_archive(call: RestCall) -> Reply:
         level, resource_id, kind = call.groups
         body = parse_json_object(call.body, empty_ok=True) if call.method == "POST" else {}
-        instances = _resource_instances(runtime, level, resource_id)
+        listed: dict[str, Any] = {}  # the index's answer for each instance, from the listing
+        instances = _resource_instances(storage, level, resource_id, listed)
         uri = f"/{level}/{resource_id}/{kind}"
         if instances is None:
             # Orthanc's own answer to an unknown id is its error (which differs between versions).
@@ -331,25 +346,26 @@ def install(runtime: Runtime, storage: SealedStorage) -> Archives:
         if call.method == "GET" and runtime.threads_released():
             query = "?" + urlencode(call.query, safe=";,") if call.query else ""
             filename = call.query.get("filename") if runtime.capabilities.resource_finder else None
-            return Reply(raw=fetch_archive(archives, uri + query, instances), content_type="application/zip",
+            return Reply(raw=fetch_archive(archives, uri + query, instances, listed), content_type="application/zip",
                          headers={"Content-Disposition": f'filename="{filename or resource_id + ".zip"}"'})
         if call.method == "GET" and call.query.get("transcode"):
             body["Transcode"] = call.query["transcode"]
         if call.method == "GET" and kind == "media" and "extended" in call.query:
             body["Extended"] = True
         if body.get("Asynchronous") is True:
-            return Reply(start_archive(archives, uri, instances, body)[1])
-        return Reply(raw=make_archive(archives, uri, instances, body), content_type="application/zip",
+            return Reply(start_archive(archives, uri, instances, body, listed=listed)[1])
+        return Reply(raw=make_archive(archives, uri, instances, body, listed), content_type="application/zip",
                      headers={"Content-Disposition": f'filename="{resource_id}.zip"'})
 
     def tools_archive(call: RestCall) -> Reply:
         body = parse_json_value(call.body)
-        instances = _tools_instances(runtime, body)
+        listed: dict[str, Any] = {}
+        instances = _tools_instances(storage, body, listed)
         job = _job_body(body)
         uri = f"/tools/{call.groups[0]}"
         if job.get("Asynchronous") is True:
-            return Reply(start_archive(archives, uri, instances, job)[1])
-        return Reply(raw=make_archive(archives, uri, instances, job), content_type="application/zip",
+            return Reply(start_archive(archives, uri, instances, job, listed=listed)[1])
+        return Reply(raw=make_archive(archives, uri, instances, job, listed), content_type="application/zip",
                      headers={"Content-Disposition": 'filename="Archive.zip"'})
 
     def job_archive(call: RestCall) -> Reply:

@@ -193,10 +193,7 @@ class MoveHandler:
                 if level == "Instance":
                     instances.append(str(resource))
                 else:
-                    for child in json.loads(orthanc.RestApiGet(f"/{plural}/{resource}/instances")):
-                        instances.append(str(child["ID"]))
-                        if "ParentSeries" in child and "MainDicomTags" in child:
-                            listed[f"/instances/{child['ID']}"] = child
+                    instances.extend(self.storage.list_instances(f"/{plural}/{resource}/instances", listed))
         if not instances:
             raise BadRequestError(keyword, "C-MOVE request matching no resource stored in Orthanc")
         return instances

@@ -536,6 +536,23 @@ class SealedStorage:
             result.append((name, int(content_type), str(info["Uuid"])))
         return result
 
+    def list_instances(self, uri: str, parents: dict[str, Any]) -> list[str]:
+        """The instance ids of a listing (``/{level}/{id}/instances``), in its order.
+
+        Each instance object the listing answered goes into ``parents`` under ``/instances/{id}``
+        (``expected_identity`` and ``check_instance`` take it instead of asking again; its
+        ``FileUuid`` names the DICOM file, the row ``/attachments/dicom/info`` reads).
+
+        Raises:
+            Exception: Orthanc's error for an unknown resource.
+        """
+        ids: list[str] = []
+        for child in json.loads(self.runtime.orthanc.RestApiGet(uri)):
+            ids.append(str(child["ID"]))
+            if "ParentSeries" in child and "MainDicomTags" in child:
+                parents[f"/instances/{child['ID']}"] = child
+        return ids
+
     def expected_identity(self, instance_id: str, parents: dict[str, Any] | None = None) -> InstanceIdentity:
         """What Orthanc's index says the instance is (UIDs and patient id).
 

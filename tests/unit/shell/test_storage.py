@@ -16,7 +16,7 @@ from orthanc_hardening.integrity.query import orthanc_ids_of_seal
 from orthanc_hardening.shell import archives as archives_module
 from orthanc_hardening.shell import seal_routes
 from orthanc_hardening.shell import storage as storage_module
-from orthanc_hardening.shell.archives import ArchiveJob, ArchiveRefusedError, archive_of_job
+from orthanc_hardening.shell.archives import ArchiveJob, ArchiveRefusedError, archive_of_job, verify_instances
 from orthanc_hardening.shell.metrics import Metrics
 from orthanc_hardening.shell.runtime import Runtime
 from orthanc_hardening.stores import key_files
@@ -333,6 +333,54 @@ def test_a_moves_check_takes_the_instance_its_listing_gave_and_asks_only_the_att
                                   lambda: storage.check_instance(ids["Instance"], parents=parents, bound=bound))
     assert calls == [f"/instances/{ids['Instance']}/attachments?full"]
     assert bound == [(UUID, ids["Instance"], ids["Series"])]
+
+
+def listed_for_an_archive(runtime, storage, patient, file_uuid=UUID):
+    """An instance stored and indexed (Orthanc's index answers), and its study listing's answer for it."""
+    create, read, _remove = runtime.orthanc.storage_area
+    data = make_instance(patient_id=patient)
+    create(UUID, 1, data)
+    storage.index_binding.facts = None
+    ids = index_as_sealed(runtime, storage)
+    return ids, data, read, listed_by_its_parent(runtime, storage, ids, file_uuid)
+
+
+def test_an_archives_check_takes_its_listing_and_its_builds_read_takes_the_checks_reading_once(runtime):
+    storage = installed(runtime)
+    ids, data, read, listed = listed_for_an_archive(runtime, storage, "U-ARCHIVE")
+    calls = instance_calls_during(runtime, lambda: verify_instances(storage, [ids["Instance"]], True, listed))
+    assert calls == [f"/instances/{ids['Instance']}/attachments?full"]
+    served = []
+    assert instance_calls_during(runtime, lambda: served.append(read(UUID, 1))) == []
+    assert served == [data]
+    assert f"/instances/{ids['Instance']}" in instance_calls_during(runtime, lambda: read(UUID, 1))
+
+
+@pytest.mark.attack
+def test_same_size_edit_under_an_archives_grant_is_still_refused_by_the_builds_read(runtime, tmp_path):
+    storage = installed(runtime)
+    ids, _data, read, listed = listed_for_an_archive(runtime, storage, "U-ARCHIVE-2")
+    path = tmp_path / "storage" / UUID[:2] / UUID[2:4] / UUID
+    stored = path.read_bytes()
+    path.write_bytes(stored[:-1] + bytes([stored[-1] ^ 0xFF]))  # the check before leaves the digest to the read
+    verify_instances(storage, [ids["Instance"]], True, listed)
+    assert UUID in storage.index_binding._bound
+    with pytest.raises(SealMismatchError):
+        read(UUID, 1)
+    assert runtime.audit.events[-1].event is EventCode.SECURITY_ALERT
+
+
+@pytest.mark.attack
+def test_archive_whose_listing_points_an_instance_at_another_file_is_refused_and_grants_nothing(runtime):
+    storage = installed(runtime)
+    create, _read, _remove = runtime.orthanc.storage_area
+    other = "aaaaaaaa-4b5a-4978-8695-a4b3c2d1e0f9"
+    create(other, 1, make_instance(patient_id="U-ARCHIVE-B"))
+    ids, _data, _read, listed = listed_for_an_archive(runtime, storage, "U-ARCHIVE-A", file_uuid=other)
+    with pytest.raises(ArchiveRefusedError, match=ids["Instance"]):
+        verify_instances(storage, [ids["Instance"]], True, listed)
+    assert not storage.index_binding._bound
+    assert runtime.audit.events[-1].event is EventCode.SECURITY_ALERT
 
 
 @pytest.mark.attack
