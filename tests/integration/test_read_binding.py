@@ -20,8 +20,10 @@ trail, and the untouched instances are still served byte-identical.
 
 from __future__ import annotations
 
+import io
 import json
 import sqlite3
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -344,6 +346,37 @@ def test_pointer_swapped_in_a_live_index_after_a_c_move_is_refused(pki: Pki, tmp
         found = alerts(server, "WrongInstanceError")
         assert any("Orthanc's index" in e["detail"] for e in found)
         assert alerts(server, "C-MOVE to TESTSCU refused: instance ")
+
+
+def archived_files(answer) -> list[bytes]:
+    """The DICOM files of a ZIP archive Orthanc answered."""
+    with zipfile.ZipFile(io.BytesIO(answer.content)) as archive:
+        return [archive.read(name) for name in archive.namelist() if not name.endswith("/")]
+
+
+@pytest.mark.attack
+def test_pointer_swapped_in_a_live_index_after_an_archive_is_refused(pki: Pki, tmp_path) -> None:
+    # The archive's check read A's and B's index rows and granted them to the reads of Orthanc's
+    # build, which took them: once the rows are exchanged in PostgreSQL, the next archive of A's
+    # study and a C-GET of B's are refused, and the archive holds nothing.
+    with start_cluster(tmp_path, pki, count=1) as cluster:
+        server = cluster.nodes[0]
+        a, b = store(server, "BIND-ZIP-A"), store(server, "BIND-ZIP-B")
+        studies = {s.id: server.get(f"/instances/{s.id}/study").json()["ID"] for s in (a, b)}
+        for stored in (a, b):
+            answer = server.get(f"/studies/{studies[stored.id]}/archive")
+            assert answer.status_code == 200 and archived_files(answer) == [stored.data]
+        with psycopg.connect(cluster.database_url, autocommit=True) as db:
+            swap_attachments(db, a.id, b.id)
+        refused = server.get(f"/studies/{studies[a.id]}/archive")
+        assert refused.status_code == 409, (refused.status_code, refused.text[:200])
+        assert a.id in refused.text and b.data not in refused.content
+        result = c_get(server, b.study_uid)
+        assert result.status == 0xC000, hex(result.status)
+        assert not result.received
+        assert alerts(server, f"failed verification: {a.id}")  # the archive's refusal, naming A
+        assert alerts(server, "sealed sop_instance_uid differs from what Orthanc's index holds")
+        assert any("Orthanc's index" in e["detail"] for e in alerts(server, "WrongInstanceError"))
 
 
 def swap_attachments(db: psycopg.Connection, first: str, second: str) -> None:

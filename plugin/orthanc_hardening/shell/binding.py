@@ -56,7 +56,9 @@
 
   A C-MOVE gives the same index grants on every version (``SealedStorage.grant_index_reads``):
   its check read each instance's row and attachment list and verified each file before the send,
-  and the store job's reads run apart from any request.
+  and the store job's reads run apart from any request. So does an archive or media once its
+  check before the build verified every instance (``shell/archives.py``): the build's reads, on
+  Orthanc's threads or a job's, still verify every byte.
 
 * ``IndexBinding.facts`` (Orthanc before 1.12.2 with its SQLite index): an in-memory copy of
   the index facts the gates read (``integrity/index_facts.py``), loaded from the index file at
