@@ -72,7 +72,11 @@ def well_formed_meta(data: bytes) -> tuple[int, str] | None:
 def names_deflated_syntax(data: bytes) -> bool:
     """Whether ``data`` may be read with a deflated data set: its well-formed file meta group names a
     deflated syntax, or a file without one names it anywhere (a meta group can be any length)."""
-    meta = well_formed_meta(data)
+    return _names_deflated(data, well_formed_meta(data))
+
+
+def _names_deflated(data: bytes, meta: tuple[int, str] | None) -> bool:
+    """``names_deflated_syntax`` with ``well_formed_meta(data)`` already read."""
     region = data if meta is None else data[:meta[0]]
     return any(uid in region for uid in _DEFLATED_UIDS)
 
@@ -130,10 +134,10 @@ def _depth(data: bytes, max_depth: int) -> int:
         HostileInputError: the file names a deflated syntax anywhere but in the TransferSyntaxUID
             of a well-formed file meta group (what DCMTK would inflate is then unknown).
     """
-    if not names_deflated_syntax(data):
+    meta = well_formed_meta(data)
+    if not _names_deflated(data, meta):
         # Every element, also after the pixel data (DCMTK reads them all); large values deferred.
         return sequence_depth(pydicom.dcmread(io.BytesIO(data), force=True, defer_size=4096), max_depth)
-    meta = well_formed_meta(data)
     if meta is None or meta[1] not in DEFLATED_SYNTAXES:
         raise HostileInputError("DICOM file names a deflated transfer syntax outside the TransferSyntaxUID of a "
                                 "well-formed file meta group, so what its data set hides cannot be checked")

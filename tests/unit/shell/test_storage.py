@@ -323,11 +323,7 @@ def listed_by_its_parent(runtime, storage, ids, file_uuid):
 
 def test_a_moves_check_takes_the_instance_its_listing_gave_and_asks_only_the_attachment_list(runtime):
     storage = installed(runtime)
-    create, _read, _remove = runtime.orthanc.storage_area
-    create(UUID, 1, make_instance(patient_id="U-LISTED"))
-    storage.index_binding.facts = None
-    ids = index_as_sealed(runtime, storage)
-    parents = listed_by_its_parent(runtime, storage, ids, UUID)
+    ids, _data, _read, parents = stored_and_listed(runtime, storage, "U-LISTED")
     bound = []
     calls = instance_calls_during(runtime,
                                   lambda: storage.check_instance(ids["Instance"], parents=parents, bound=bound))
@@ -335,7 +331,10 @@ def test_a_moves_check_takes_the_instance_its_listing_gave_and_asks_only_the_att
     assert bound == [(UUID, ids["Instance"], ids["Series"])]
 
 
-def listed_for_an_archive(runtime, storage, patient, file_uuid=UUID):
+OTHER_UUID = "aaaaaaaa-4b5a-4978-8695-a4b3c2d1e0f9"
+
+
+def stored_and_listed(runtime, storage, patient, file_uuid=UUID):
     """An instance stored and indexed (Orthanc's index answers), and its study listing's answer for it."""
     create, read, _remove = runtime.orthanc.storage_area
     data = make_instance(patient_id=patient)
@@ -347,7 +346,7 @@ def listed_for_an_archive(runtime, storage, patient, file_uuid=UUID):
 
 def test_an_archives_check_takes_its_listing_and_its_builds_read_takes_the_checks_reading_once(runtime):
     storage = installed(runtime)
-    ids, data, read, listed = listed_for_an_archive(runtime, storage, "U-ARCHIVE")
+    ids, data, read, listed = stored_and_listed(runtime, storage, "U-ARCHIVE")
     calls = instance_calls_during(runtime, lambda: verify_instances(storage, [ids["Instance"]], True, listed))
     assert calls == [f"/instances/{ids['Instance']}/attachments?full"]
     served = []
@@ -359,7 +358,7 @@ def test_an_archives_check_takes_its_listing_and_its_builds_read_takes_the_check
 @pytest.mark.attack
 def test_same_size_edit_under_an_archives_grant_is_still_refused_by_the_builds_read(runtime, tmp_path):
     storage = installed(runtime)
-    ids, _data, read, listed = listed_for_an_archive(runtime, storage, "U-ARCHIVE-2")
+    ids, _data, read, listed = stored_and_listed(runtime, storage, "U-ARCHIVE-2")
     path = tmp_path / "storage" / UUID[:2] / UUID[2:4] / UUID
     stored = path.read_bytes()
     path.write_bytes(stored[:-1] + bytes([stored[-1] ^ 0xFF]))  # the check before leaves the digest to the read
@@ -374,9 +373,8 @@ def test_same_size_edit_under_an_archives_grant_is_still_refused_by_the_builds_r
 def test_archive_whose_listing_points_an_instance_at_another_file_is_refused_and_grants_nothing(runtime):
     storage = installed(runtime)
     create, _read, _remove = runtime.orthanc.storage_area
-    other = "aaaaaaaa-4b5a-4978-8695-a4b3c2d1e0f9"
-    create(other, 1, make_instance(patient_id="U-ARCHIVE-B"))
-    ids, _data, _read, listed = listed_for_an_archive(runtime, storage, "U-ARCHIVE-A", file_uuid=other)
+    create(OTHER_UUID, 1, make_instance(patient_id="U-ARCHIVE-B"))
+    ids, _data, _read, listed = stored_and_listed(runtime, storage, "U-ARCHIVE-A", file_uuid=OTHER_UUID)
     with pytest.raises(ArchiveRefusedError, match=ids["Instance"]):
         verify_instances(storage, [ids["Instance"]], True, listed)
     assert not storage.index_binding._bound
@@ -387,14 +385,11 @@ def test_archive_whose_listing_points_an_instance_at_another_file_is_refused_and
 def test_listing_that_points_an_instance_at_another_instances_file_is_refused_by_the_check(runtime):
     storage = installed(runtime)
     create, _read, _remove = runtime.orthanc.storage_area
-    other = "aaaaaaaa-4b5a-4978-8695-a4b3c2d1e0f9"
-    create(UUID, 1, make_instance(patient_id="U-LISTED-A"))
-    create(other, 1, make_instance(patient_id="U-LISTED-B"))
-    storage.index_binding.facts = None
-    ids = index_as_sealed(runtime, storage)
-    parents = listed_by_its_parent(runtime, storage, ids, other)  # the index row of A names B's file
+    create(OTHER_UUID, 1, make_instance(patient_id="U-LISTED-B"))
+    # The index row of A names B's file.
+    ids, _data, _read, parents = stored_and_listed(runtime, storage, "U-LISTED-A", file_uuid=OTHER_UUID)
     bound = []
-    with pytest.raises(SealMismatchError, match=f"attachment {other}: sealed sop_instance_uid differs"):
+    with pytest.raises(SealMismatchError, match=f"attachment {OTHER_UUID}: sealed sop_instance_uid differs"):
         storage.check_instance(ids["Instance"], parents=parents, bound=bound)
     assert bound == []
     assert runtime.audit.events[-1].event is EventCode.SECURITY_ALERT
