@@ -37,7 +37,8 @@ hardened servers of one run with each other, and use ``bench/run.py`` for end-to
 Threads that start and end inside a window (none on these paths but the ingest limits' deep-parse
 thread) are in the process total only ("exited threads"). ``--cprofile`` also profiles the
 callbacks with cProfile (wall time, inflated by its overhead) and prints each phase's top
-functions; its attribution table is then not comparable with a run without it. On a target
+functions; its attribution table is then not comparable with a run without it; from Python 3.12 (trixie,
+forky) one callback is profiled at a time, so a phase with several clients is a sample. On a target
 without git, ``--baseline`` takes a directory holding ``plugin/`` (``git archive REF plugin``).
 """
 
@@ -81,6 +82,9 @@ import orthanc
 _PLUGIN = {plugin!r}
 _PROFILE = {profile!r}
 _profiles = []  # one cProfile.Profile per thread that ran a callback (with --cprofile)
+# From Python 3.12 every cProfile.Profile takes the one sys.monitoring profiler slot of the
+# process while enabled: a callback starting while another thread's profile runs is not profiled.
+_profiling = threading.Lock()
 _ROUTE = {route!r}
 _ID = re.compile(r"[0-9a-f]{{8}}(-[0-9a-f]{{8}}){{4}}"  # an Orthanc id
                  r"|[0-9a-f]{{8}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-[0-9a-f]{{12}}")  # a job or attachment
@@ -117,7 +121,7 @@ def _timed(kind, fn, name_of):
         if not stack and kind == "call":
             key = "[" + threading.current_thread().name + "] " + key
         profile = None
-        if _PROFILE and not stack and kind == "callback":
+        if _PROFILE and not stack and kind == "callback" and _profiling.acquire(blocking=False):
             profile = getattr(_local, "profile", None)
             if profile is None:
                 profile = _local.profile = cProfile.Profile()
@@ -132,6 +136,7 @@ def _timed(kind, fn, name_of):
         finally:
             if profile is not None:
                 profile.disable()
+                _profiling.release()
             cpu, wall = time.thread_time() - c0, time.perf_counter() - w0
             children = stack.pop()
             if stack:
