@@ -87,6 +87,8 @@ LEVELS = {"Patient": PATIENT_TAGS, "Study": STUDY_TAGS, "Series": SERIES_TAGS, "
 # The same as pydicom tags, made once (a ``BaseTag`` is looked up without conversion).
 _DATASET_TAGS = {level: tuple((Tag(group, element), name) for group, element, name in tags)
                  for level, tags in LEVELS.items()}
+# Every element ``index_tags_of_dataset`` reads (SpecificCharacterSet aside), in tag order.
+DATASET_TAGS = tuple(sorted({tag for tags in _DATASET_TAGS.values() for tag, _name in tags}))
 
 IndexTags = dict[str, dict[str, str]]
 
