@@ -1,6 +1,7 @@
 """Profile the hardened Orthanc with py-spy while it ingests and serves the benchmark's data.
 
     .venv/bin/python bench/profile.py --py-spy /path/to/py-spy [--instances 200] [--clients 8] [--out DIR]
+        [--rate 200] [--native]
         [--phases ingest,retrieve,archives,cmove]
 
 Starts one hardened Orthanc (``tests/support/server.py``), attaches ``py-spy record --format raw``
@@ -50,9 +51,10 @@ def summarize(raw: Path, top: int) -> list[tuple[float, str]]:
     return [(100.0 * n / total, key) for key, n in counts.most_common(top)] if total else []
 
 
-def record(py_spy: str, pid: int, out: Path, work: callable) -> None:  # type: ignore[valid-type]
+def record(py_spy: str, pid: int, out: Path, work: callable, rate: int = 200,  # type: ignore[valid-type]
+           native: bool = False) -> None:
     spy = subprocess.Popen([py_spy, "record", "--pid", str(pid), "--format", "raw", "--output", str(out),
-                            "--rate", "200", "--threads", "--nonblocking"],
+                            "--rate", str(rate), "--threads", "--nonblocking", *(["--native"] if native else [])],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(1.0)
@@ -69,6 +71,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
+    parser.add_argument("--native", action="store_true", help="py-spy --native: C frames too (slower sampling)")
     parser.add_argument("--phases", default="ingest,retrieve",
                         help="comma-separated, in order (ingest first): ingest, retrieve, archives, cmove")
     args = parser.parse_args()
@@ -92,7 +96,7 @@ def main() -> int:
             phases = {name: known[name] for name in wanted}
             for name, phase in phases.items():
                 raw = out / f"{name}.raw"
-                record(args.py_spy, pid, raw, lambda phase=phase: phase(server))
+                record(args.py_spy, pid, raw, lambda phase=phase: phase(server), args.rate, args.native)
                 print(f"-- {name}: share of the plugin's samples (innermost plugin frame -> innermost frame)")
                 for share, key in summarize(raw, args.top):
                     print(f"{share:6.1f} %  {key}")
