@@ -26,10 +26,14 @@ repetition starting with the next server) and clears it afterwards, outside the 
 window (they are created again after each clear, outside the window), as in a storage area that
 already holds many files: the windows then create no directory.
 
-With ``--env PYTHONPERFSUPPORT=1`` (Python 3.12+, i.e. trixie and forky) the Python functions
-appear in perf's call chains, and a fourth table splits the Python samples of every server by the
-innermost Python function running (native work it called included: a SHA-256 is charged to the
-function that called ``hashlib``).
+With ``--env PYTHONPERFSUPPORT=1`` (Python 3.12+, i.e. trixie and forky) Python's trampolines
+put Python functions into perf's call chains, and a fourth table splits by the innermost Python
+function the samples whose chain reaches one (native work it called included: a SHA-256 is
+charged to the function that called ``hashlib``). Measured on forky (bench/RESULTS.md, "below
+Python"): most chains through libpython break before they reach a trampoline, so that table
+covers a small part of the Python samples, and the support itself raised the hardened server's
+CPU per instance from 10.77 to 13.20 ms. Use ``bench/callback_cpu.py --cprofile`` for the
+Python side; this table only names the functions that dominate what it does cover.
 
 Needs ``perf`` (Debian ``linux-perf``) and root or ``kernel.perf_event_paranoid`` <= 1. Samples
 are converted to milliseconds at the sampling frequency; compare servers of one run. Nothing is
