@@ -67,11 +67,7 @@ def seal_db(server: OrthancServer) -> sqlite3.Connection:
 
 
 def failures_metric(server: OrthancServer) -> float:
-    text = server.get("/tools/metrics-prometheus").text
-    for line in text.splitlines():
-        if line.startswith("hardening_integrity_failures_total "):
-            return float(line.split()[1])
-    return 0.0
+    return server.metric("hardening_integrity_failures_total")
 
 
 def assert_refused_everywhere(server: OrthancServer, study: str, bad: str, good: list[str], files: dict[str, bytes]):

@@ -27,10 +27,7 @@ def statuses(server: OrthancServer, instance_id: str) -> set[str]:
 
 
 def failures_metric(server: OrthancServer) -> float:
-    for line in server.get("/tools/metrics-prometheus").text.splitlines():
-        if line.startswith("hardening_integrity_failures_total "):
-            return float(line.split()[1])
-    return 0.0
+    return server.metric("hardening_integrity_failures_total")
 
 
 def test_legacy_data_is_unsealed_then_sealed_by_seal_existing(start_orthanc):

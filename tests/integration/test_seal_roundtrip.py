@@ -7,6 +7,7 @@ DICOM on ingest; what a send job does when one instance was tampered with.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from pathlib import Path
@@ -68,6 +69,26 @@ def test_rest_upload_round_trips_byte_identical_and_is_sealed(server):
         seal = next(a["seal"] for a in report["attachments"] if a["content_type"] == 1)
         assert seal["sop_instance_uid"] == sop_of(data) and seal["patient_id"] == "RT-REST"
         assert seal["sealed_after_ingest"] is False
+
+
+def prepared_metric(server: OrthancServer) -> float:
+    return server.metric("hardening_ingest_prepared_total")
+
+
+def test_rest_upload_is_sealed_with_the_hash_and_identity_prepared_while_orthanc_parses(server):
+    # shell/ahead.py: the received-instance callback starts the file's hash and identity parse;
+    # the create takes them when they are ready (else it computes them: timing decides which),
+    # on every target. Either way the seal is that of the stored bytes.
+    before = prepared_metric(server)
+    files = make_series(5, patient_id="RT-AHEAD")
+    for data in files:
+        instance_id = server.upload(data)["ID"]
+        report = server.get(f"/hardening/instances/{instance_id}/seal", user="user").json()
+        assert report["verified"] is True
+        seal = next(a["seal"] for a in report["attachments"] if a["content_type"] == 1)
+        assert seal["sha256"] == hashlib.sha256(data).hexdigest() and seal["size"] == len(data)
+        assert seal["sop_instance_uid"] == sop_of(data) and seal["patient_id"] == "RT-AHEAD"
+    assert 1 <= prepared_metric(server) - before <= len(files)
 
 
 def test_seal_of_unknown_instance_is_404(server):

@@ -295,6 +295,13 @@ class OrthancServer:
     def get(self, path: str, user: str | None = "admin", **kwargs: Any) -> requests.Response:
         return self.request("GET", path, user, **kwargs)
 
+    def metric(self, name: str) -> float:
+        """The value of the Prometheus metric ``name`` Orthanc reports now (0 when absent)."""
+        for line in self.get("/tools/metrics-prometheus").text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return 0.0
+
     def post(self, path: str, user: str | None = "admin", **kwargs: Any) -> requests.Response:
         return self.request("POST", path, user, **kwargs)
 

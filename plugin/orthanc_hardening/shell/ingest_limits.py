@@ -29,6 +29,7 @@ from typing import Any
 from orthanc_hardening.audit.event import Transport
 from orthanc_hardening.dicom_limits import check_dicom_limits, may_nest_deeper
 from orthanc_hardening.identity import Requester
+from orthanc_hardening.shell.ahead import Ahead
 from orthanc_hardening.shell.guard import alert
 from orthanc_hardening.shell.runtime import Runtime
 
@@ -89,8 +90,12 @@ def received_verdict(data: bytes) -> str | None:
     return None
 
 
-def install(runtime: Runtime) -> None:
-    """Register the C-STORE gate and the received-instance check."""
+def install(runtime: Runtime, ahead: Ahead | None = None) -> None:
+    """Register the C-STORE gate and the received-instance check.
+
+    ``ahead``: a file that passes is offered to it, so that its hash and identity are prepared
+    while Orthanc parses it (``shell/ahead.py``).
+    """
 
     def cstore_limits(instance: Any) -> None:
         check_received(bytes(instance.GetInstanceData()))
@@ -102,9 +107,13 @@ def install(runtime: Runtime) -> None:
 
     def received(dicom: bytes, origin: int) -> tuple[Any, bytes | None]:
         if int(origin) == _DICOM_ORIGIN:
+            # C-STORE: checked by its filter (``cstore_limits``); not offered (``shell/ahead.py``).
             return actions.KEEP_AS_IS, None
-        reason = received_verdict(bytes(dicom))
+        data = bytes(dicom)
+        reason = received_verdict(data)
         if reason is None:
+            if ahead is not None:
+                ahead.offer(data)
             return actions.KEEP_AS_IS, None
         try:
             current = runtime.current_request()

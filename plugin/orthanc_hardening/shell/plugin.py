@@ -44,6 +44,7 @@ from orthanc_hardening.shell import (
     storage,
     tls_gate,
 )
+from orthanc_hardening.shell.ahead import Ahead
 from orthanc_hardening.shell.audit_hooks import AuditHooks, AuditTrail
 from orthanc_hardening.shell.callbacks import install_callbacks
 from orthanc_hardening.shell.cmove import MoveHandler
@@ -147,10 +148,13 @@ def build(orthanc: OrthancApi, config: HardeningConfig, orthanc_config: Mapping[
     tls = tls_gate.install_early(runtime)
     permissions.install(runtime)
     reset.install(runtime)
-    ingest_limits.install(runtime)
+    # Uploads' hashes and identities, prepared while Orthanc parses them (shell/ahead.py).
+    ahead = Ahead()
+    runtime.stop_actions.append(ahead.stop)
+    ingest_limits.install(runtime, ahead)
     body_limits.install(runtime)
     job_routes.install(runtime)
-    sealed = storage.install(runtime, keys, cache)
+    sealed = storage.install(runtime, keys, cache, ahead)
     binding.install(runtime, sealed.sealed, sealed.attachments_of, sealed.index_binding)
     archive_routes = archives.install(runtime, sealed)
     seal_routes.install(runtime, sealed, passphrase)

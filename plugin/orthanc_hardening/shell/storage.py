@@ -63,12 +63,13 @@ from orthanc_hardening.integrity.legacy import (
 from orthanc_hardening.integrity.read import verify_before_read, verify_read
 from orthanc_hardening.seal import content_type as content_types
 from orthanc_hardening.seal import epoch
-from orthanc_hardening.seal.identity import NO_IDENTITY, InstanceIdentity, identity_of_dataset, parse_dataset
+from orthanc_hardening.seal.identity import NO_IDENTITY, InstanceIdentity
 from orthanc_hardening.seal.index_tags import IndexTags, index_tags_digest
 from orthanc_hardening.seal.keys import KeyRing
 from orthanc_hardening.seal.layout import attachment_file, attachment_path
 from orthanc_hardening.seal.record import Seal, check_identity, sign_attachment
 from orthanc_hardening.seal.storage_event import READ, WRITE, StorageEvent
+from orthanc_hardening.shell.ahead import Ahead, FileFacts, read_identity
 from orthanc_hardening.shell.binding import IndexBinding, scan_shared_attachments
 from orthanc_hardening.shell.guard import alert, decide, mark_audited, refuse_raise
 from orthanc_hardening.shell.runtime import Runtime
@@ -91,6 +92,7 @@ def dicomweb_root(orthanc_config: Mapping[str, Any]) -> str:
 DICOM = 1
 DICOM_UNTIL_PIXEL_DATA = 3
 FAILURES_METRIC = "integrity_failures_total"
+PREPARED_METRIC = "ingest_prepared_total"  # creates sealed with the hash and identity of shell/ahead.py
 RECENT_TAGS_LIMIT = 4096
 
 StorageHook = Callable[[StorageEvent], Any]  # a write hook may return a Waiter
@@ -123,6 +125,8 @@ class SealedStorage:
     _recent_tags: OrderedDict[str, IndexTags] = field(default_factory=OrderedDict)
     # ``root`` as a string, for the create's and read's file names (``attachment_file``).
     _root: str = ""
+    # Uploads' hashes and identities prepared while Orthanc parses them (``shell/ahead.py``).
+    ahead: Ahead | None = None
 
     def __post_init__(self) -> None:
         self._root = str(self.root)
@@ -139,9 +143,12 @@ class SealedStorage:
                 content_type, request.method if request else "", request.uri if request else "",
                 content_types.user_content_types(self.runtime.orthanc_config))
         final = attachment_file(self._root, uuid)
-        identity, derived = self._identity_for(content_type, data, uuid)
+        # The hash and identity worked out while Orthanc parsed this very upload (``shell/ahead.py``).
+        facts = self.ahead.take(data) if content_type == DICOM and self.ahead is not None else None
+        identity, derived = self._identity_for(content_type, data, uuid, facts)
         # Every field is encoded once: the signed bytes, the record stored, the cache's key.
-        signed = sign_attachment(uuid, content_type, data, identity, self.keyring.signer, self.runtime.clock())
+        signed = sign_attachment(uuid, content_type, data, identity, self.keyring.signer, self.runtime.clock(),
+                                 sha256=facts.sha256 if facts is not None else None)
         seal = signed.seal
         # The seal row is durable before the file exists: a crash leaves at worst a row
         # without a file, which start-up reconciliation abandons (never a file without seal).
@@ -175,9 +182,18 @@ class SealedStorage:
             except StoreUnavailableError:
                 logger.error("could not drop the seal row of the failed attachment %s", uuid)
             raise
+        if facts is not None:
+            try:  # an observer: the attachment is stored and sealed whatever the counter does
+                self.runtime.metrics.increment(PREPARED_METRIC)
+            except Exception:
+                logger.exception("counting a prepared create failed")
 
-    def _identity_for(self, content_type: int, data: bytes, uuid: str = "") -> tuple[InstanceIdentity, bool]:
-        """The identity to seal ``data`` with, and whether it is a prefix of this thread's last DICOM file."""
+    def _identity_for(self, content_type: int, data: bytes, uuid: str = "",
+                      facts: FileFacts | None = None) -> tuple[InstanceIdentity, bool]:
+        """The identity to seal ``data`` with, and whether it is a prefix of this thread's last DICOM file.
+
+        ``facts``: what ``shell/ahead.py`` prepared from exactly these bytes, else they are parsed here.
+        """
         thread = threading.get_ident()
         if content_type == DICOM_UNTIL_PIXEL_DATA:
             with self._last_lock:
@@ -186,13 +202,11 @@ class SealedStorage:
                 return last[1], True
         if content_type not in (DICOM, DICOM_UNTIL_PIXEL_DATA):
             return NO_IDENTITY, False
-        try:
-            identity, tags = identity_of_dataset(parse_dataset(data))
-        except ValueError:
+        identity, tags = (facts.identity, facts.tags) if facts is not None else read_identity(data)
+        if tags is None:
             # Orthanc parsed these bytes before calling us; with StorageCompression they
             # arrive compressed. They are sealed all the same, without identity.
             logger.warning("attachment of type %d is not readable DICOM; sealed without identity", content_type)
-            identity, tags = NO_IDENTITY, None
         if content_type == DICOM:
             with self._last_lock:
                 self._last[thread] = (data, identity)
@@ -821,8 +835,8 @@ def reconcile_index(storage: SealedStorage, suspects: Iterable[Seal], clean_thro
     storage.store.set_clean_through(clean_through)
 
 
-def install(runtime: Runtime, keys: KeyRing, cache: SignatureCache) -> SealedStorage:
-    """Open the seal store, reconcile, and register the storage area.
+def install(runtime: Runtime, keys: KeyRing, cache: SignatureCache, ahead: Ahead | None = None) -> SealedStorage:
+    """Open the seal store, reconcile, and register the storage area (``ahead``: see ``shell/ahead.py``).
 
     Raises:
         StoreUnavailableError: the seal store cannot be opened.
@@ -835,7 +849,7 @@ def install(runtime: Runtime, keys: KeyRing, cache: SignatureCache) -> SealedSto
                                              config.sqlite_synchronous),
                          writer=node_identity(runtime.orthanc_config, config.shared_database))
     storage = SealedStorage(runtime=runtime, root=root, store=store, keyring=keys, cache=cache,
-                            sync=bool(runtime.orthanc_config.get("SyncStorageArea", True)))
+                            sync=bool(runtime.orthanc_config.get("SyncStorageArea", True)), ahead=ahead)
     storage.index_binding = IndexBinding(runtime)
     scan_shared_attachments(runtime, storage.index_binding)
     storage.sealing_since, fresh = load_sealing_since(store, keys, now)
