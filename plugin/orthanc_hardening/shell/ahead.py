@@ -144,7 +144,7 @@ class Ahead:
             offer = self._drop(threading.get_ident())
         if offer is None or offer.data != data:
             return None
-        if offer.facts.cancel():  # still queued behind other offers: computing here is sooner
+        if offer.facts.cancel():  # not started yet (the worker has not had Python's lock): computing here is sooner
             return None
         try:
             return offer.facts.result()
