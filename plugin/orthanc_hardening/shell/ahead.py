@@ -15,8 +15,8 @@ limits) starts that work on a plugin thread; ``Ahead.take`` (called by the creat
 attachment on the same thread) returns it **only when the bytes to store are equal to the
 bytes offered** — compared in full, never by length, name or time — and otherwise ``None``,
 so the create computes both itself as before: a compressed or transcoded file, one a Lua script
-or a plugin modified, an offer still queued behind others (cancelled, never waited for), a
-preparation that failed. The result is a pure function of those bytes (``prepare_file``), so
+or a plugin modified, a preparation the worker has not started yet (cancelled, never waited
+for), a preparation that failed. The result is a pure function of those bytes (``prepare_file``), so
 a seal made from it is the seal the create would have made.
 
 Only while one ingest is in flight: a file is not offered while another thread holds an offer
@@ -35,7 +35,6 @@ about what it was (bench/RESULTS.md), only the wait of the thread that stores th
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import logging
 import threading
@@ -148,7 +147,7 @@ class Ahead:
             return None
         try:
             return offer.facts.result()
-        except (Exception, concurrent.futures.CancelledError):
+        except Exception:  # not cancelled: ``cancel()`` above failed, so it runs or has finished
             logger.exception("preparing a received file failed; the create computes its hash and identity")
             return None
 
